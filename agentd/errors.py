@@ -1,0 +1,41 @@
+"""The errors agentd expects, each mapped to a clean message and an exit code."""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """An expected failure: printed as one line, exits with `exit_code`."""
+
+    exit_code = 1
+
+
+class DesiredStateError(AgentError):
+    """The desired state cannot be loaded or is invalid."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class GenerationError(AgentError):
+    """The desired generation is older than the one this node already applied."""
+
+
+class LockHeldError(AgentError):
+    """Another agentd run holds the state lock."""
+
+
+class DownloadError(AgentError):
+    """An artifact could not be fetched or did not match its sha256."""
+
+
+class ArchiveError(AgentError):
+    """An archive is malformed or hostile; nothing from it is installed."""
+
+
+class ConvergeError(AgentError):
+    """Applying the plan failed; the host was put back as it was."""
+
+
+class RollbackError(AgentError):
+    """There is nothing to roll back to, or restoring it failed."""

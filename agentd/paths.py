@@ -1,0 +1,135 @@
+"""Every host path agentd touches, derived from one root so `--root` sandboxes all of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# Where detection looks for binaries: fixed, never the agent's own PATH (INTERFACE.md).
+BIN_SEARCH_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Host paths under `root` ("/" on a real node)."""
+
+    root: Path
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.root.resolve() != Path("/")
+
+    def under(self, host_path: str) -> Path:
+        """`host_path` (absolute, as on the node) mapped under the root."""
+        if not host_path.startswith("/"):
+            raise ValueError(f"host path must be absolute: {host_path!r}")
+        return self.root / host_path.lstrip("/")
+
+    def host_view(self, path: Path) -> str:
+        """The node's own name for a path under the root (for messages and state)."""
+        try:
+            rel = path.relative_to(self.root)
+        except ValueError:
+            return str(path)
+        return "/" + str(rel) if str(rel) != "." else "/"
+
+    # agentd's own configuration and state
+    @property
+    def etc_dir(self) -> Path:
+        return self.under("/etc/wasm-edge")
+
+    @property
+    def settings_file(self) -> Path:
+        return self.etc_dir / "agentd.yaml"
+
+    @property
+    def desired_file(self) -> Path:
+        return self.etc_dir / "desired.yaml"
+
+    @property
+    def desired_dir(self) -> Path:
+        return self.etc_dir / "desired.d"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.under("/var/lib/wasm-edge")
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.state_dir / "lock"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.state_dir / "cache"
+
+    @property
+    def kept_dir(self) -> Path:
+        """Previous versions kept for `agentd rollback`."""
+        return self.state_dir / "previous"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.state_dir / "staging"
+
+    @property
+    def facts_cache_file(self) -> Path:
+        return self.state_dir / "facts-cache.json"
+
+    # component locations (upstream conventions)
+    @property
+    def usr_local_bin(self) -> Path:
+        return self.under("/usr/local/bin")
+
+    @property
+    def usr_local_lib(self) -> Path:
+        return self.under("/usr/local/lib")
+
+    @property
+    def usr_local_include(self) -> Path:
+        return self.under("/usr/local/include")
+
+    @property
+    def plugin_dir(self) -> Path:
+        return self.under("/usr/local/lib/wasmedge")
+
+    @property
+    def systemd_dir(self) -> Path:
+        return self.under("/etc/systemd/system")
+
+    @property
+    def k3s_config(self) -> Path:
+        return self.under("/etc/rancher/k3s/config.yaml")
+
+    @property
+    def k3s_manifests_dir(self) -> Path:
+        return self.under("/var/lib/rancher/k3s/server/manifests")
+
+    @property
+    def containerd_dir(self) -> Path:
+        return self.under("/var/lib/rancher/k3s/agent/etc/containerd")
+
+    @property
+    def os_release(self) -> Path:
+        return self.under("/etc/os-release")
+
+    def bin_search_dirs(self) -> list[Path]:
+        return [self.under(d) for d in BIN_SEARCH_DIRS]
+
+    def find_binary(self, name: str) -> Path | None:
+        """First executable `name` in the fixed search list under the root."""
+        for directory in self.bin_search_dirs():
+            candidate = directory / name
+            if candidate.is_file() and _executable(candidate):
+                return candidate
+        return None
+
+
+def _executable(path: Path) -> bool:
+    try:
+        return bool(path.stat().st_mode & 0o111)
+    except OSError:
+        return False
