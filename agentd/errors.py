@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class AgentError(Exception):
     """An expected failure: printed as one line, exits with `exit_code`."""
@@ -35,6 +37,8 @@ class ArchiveError(AgentError):
 
 class ConvergeError(AgentError):
     """Applying the plan failed; the host was put back as it was."""
+
+    report: Any = None  # the run's report, for the result that is recorded
 
 
 class RollbackError(AgentError):

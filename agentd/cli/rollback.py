@@ -1,0 +1,49 @@
+"""`agentd rollback COMPONENT`: put back what the last change to a component replaced."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from agentd.cli.main import print_json
+from agentd.converge import rollback
+from agentd.host import Host
+from agentd.state import AgentState, StateLock, load_state, save_state
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "component", help="k3s, crun, wasmedge, wasmedge/plugins/NAME, k3s/config, ..."
+    )
+    parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS")
+    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+
+def handle(args: argparse.Namespace) -> int:
+    host = Host.at(args.root)
+    with StateLock(host.paths).held("rollback", args.wait):
+        state = load_state(host.paths) or AgentState()
+        started, t0 = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.perf_counter()
+        done = rollback(host, state, args.component)
+        result = {
+            "kind": "rollback",
+            "generation": state.last_applied_generation,
+            "outcome": "rolled back",
+            "startedAt": started,
+            "durationMs": round((time.perf_counter() - t0) * 1000, 1),
+            "rollback": done,
+            "serviceCalls": list(host.services.calls),
+        }
+        state.record_run(result)
+        save_state(host.paths, state)
+    if args.json:
+        print_json(result)
+    else:
+        sys.stdout.write(
+            f"rolled back {done['component']}: {done['replacedVersion'] or 'current'} -> "
+            f"{done['restoredVersion'] or 'previous'} ({len(done['files'])} files)\n"
+        )
+        for call in result["serviceCalls"]:
+            sys.stdout.write(f"  service: {call}\n")
+    return 0

@@ -1,0 +1,58 @@
+"""`agentd validate [FILE...]`: schema and real-world checks, errors as FILE:LINE:COL: message."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from agentd.desired import ARCHES
+from agentd.host import Host
+from agentd.run import desired_sources
+from agentd.yamlload import load_and_validate
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "files", nargs="*", type=Path,
+        help="desired-state files; none: this node's sources, merged as apply merges them",
+    )
+    parser.add_argument(
+        "--merge", action="store_true",
+        help="merge the FILEs in order (like desired.yaml and desired.d/) instead of one by one",
+    )
+    parser.add_argument(
+        "--arch", choices=(*ARCHES, "none"),
+        help="check artifacts for this architecture (default: this node's; none: skip)",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+
+def handle(args: argparse.Namespace) -> int:
+    arch: str | None = args.arch
+    if arch is None:
+        from agentd.detect import normalise_arch  # noqa: PLC0415
+        import os  # noqa: PLC0415
+
+        arch = os.environ.get("AGENTD_ARCH") or normalise_arch(os.uname().machine)
+    elif arch == "none":
+        arch = None
+    if args.files:
+        groups = [args.files] if args.merge else [[f] for f in args.files]
+    else:
+        groups = [desired_sources(Host.at(args.root), None)]
+    errors: list[str] = []
+    warnings: list[str] = []
+    for group in groups:
+        report = load_and_validate(group, arch, merge_all=True)
+        errors += report.errors
+        warnings += report.warnings
+    for line in warnings + errors:
+        sys.stderr.write(line + "\n")
+    if args.json:
+        from agentd.cli.main import print_json  # noqa: PLC0415
+
+        print_json({"valid": not errors, "errors": errors, "warnings": warnings})
+    elif not errors:
+        sys.stdout.write(f"valid ({sum(len(g) for g in groups)} file(s))\n")
+    return 1 if errors else 0

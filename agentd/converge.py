@@ -1,0 +1,567 @@
+"""Converge: fetch and verify every artifact, stage it, then install through an undo journal."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from agentd import render
+from agentd.archive import extract_tarball
+from agentd.errors import AgentError, ConvergeError, RollbackError
+from agentd.fetch import ArtifactCache, FetchResult
+from agentd.host import Host, ServiceError, atomic_copy, atomic_symlink, atomic_write, remove_path
+from agentd.plan import K3S_BIN, PLUGIN_PREFIX, SYSTEMD_DIR, Action, Plan
+from agentd.redact import redact_text, redact_url
+from agentd.state import AgentState, InventoryEntry
+
+K3S_LINKS = ("kubectl", "crictl", "ctr")
+# Components whose change k3s only notices when it restarts.
+RESTARTS_K3S = ("k3s", "crun", "k3s/config", "k3s/unit", "k3s/containerd")
+
+
+@dataclass(frozen=True)
+class Op:
+    """One change to one node path."""
+
+    kind: str  # copy, write, symlink, remove
+    path: str  # node path
+    source: Optional[Path] = None
+    data: Optional[bytes] = None
+    link: Optional[str] = None
+    mode: int = 0o644
+
+
+@dataclass
+class Step:
+    action: Action
+    ops: list[Op] = field(default_factory=list)
+    sha256: Optional[str] = None
+    status: str = "pending"  # pending, done, failed, undone
+    duration_ms: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        out = self.action.to_json()
+        out["status"] = self.status
+        out["durationMs"] = round(self.duration_ms, 1)
+        return out
+
+
+@dataclass
+class _Saved:
+    component: str
+    path: str
+    kind: str  # file, symlink, absent
+    backup: Optional[Path] = None
+    link: Optional[str] = None
+    mode: int = 0o644
+
+
+class Journal:
+    """Saves each target's previous state before the first change to it, so a run can be undone."""
+
+    def __init__(self, host: Host, backup_dir: Path) -> None:
+        self.host = host
+        self.backup_dir = backup_dir
+        self.saved: list[_Saved] = []
+        self._seen: set[str] = set()
+
+    def _save(self, component: str, node_path: str) -> None:
+        if node_path in self._seen:
+            return
+        self._seen.add(node_path)
+        target = self.host.paths.under(node_path)
+        if target.is_symlink():
+            entry = _Saved(component, node_path, "symlink", link=os.readlink(target))
+        elif target.is_file():
+            self.backup_dir.mkdir(parents=True, exist_ok=True)
+            backup = self.backup_dir / f"{len(self.saved):04d}"
+            try:
+                # A hard link is free and keeps the old inode alive after the rename over it.
+                os.link(target, backup)
+            except OSError:
+                shutil.copy2(target, backup)
+            entry = _Saved(
+                component, node_path, "file", backup=backup, mode=target.stat().st_mode & 0o7777
+            )
+        elif target.exists():
+            raise ConvergeError(f"{node_path} is a directory or special file; not replacing it")
+        else:
+            entry = _Saved(component, node_path, "absent")
+        self.saved.append(entry)
+
+    def apply(self, component: str, op: Op) -> None:
+        self._save(component, op.path)
+        target = self.host.paths.under(op.path)
+        if op.kind == "copy":
+            assert op.source is not None
+            atomic_copy(op.source, target, op.mode)
+        elif op.kind == "write":
+            assert op.data is not None
+            atomic_write(target, op.data, op.mode)
+        elif op.kind == "symlink":
+            assert op.link is not None
+            atomic_symlink(op.link, target)
+        elif op.kind == "remove":
+            remove_path(target)
+        else:
+            raise ValueError(op.kind)
+
+    def undo(self) -> list[str]:
+        """Put every saved path back, newest first; returns what could not be restored."""
+        failures = []
+        for entry in reversed(self.saved):
+            try:
+                _restore(self.host, entry)
+            except OSError as exc:
+                failures.append(f"{entry.path}: {exc}")
+        return failures
+
+
+def _restore(host: Host, entry: _Saved) -> None:
+    target = host.paths.under(entry.path)
+    if entry.kind == "file":
+        assert entry.backup is not None
+        atomic_copy(entry.backup, target, entry.mode)
+    elif entry.kind == "symlink":
+        assert entry.link is not None
+        atomic_symlink(entry.link, target)
+    else:
+        remove_path(target)
+
+
+# --- kept versions (rollback) ------------------------------------------------------------------
+
+
+def _kept_dir(host: Host, component: str) -> Path:
+    return host.paths.kept_dir / component.replace("/", "__")
+
+
+def _keep(
+    host: Host,
+    component: str,
+    entries: list[_Saved],
+    old: InventoryEntry | None,
+    meta: dict[str, Any],
+) -> None:
+    """Make `entries` (the state a change replaced) the version `agentd rollback` restores."""
+    final = _kept_dir(host, component)
+    tmp = final.with_name(final.name + f".new-{secrets.token_hex(3)}")
+    tmp.mkdir(parents=True)
+    files = []
+    for i, e in enumerate(entries):
+        item: dict[str, Any] = {"path": e.path, "kind": e.kind, "mode": e.mode}
+        if e.kind == "file":
+            assert e.backup is not None
+            blob = tmp / f"{i:04d}"
+            try:
+                os.link(e.backup, blob)
+            except OSError:
+                shutil.copy2(e.backup, blob)
+            item["blob"] = blob.name
+        elif e.kind == "symlink":
+            item["link"] = e.link
+        files.append(item)
+    manifest = {
+        **meta,
+        "component": component,
+        "inventory": old.to_json() if old else None,
+        "files": files,
+    }
+    atomic_write(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())
+    old_dir = final.with_name(final.name + f".old-{secrets.token_hex(3)}")
+    if final.exists():
+        final.rename(old_dir)
+    tmp.rename(final)
+    shutil.rmtree(old_dir, ignore_errors=True)
+
+
+def kept_manifest(host: Host, component: str) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(
+            (_kept_dir(host, component) / "manifest.json").read_text()
+        )
+    except (OSError, ValueError):
+        return None
+    return data
+
+
+# --- staging -----------------------------------------------------------------------------------
+
+
+class _Stager:
+    """Turns each planned action into file operations, touching nothing outside the state dir."""
+
+    def __init__(self, host: Host, state: AgentState, work: Path) -> None:
+        self.host = host
+        self.state = state
+        self.work = work
+
+    def ops(self, action: Action, blob: FetchResult | None) -> list[Op]:
+        c, verb = action.component, action.action
+        if verb == "configure":
+            assert action.target is not None
+            if action.content is None:
+                return [Op("remove", action.target)]
+            return [Op("write", action.target, data=action.content, mode=0o644)]
+        if verb == "restart":
+            return []
+        if verb == "remove":
+            return [Op("remove", p) for p in self._installed_files(action)]
+        assert blob is not None
+        if c == "k3s":
+            return self._k3s(blob.path)
+        if c == "crun":
+            return [Op("copy", "/usr/local/bin/crun", source=blob.path, mode=0o755)]
+        if c == "wasmedge":
+            return self._wasmedge(blob.path)
+        if c.startswith(PLUGIN_PREFIX):
+            return self._plugin(c[len(PLUGIN_PREFIX) :], blob.path)
+        raise ConvergeError(f"{c}: agentd does not know how to {verb} it")
+
+    def _k3s(self, blob: Path) -> list[Op]:
+        ops = [Op("copy", K3S_BIN, source=blob, mode=0o755)]
+        recorded = self.state.inventory.get("k3s")
+        for name in K3S_LINKS:
+            node_path = f"/usr/local/bin/{name}"
+            link = self.host.paths.under(node_path)
+            mine = recorded is not None and node_path in recorded.files
+            # Like get.k3s.io: link only where no such command exists already.
+            if mine or not (link.exists() or link.is_symlink()):
+                ops.append(Op("symlink", node_path, link="k3s"))
+        return ops
+
+    def _extract(self, name: str, blob: Path) -> tuple[Path, list[str]]:
+        dest = self.work / "extract" / name.replace("/", "__")
+        return dest, extract_tarball(blob, dest)
+
+    def _wasmedge(self, blob: Path) -> list[Op]:
+        dest, members = self._extract("wasmedge", blob)
+        tops = {m.split("/", 1)[0] for m in members}
+        if len(tops) != 1 or not next(iter(tops)).startswith("WasmEdge-"):
+            raise ConvergeError(
+                f"the WasmEdge archive should hold one WasmEdge-<version>-Linux/ directory, "
+                f"found {sorted(tops)}"
+            )
+        top = next(iter(tops))
+        prefix_map = {
+            "bin": "/usr/local/bin",
+            "lib64": "/usr/local/lib",
+            "lib": "/usr/local/lib",
+            "include": "/usr/local/include",
+        }
+        ops: list[Op] = []
+        for member in members:
+            parts = member.split("/")
+            if len(parts) < 3 or parts[1] not in prefix_map:
+                continue  # README, LICENSE and the like stay out of /usr/local
+            node_path = prefix_map[parts[1]] + "/" + "/".join(parts[2:])
+            src = dest / member
+            if src.is_symlink():
+                ops.append(Op("symlink", node_path, link=os.readlink(src)))
+            else:
+                ops.append(Op("copy", node_path, source=src, mode=src.stat().st_mode & 0o755))
+        if not any(o.path == "/usr/local/bin/wasmedge" for o in ops):
+            raise ConvergeError(f"the WasmEdge archive has no {top}/bin/wasmedge")
+        # Files of the version being replaced that the new one does not have (an old .so.0.x).
+        new_paths = {o.path for o in ops}
+        recorded = self.state.inventory.get("wasmedge")
+        if recorded:
+            ops += [Op("remove", p) for p in recorded.files if p not in new_paths]
+        # Real files before the symlinks that point at them.
+        return sorted(ops, key=lambda o: (o.kind == "symlink", o.kind == "remove", o.path))
+
+    def _plugin(self, name: str, blob: Path) -> list[Op]:
+        dest, members = self._extract(PLUGIN_PREFIX + name, blob)
+        libs = [m for m in members if m.endswith(".so") and not (dest / m).is_symlink()]
+        if not libs:
+            raise ConvergeError(f"plugin {name}: the archive holds no .so file")
+        plugin_dir = "/usr/local/lib/wasmedge"
+        return [
+            Op("copy", f"{plugin_dir}/{Path(m).name}", source=dest / m, mode=0o644) for m in libs
+        ]
+
+    def _installed_files(self, action: Action) -> list[str]:
+        recorded = self.state.inventory.get(action.component)
+        if recorded and recorded.files:
+            return list(recorded.files)
+        # Not recorded (installed before agentd, or by hand in /usr/local): the upstream layout.
+        c = action.component
+        paths = self.host.paths
+        if c.startswith(PLUGIN_PREFIX):
+            return [action.target] if action.target else []
+        if c == "crun":
+            return ["/usr/local/bin/crun"]
+        if c == "k3s":
+            links = [
+                f"/usr/local/bin/{n}"
+                for n in K3S_LINKS
+                if os.path.realpath(paths.under(f"/usr/local/bin/{n}")) == str(paths.under(K3S_BIN))
+            ]
+            return [K3S_BIN, *links]
+        if c == "wasmedge":
+            found = ["/usr/local/bin/wasmedge", "/usr/local/bin/wasmedgec"]
+            found += [paths.host_view(p) for p in paths.usr_local_lib.glob("libwasmedge.so*")]
+            inc = paths.usr_local_include / "wasmedge"
+            found += [paths.host_view(p) for p in inc.rglob("*") if not p.is_dir()]
+            return found
+        return []
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+@dataclass
+class RunReport:
+    """What one converge did, for state.json, `apply --json` and the logs."""
+
+    steps: list[Step] = field(default_factory=list)
+    downloads: list[dict[str, Any]] = field(default_factory=list)
+    service_calls: list[str] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    error: Optional[str] = None
+    undo_failures: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def _timed(report: RunReport, stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        report.timings_ms[stage] = round((time.perf_counter() - start) * 1000, 1)
+
+
+def converge(host: Host, plan: Plan, state: AgentState, generation: int) -> RunReport:
+    """Apply `plan`; on any failure put every target back and raise ConvergeError.
+
+    `state.inventory` is updated in place only when the whole run succeeded.
+    """
+    report = RunReport(steps=[Step(a) for a in plan.actions])
+    if plan.empty:
+        return report
+    run_dir = (
+        host.paths.staging_dir / f"run-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
+    )
+    run_dir.mkdir(parents=True)
+    try:
+        _converge(host, report, state, generation, run_dir)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        report.service_calls = list(host.services.calls)
+    return report
+
+
+def _converge(
+    host: Host, report: RunReport, state: AgentState, generation: int, run_dir: Path
+) -> None:
+    cache = ArtifactCache(host.paths.cache_dir)
+    blobs: dict[int, FetchResult] = {}
+    with _timed(report, "fetch"):
+        for i, step in enumerate(report.steps):
+            art = step.action.artifact
+            if art is None:
+                continue
+            try:
+                blobs[i] = cache.fetch(art.url, art.sha256)
+            except AgentError as exc:
+                step.status = "failed"
+                raise _fail(report, step, exc, "nothing was changed") from exc
+            step.sha256 = art.sha256
+            report.downloads.append(
+                {
+                    "component": step.action.component,
+                    "url": redact_url(art.url),
+                    "sha256": art.sha256,
+                    "bytes": blobs[i].size,
+                    "cached": not blobs[i].downloaded,
+                }
+            )
+    stager = _Stager(host, state, run_dir)
+    with _timed(report, "stage"):
+        for i, step in enumerate(report.steps):
+            try:
+                step.ops = stager.ops(step.action, blobs.get(i))
+            except (AgentError, OSError) as exc:
+                step.status = "failed"
+                raise _fail(report, step, exc, "nothing was changed") from exc
+    journal = Journal(host, run_dir / "backup")
+    try:
+        with _timed(report, "install"):
+            for step in report.steps:
+                _run_step(host, journal, step)
+    except (AgentError, OSError, ServiceError) as exc:
+        failed = next((s for s in report.steps if s.status == "running"), None)
+        if failed:
+            failed.status = "failed"
+        report.undo_failures = journal.undo()
+        for s in report.steps:
+            if s.status == "done":
+                s.status = "undone"
+        _recover_services(host, report)
+        suffix = "every change of this run was undone"
+        if report.undo_failures:
+            suffix = "undo FAILED for: " + "; ".join(report.undo_failures)
+        raise _fail(report, failed, exc, suffix) from exc
+    _commit(host, report, state, journal, generation)
+
+
+def _run_step(host: Host, journal: Journal, step: Step) -> None:
+    start = time.perf_counter()
+    step.status = "running"
+    a = step.action
+    if a.action == "remove" and a.component == "k3s":
+        host.services.disable_now(a.target or render.k3s_unit_name("server"))
+    for op in step.ops:
+        journal.apply(a.component, op)
+    if a.component == "k3s/unit":
+        host.services.daemon_reload()
+    if a.component == "wasmedge" or a.component.startswith(PLUGIN_PREFIX):
+        host.services.ldconfig()
+    if a.action == "restart":
+        assert a.target is not None
+        host.services.enable(a.target)
+        host.services.restart(a.target)
+    step.status = "done"
+    step.duration_ms = (time.perf_counter() - start) * 1000
+
+
+def _recover_services(host: Host, report: RunReport) -> None:
+    """After an undo, restart k3s on the restored files if this run had touched it."""
+    touched = [
+        s for s in report.steps if s.status == "undone" and s.action.component in RESTARTS_K3S
+    ]
+    restart = next((s.action for s in report.steps if s.action.action == "restart"), None)
+    if touched and restart and restart.target:
+        with contextlib.suppress(ServiceError):
+            host.services.daemon_reload()
+            host.services.restart(restart.target)
+
+
+def _fail(report: RunReport, step: Step | None, exc: BaseException, outcome: str) -> ConvergeError:
+    where = f"{step.action.component} {step.action.action}: " if step else ""
+    report.error = redact_text(f"{where}{exc}; {outcome}")
+    err = ConvergeError(report.error)
+    err.report = report
+    return err
+
+
+def _commit(
+    host: Host, report: RunReport, state: AgentState, journal: Journal, generation: int
+) -> None:
+    """Record the new inventory and keep what each component replaced, for rollback."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for step in report.steps:
+        a = step.action
+        if a.action == "restart":
+            continue
+        old = state.inventory.get(a.component)
+        saved = [e for e in journal.saved if e.component == a.component]
+        if saved:
+            _keep(
+                host,
+                a.component,
+                saved,
+                old,
+                {
+                    "version": a.from_version,
+                    "replacedBy": a.to_version,
+                    "replacedAt": stamp,
+                    "generation": generation,
+                    "action": a.action,
+                },
+            )
+        if a.action == "remove":
+            state.inventory.pop(a.component, None)
+        elif a.action == "configure":
+            if a.content is None:
+                state.inventory.pop(a.component, None)
+            else:
+                digest = hashlib.sha256(a.content).hexdigest()
+                state.inventory[a.component] = InventoryEntry(None, digest, [a.target or ""])
+        else:
+            files = sorted({op.path for op in step.ops if op.kind != "remove"})
+            state.inventory[a.component] = InventoryEntry(a.to_version, step.sha256, files)
+
+
+# --- rollback ----------------------------------------------------------------------------------
+
+
+def rollback(host: Host, state: AgentState, component: str) -> dict[str, Any]:
+    """Put back what the last change to `component` replaced; the replaced state is kept in turn."""
+    manifest = kept_manifest(host, component)
+    if manifest is None:
+        raise RollbackError(
+            f"nothing kept for {component}: agentd has not changed it on this node "
+            f"(kept versions live in {host.paths.host_view(host.paths.kept_dir)})"
+        )
+    kept = _kept_dir(host, component)
+    work = host.paths.staging_dir / f"rollback-{secrets.token_hex(3)}"
+    journal = Journal(host, work / "backup")
+    current = state.inventory.get(component)
+    try:
+        for item in manifest["files"]:
+            if item["kind"] == "file":
+                op = Op("copy", item["path"], source=kept / item["blob"], mode=item["mode"])
+            elif item["kind"] == "symlink":
+                op = Op("symlink", item["path"], link=item["link"])
+            else:
+                op = Op("remove", item["path"])
+            journal.apply(component, op)
+        if component == "wasmedge" or component.startswith(PLUGIN_PREFIX):
+            host.services.ldconfig()
+        if component == "k3s/unit":
+            host.services.daemon_reload()
+        restarted = None
+        if component in RESTARTS_K3S:
+            restarted = _k3s_unit_present(host)
+            if restarted:
+                host.services.restart(restarted)
+    except (OSError, ServiceError) as exc:
+        failures = journal.undo()
+        shutil.rmtree(work, ignore_errors=True)
+        more = f"; undo failed for {failures}" if failures else "; nothing was changed"
+        raise RollbackError(redact_text(f"rollback of {component} failed: {exc}{more}")) from exc
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    restored = manifest.get("inventory")
+    _keep(
+        host,
+        component,
+        journal.saved,
+        current,
+        {
+            "version": current.version if current else manifest.get("replacedBy"),
+            "replacedBy": manifest.get("version"),
+            "replacedAt": stamp,
+            "generation": manifest.get("generation"),
+            "action": "rollback",
+        },
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    if restored:
+        state.inventory[component] = InventoryEntry.from_json(restored)
+    else:
+        state.inventory.pop(component, None)
+    return {
+        "component": component,
+        "restoredVersion": manifest.get("version"),
+        "replacedVersion": manifest.get("replacedBy"),
+        "files": [i["path"] for i in manifest["files"]],
+        "restarted": restarted,
+    }
+
+
+def _k3s_unit_present(host: Host) -> str | None:
+    for role in ("server", "agent"):
+        unit = render.k3s_unit_name(role)
+        if host.paths.under(f"{SYSTEMD_DIR}/{unit}").exists():
+            return unit
+    return None

@@ -1,0 +1,53 @@
+"""Logging: structlog, key=value on a terminal and JSON otherwise, secrets redacted everywhere."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+from agentd.redact import redact_text
+
+_SECRET_KEYS = ("token", "password", "secret", "authorization", "credential")
+
+
+def _redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in list(event.items()):
+        if any(s in key.lower() for s in _SECRET_KEYS) and key != "tokenFile":
+            event[key] = "***"
+        elif isinstance(value, str):
+            event[key] = redact_text(value)
+    return event
+
+
+def configure(fmt: str = "auto", verbose: bool = False) -> None:
+    """Send logs to stderr (stdout is kept for --json results)."""
+    import structlog  # noqa: PLC0415 - only commands that log pay for the import
+
+    if fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "json"
+    renderer: Any = (
+        structlog.processors.JSONRenderer(sort_keys=False)
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.DEBUG if verbose else logging.INFO
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger() -> Any:
+    import structlog  # noqa: PLC0415
+
+    return structlog.get_logger("agentd")
