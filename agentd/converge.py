@@ -396,8 +396,16 @@ def _converge(
     journal = Journal(host, run_dir / "backup")
     try:
         with _timed(report, "install"):
+            libs_changed = False
             for step in report.steps:
+                if step.action.action == "restart" and libs_changed:
+                    host.services.ldconfig()
+                    libs_changed = False
                 _run_step(host, journal, step)
+                c = step.action.component
+                libs_changed |= c == "wasmedge" or c.startswith(PLUGIN_PREFIX)
+            if libs_changed:
+                host.services.ldconfig()
     except (AgentError, OSError, ServiceError) as exc:
         failed = next((s for s in report.steps if s.status == "running"), None)
         if failed:
@@ -424,8 +432,6 @@ def _run_step(host: Host, journal: Journal, step: Step) -> None:
         journal.apply(a.component, op)
     if a.component == "k3s/unit":
         host.services.daemon_reload()
-    if a.component == "wasmedge" or a.component.startswith(PLUGIN_PREFIX):
-        host.services.ldconfig()
     if a.action == "restart":
         assert a.target is not None
         host.services.enable(a.target)
