@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -62,7 +62,7 @@ class Artifact(_Model):
         return url
 
 
-Artifacts = Dict[Arch, Artifact]
+Artifacts = dict[Arch, Artifact]
 
 
 class _Versioned(_Model):
@@ -94,14 +94,14 @@ class Crun(_Versioned):
 
 
 class WasmEdge(_Versioned):
-    plugins: List[Plugin] = Field(default_factory=list)
+    plugins: list[Plugin] = Field(default_factory=list)
 
 
 class K3s(_Versioned):
     role: Literal["server", "agent"] = "server"
     server: Optional[str] = None
     tokenFile: Optional[str] = None
-    config: Dict[str, Any] = Field(default_factory=dict)
+    config: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("server")
     @classmethod
@@ -133,7 +133,7 @@ class Components(_Model):
 class RuntimeClass(_Model):
     name: str
     handler: str
-    nodeSelector: Dict[str, str] = Field(default_factory=dict)
+    nodeSelector: dict[str, str] = Field(default_factory=dict)
 
 
 class DesiredState(_Model):
@@ -141,12 +141,12 @@ class DesiredState(_Model):
     kind: Literal["NodeState"]
     generation: int = Field(ge=0)
     components: Components = Field(default_factory=Components)
-    runtimeClasses: List[RuntimeClass] = Field(default_factory=list)
+    runtimeClasses: list[RuntimeClass] = Field(default_factory=list)
 
 
 # --- checks that need knowledge of the real software -------------------------------------------
 
-Loc = Tuple[Union[str, int], ...]
+Loc = tuple[Union[str, int], ...]
 
 
 @dataclass(frozen=True)
@@ -192,9 +192,7 @@ def sanity_problems(doc: DesiredState, arch: str | None) -> list[Problem]:
     if comps.wasmedge is not None:
         problems.extend(_wasmedge_problems(comps.wasmedge, arch))
     if comps.crun is not None and parse_version(comps.crun.minimumVersion) is None:
-        problems.append(
-            Problem(("components", "crun", "minimumVersion"), "not a version")
-        )
+        problems.append(Problem(("components", "crun", "minimumVersion"), "not a version"))
     seen: set[str] = set()
     for i, rc in enumerate(doc.runtimeClasses):
         if not RFC1123_RE.match(rc.name) or len(rc.name) > 253:
@@ -230,9 +228,7 @@ def _k3s_problems(k3s: K3s) -> list[Problem]:
         )
     for key, value in k3s.config.items():
         bare = key.lstrip("-").rstrip("+")
-        if bare == "wasm":
-            problems.append(Problem((*base, "config", key), NO_WASM_FLAG))
-        elif _mentions_wasm_flag(value):
+        if bare == "wasm" or _mentions_wasm_flag(value):
             problems.append(Problem((*base, "config", key), NO_WASM_FLAG))
         elif bare in ("token", "agent-token"):
             problems.append(
@@ -245,6 +241,15 @@ def _k3s_problems(k3s: K3s) -> list[Problem]:
         elif key.startswith("-"):
             problems.append(
                 Problem((*base, "config", key), "config keys are flag names without '--'")
+            )
+        elif key.endswith("-mode") and isinstance(value, int) and not isinstance(value, bool):
+            problems.append(
+                Problem(
+                    (*base, "config", key),
+                    f"quote file modes: YAML read this as the number {value} "
+                    f'(octal {value:o}); write "0{value:o}"',
+                    "warning",
+                )
             )
     return problems
 
@@ -278,21 +283,20 @@ def _wasmedge_problems(wasmedge: WasmEdge, arch: str | None) -> list[Problem]:
             )
             continue
         if plugin.name not in KNOWN_PLUGINS:
-            problems.append(
-                Problem(ploc, f"unknown WasmEdge plugin {plugin.name!r}", "warning")
-            )
+            problems.append(Problem(ploc, f"unknown WasmEdge plugin {plugin.name!r}", "warning"))
         if plugin.name.startswith("wasi_nn-") and plugin.state == "present":
             nn_backends.append(plugin.name)
         if plugin.state == "present" and wasmedge.state == "absent":
             problems.append(Problem(ploc, "a plugin cannot be present without WasmEdge"))
-        if arch in ARCHES and plugin.state == "present" and arch not in plugin.artifacts:
-            if arch != "armv7":
-                problems.append(
-                    Problem(
-                        (*base, "plugins", i, "artifacts"),
-                        f"no {arch} artifact for plugin {plugin.name}, and this node is {arch}",
-                    )
+        # On armv7 the missing WasmEdge build is the error that matters (reported above).
+        lacks_build = arch in ARCHES and arch != "armv7" and arch not in plugin.artifacts
+        if plugin.state == "present" and lacks_build:
+            problems.append(
+                Problem(
+                    (*base, "plugins", i, "artifacts"),
+                    f"no {arch} artifact for plugin {plugin.name}, and this node is {arch}",
                 )
+            )
         if wasmedge.version:
             for a, artifact in plugin.artifacts.items():
                 found = re.search(r"-(\d+\.\d+\.\d+(?:-[A-Za-z0-9.]+)?)-", artifact.url)
@@ -322,6 +326,7 @@ def _wasmedge_problems(wasmedge: WasmEdge, arch: str | None) -> list[Problem]:
 
 
 def json_schema() -> dict[str, Any]:
+    """The JSON Schema of agentd/v1 documents, for editors and CI checks of fleet repos."""
     schema = DesiredState.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "agentd/v1 NodeState"
