@@ -1,0 +1,217 @@
+"""A real HTTP server over a directory of release artifacts, with injectable download faults."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import http.server
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, Optional, Union
+from urllib.parse import unquote, urlsplit
+
+
+@dataclass
+class _Fault:
+    status: int | None = None  # answer with this status instead of the file
+    truncate_at: int | None = None  # send the full Content-Length but only this many bytes
+    remaining: int | None = None  # requests left to affect; None until cleared
+
+
+def _decoded_path(path: str) -> str:
+    # Clients may send "+" or "%2B" for the same k3s version: keep one spelling of each path.
+    decoded = unquote(urlsplit(path).path)
+    return decoded if decoded.startswith("/") else "/" + decoded
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: Any) -> None:
+        super().__init__(address, handler)
+        self.lock = threading.Lock()
+        self.log: list[tuple[str, str]] = []
+        self.faults: dict[str, _Fault] = {}
+
+    def record(self, method: str, path: str) -> _Fault | None:
+        """Log one request and return the fault to apply to it, if any."""
+        with self.lock:
+            self.log.append((method, path))
+            fault = self.faults.get(path)
+            if fault is None:
+                return None
+            if fault.remaining is not None:
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    del self.faults[path]
+            return fault
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client hanging up mid-download (or after a truncated body) is a normal event here,
+        # not worth a traceback on stderr.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._answer(head=False)
+
+    def do_HEAD(self) -> None:
+        self._answer(head=True)
+
+    def _answer(self, *, head: bool) -> None:
+        fault = self.server.record(self.command, _decoded_path(self.path))
+        if fault is not None and fault.status is not None:
+            self.send_error(fault.status)
+            return
+        if fault is not None and fault.truncate_at is not None:
+            body = self.send_head()  # headers, with the full file's Content-Length
+            if body is None:
+                return
+            try:
+                if not head:
+                    self.wfile.write(body.read(fault.truncate_at))
+            finally:
+                body.close()
+            self.close_connection = True
+            return
+        # A Range header is ignored and the whole file sent with 200, which HTTP allows.
+        if head:
+            super().do_HEAD()
+        else:
+            super().do_GET()
+
+
+class MirrorServer:
+    """Serves `directory` on 127.0.0.1 from a daemon thread; paths are kept percent-decoded."""
+
+    def __init__(self, directory: Union[str, Path], *, host: str = "127.0.0.1", port: int = 0):
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise FileNotFoundError(f"no such directory to serve: {self.directory}")
+        handler = functools.partial(_Handler, directory=str(self.directory))
+        self._server = _Server((host, port), handler)
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def url(self) -> str:
+        """The base URL, without a trailing slash."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def requests(self) -> list[str]:
+        """Every path requested so far (GET and HEAD), in order."""
+        with self._server.lock:
+            return [path for _, path in self._server.log]
+
+    @property
+    def log(self) -> list[tuple[str, str]]:
+        """Every request so far as (method, path)."""
+        with self._server.lock:
+            return list(self._server.log)
+
+    def count(self, path_suffix: str, method: str | None = None) -> int:
+        """How many requests asked for a path ending in `path_suffix` (decoded like the log)."""
+        suffix = unquote(path_suffix)
+        return sum(
+            1 for m, path in self.log if path.endswith(suffix) and (method is None or m == method)
+        )
+
+    def _key(self, path: str) -> str:
+        if path.startswith(self.url):
+            path = path[len(self.url) :]
+        return _decoded_path(path)
+
+    def fail(self, path: str, status: int, *, times: int | None = None) -> None:
+        """Answer requests for `path` (or its full URL) with `status`; `times` limits how often."""
+        with self._server.lock:
+            self._server.faults[self._key(path)] = _Fault(status=status, remaining=times)
+
+    def truncate(self, path: str, n_bytes: int, *, times: int | None = None) -> None:
+        """Announce the whole file's length but send only `n_bytes` of it, then hang up."""
+        with self._server.lock:
+            self._server.faults[self._key(path)] = _Fault(truncate_at=n_bytes, remaining=times)
+
+    def clear_faults(self) -> None:
+        with self._server.lock:
+            self._server.faults.clear()
+
+    def clear_requests(self) -> None:
+        with self._server.lock:
+            self._server.log.clear()
+
+    def start(self) -> MirrorServer:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"mirror-{self.url}",
+                daemon=True,
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._server.server_close()
+
+    def __enter__(self) -> MirrorServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _write_ready_file(path: Path, url: str) -> None:
+    # Written beside and renamed, so a demo polling for the file never reads half a URL.
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(url)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.mirror", description="Serve a directory over HTTP until killed."
+    )
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--ready-file", type=Path, help="write the base URL here once serving")
+    args = parser.parse_args(argv)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    with MirrorServer(args.directory, host=args.host, port=args.port) as server:
+        if args.ready_file is not None:
+            _write_ready_file(args.ready_file, server.url)
+        print(f"serving {args.directory} at {server.url}", file=sys.stderr, flush=True)
+        while True:
+            signal.pause()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
