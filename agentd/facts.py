@@ -53,7 +53,7 @@ class ComponentFacts:
             out["commit"] = self.commit
         if self.features:
             out["features"] = list(self.features)
-        if self.plugins or self.path and self.path.endswith("wasmedge"):
+        if self.plugins or (self.path and self.path.endswith("wasmedge")):
             out["plugins"] = [p.to_json() for p in self.plugins]
         if self.error:
             out["error"] = self.error

@@ -16,7 +16,10 @@ from agentd.paths import Paths
 COMMAND_TIMEOUT_S = 10.0
 # Commands run with a fixed environment so a caller's PATH or locale never changes the output
 # that parsers read.
-_COMMAND_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+_COMMAND_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LC_ALL": "C",
+}
 
 
 @dataclass(frozen=True)
@@ -95,9 +98,10 @@ def atomic_copy(source: Path, target: Path, mode: int) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_beside(target)
     try:
-        with source.open("rb") as src, open(
-            os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb"
-        ) as dst:
+        with (
+            source.open("rb") as src,
+            open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as dst,
+        ):
             shutil.copyfileobj(src, dst, 1 << 20)
             dst.flush()
             os.fsync(dst.fileno())

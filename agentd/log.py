@@ -12,7 +12,9 @@ from agentd.redact import redact_text
 _SECRET_KEYS = ("token", "password", "secret", "authorization", "credential")
 
 
-def _redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def _redact(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     for key, value in list(event.items()):
         if any(s in key.lower() for s in _SECRET_KEYS) and key != "tokenFile":
             event[key] = "***"
@@ -21,9 +23,22 @@ def _redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Muta
     return event
 
 
+_settings = {"fmt": "auto", "verbose": False}
+_configured = False
+
+
 def configure(fmt: str = "auto", verbose: bool = False) -> None:
-    """Send logs to stderr (stdout is kept for --json results)."""
-    import structlog  # noqa: PLC0415 - only commands that log pay for the import
+    """Choose the format; structlog itself is set up on the first log line (a run that logs
+    nothing, like a no-op apply, never imports it)."""
+    global _configured  # noqa: PLW0603
+    _settings.update(fmt=fmt, verbose=verbose)
+    _configured = False
+
+
+def _setup() -> None:
+    import structlog  # noqa: PLC0415
+
+    fmt, verbose = str(_settings["fmt"]), bool(_settings["verbose"])
 
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
@@ -48,6 +63,10 @@ def configure(fmt: str = "auto", verbose: bool = False) -> None:
 
 
 def get_logger() -> Any:
+    global _configured  # noqa: PLW0603
     import structlog  # noqa: PLC0415
 
+    if not _configured:
+        _setup()
+        _configured = True
     return structlog.get_logger("agentd")

@@ -8,6 +8,16 @@ from pathlib import Path
 # Where detection looks for binaries: fixed, never the agent's own PATH (INTERFACE.md).
 BIN_SEARCH_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
+# The files agentd writes for k3s, which the planner compares with what it would write.
+MANAGED_CONFIG_PATHS = (
+    "/etc/rancher/k3s/config.yaml",
+    "/var/lib/rancher/k3s/server/manifests/agentd-runtimeclasses.yaml",
+    "/etc/systemd/system/k3s.service",
+    "/etc/systemd/system/k3s-agent.service",
+    "/var/lib/rancher/k3s/agent/etc/containerd/config.toml.tmpl",
+    "/var/lib/rancher/k3s/agent/etc/containerd/config-v3.toml.tmpl",
+)
+
 
 @dataclass(frozen=True)
 class Paths:

@@ -10,6 +10,7 @@ from agentd import render
 from agentd.desired import Artifact, Crun, DesiredState, K3s, Plugin, WasmEdge
 from agentd.errors import DesiredStateError
 from agentd.facts import ComponentFacts, Facts, PluginFact
+from agentd.paths import MANAGED_CONFIG_PATHS
 from agentd.state import InventoryEntry
 from agentd.versions import compare
 
@@ -99,7 +100,7 @@ class _Builder:
     def keep(self, component: str, reason: str) -> None:
         self.unchanged.append(Unchanged(component, reason))
 
-    def artifact(self, component: str, artifacts: Mapping[str, Artifact]) -> Artifact:
+    def artifact(self, component: str, artifacts: Mapping[Any, Artifact]) -> Artifact:
         artifact = artifacts.get(self.arch)
         if artifact is None:
             raise DesiredStateError(
@@ -256,9 +257,9 @@ def _plan_crun(b: _Builder, want: Crun | None, found: ComponentFacts) -> str | N
     _plan_binary(b, "crun", want, found, CRUN_BIN, phase="runtime")
     if want.state == "absent":
         return None
-    if found.installed and found.version and want.version:
-        if compare(found.version, want.version) == 0:
-            return found.path
+    already = found.installed and found.version and want.version
+    if already and compare(str(found.version), str(want.version)) == 0:
+        return found.path
     return CRUN_BIN
 
 
@@ -402,10 +403,7 @@ def _remove_plugin(b: _Builder, plugin: PluginFact, why: str) -> None:
 
 def config_paths() -> list[str]:
     """Every node path whose current content `plan()` compares against."""
-    paths = [K3S_CONFIG, f"{MANIFESTS_DIR}/{render.RUNTIMECLASS_MANIFEST}"]
-    paths += [f"{SYSTEMD_DIR}/{render.k3s_unit_name(r)}" for r in ("server", "agent")]
-    paths += [f"{CONTAINERD_DIR}/{n}" for n in ("config.toml.tmpl", "config-v3.toml.tmpl")]
-    return paths
+    return list(MANAGED_CONFIG_PATHS)
 
 
 def _configure(
@@ -456,12 +454,12 @@ def _plan_k3s_files(
         )
     if k3s_present and k3s_version and crun_path is not None:
         name = render.containerd_template_name(k3s_version)
-        content = render.containerd_template(k3s_version, crun_path)
+        template = render.containerd_template(k3s_version, crun_path)
         _configure(
             b,
             "k3s/containerd",
             f"{CONTAINERD_DIR}/{name}",
-            content,
+            template,
             configs,
             f"the containerd template with the {render.CRUN_WASM_RUNTIME} runtime "
             "(pod_annotations)",

@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from agentd.converge import converge
-from agentd.desired import MAX_DOCUMENT_BYTES, DesiredState
-from agentd.detect import detect
 from agentd.errors import AgentError, DesiredStateError, GenerationError
-from agentd.facts import Facts
 from agentd.host import Host, read_bytes_limited
-from agentd.plan import Plan, config_paths, plan
+from agentd.paths import MANAGED_CONFIG_PATHS
 from agentd.state import AgentState, StateLock, load_state, save_state
-from agentd.yamlload import load_and_validate
+
+if TYPE_CHECKING:
+    from agentd.desired import DesiredState
+    from agentd.facts import Facts
+    from agentd.plan import Plan
+
+# pydantic, yaml and the planner are imported only when a plan is really needed: an unchanged
+# node answers from the no-op digest without them (start-up time matters on a Raspberry Pi).
+MAX_CONFIG_BYTES = 1 << 20
 
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 1)
 
 
 def desired_sources(host: Host, desired_file: Optional[Path]) -> list[Path]:
@@ -45,8 +54,9 @@ class Loaded:
     warnings: list[str] = field(default_factory=list)
 
 
-def load_desired(host: Host, desired_file: Optional[Path], arch: str) -> Loaded:
-    sources = desired_sources(host, desired_file)
+def load_desired(sources: list[Path], arch: str) -> Loaded:
+    from agentd.yamlload import load_and_validate  # noqa: PLC0415
+
     report = load_and_validate(sources, arch, merge_all=True)
     if report.errors or report.state is None:
         n = len(report.errors)
@@ -59,12 +69,25 @@ def load_desired(host: Host, desired_file: Optional[Path], arch: str) -> Loaded:
 def read_configs(host: Host) -> dict[str, Optional[bytes]]:
     """The current content of every file the planner compares (None: absent or unreadable)."""
     out: dict[str, Optional[bytes]] = {}
-    for node_path in config_paths():
+    for node_path in MANAGED_CONFIG_PATHS:
         try:
-            out[node_path] = read_bytes_limited(host.paths.under(node_path), MAX_DOCUMENT_BYTES)
+            out[node_path] = read_bytes_limited(host.paths.under(node_path), MAX_CONFIG_BYTES)
         except OSError:
             out[node_path] = None
     return out
+
+
+def node_arch() -> str:
+    from agentd.detect import normalise_arch  # noqa: PLC0415
+
+    return os.environ.get("AGENTD_ARCH") or normalise_arch(os.uname().machine)
+
+
+def _digest(host: Host, sources: list[Path], state: AgentState) -> str:
+    from agentd.fingerprint import planning_inputs_digest  # noqa: PLC0415
+
+    inventory = {k: v.to_json() for k, v in sorted(state.inventory.items())}
+    return planning_inputs_digest(host.paths, sources, node_arch(), inventory)
 
 
 @dataclass
@@ -77,18 +100,21 @@ class Planned:
 
 
 def make_plan(host: Host, desired_file: Optional[Path]) -> Planned:
+    from agentd.detect import detect  # noqa: PLC0415
+    from agentd.plan import plan  # noqa: PLC0415
+
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    sources = desired_sources(host, desired_file)
     state = load_state(host.paths) or AgentState()
     facts = detect(host.paths, state.recorded_plugins())
+    timings["detect"] = _ms(t0)
     t1 = time.perf_counter()
-    loaded = load_desired(host, desired_file, facts.host.arch)
+    loaded = load_desired(sources, facts.host.arch)
+    timings["load"] = _ms(t1)
     t2 = time.perf_counter()
     the_plan = plan(loaded.desired, facts, state.inventory, read_configs(host))
-    t3 = time.perf_counter()
-    timings["detect"] = round((t1 - t0) * 1000, 1)
-    timings["load"] = round((t2 - t1) * 1000, 1)
-    timings["plan"] = round((t3 - t2) * 1000, 1)
+    timings["plan"] = _ms(t2)
     return Planned(loaded, facts, state, the_plan, timings)
 
 
@@ -97,39 +123,67 @@ def apply(
 ) -> dict[str, Any]:
     """Converge once. Returns the run's result (also saved in state.json unless dry-run)."""
     started, t0 = _now(), time.perf_counter()
-    lock = StateLock(host.paths)
     if dry_run:
+        return _result(make_plan(host, desired_file), started, t0, "planned", dry_run=True)
+    with StateLock(host.paths).held("apply", lock_wait_s):
+        state = load_state(host.paths) or AgentState()
+        sources = desired_sources(host, desired_file)
+        digest = _digest(host, sources, state)
+        if state.noop and state.noop.get("digest") == digest:
+            result = {**state.noop["result"], "startedAt": started, "cached": True}
+            _record(host, result, t0, state)
+            return result
+        return _apply_planned(host, desired_file, started, t0, digest)
+
+
+def _apply_planned(
+    host: Host, desired_file: Optional[Path], started: str, t0: float, digest: str
+) -> dict[str, Any]:
+    from agentd.converge import converge  # noqa: PLC0415
+
+    result: dict[str, Any] = {"kind": "apply", "startedAt": started, "outcome": "failed"}
+    try:
         planned = make_plan(host, desired_file)
-        return _result(planned, started, t0, "planned", dry_run=True)
-    with lock.held("apply", lock_wait_s):
-        result: dict[str, Any] = {"kind": "apply", "startedAt": started, "outcome": "failed"}
-        try:
-            planned = make_plan(host, desired_file)
-        except AgentError as exc:
-            result.update(error=str(exc), problems=getattr(exc, "problems", []))
-            _record(host, result, t0)
-            raise
-        state, desired = planned.state, planned.loaded.desired
-        last = state.last_applied_generation
-        if last is not None and desired.generation < last:
-            result = _result(planned, started, t0, "refused")
-            result["error"] = (
-                f"desired generation {desired.generation} is older than generation {last} "
-                "already applied on this node; nothing was changed (publish a higher generation)"
-            )
-            _record(host, result, t0, state)
-            raise GenerationError(result["error"])
-        try:
-            report = converge(host, planned.plan, state, desired.generation)
-        except AgentError as exc:
-            result = _result(planned, started, t0, "failed", report=getattr(exc, "report", None))
-            result["error"] = str(exc)
-            _record(host, result, t0, state)
-            raise
-        state.last_applied_generation = desired.generation
-        result = _result(planned, started, t0, "converged", report=report)
+    except AgentError as exc:
+        result.update(error=str(exc), problems=getattr(exc, "problems", []))
+        _record(host, result, t0)
+        raise
+    state, desired = planned.state, planned.loaded.desired
+    last = state.last_applied_generation
+    if last is not None and desired.generation < last:
+        result = _result(planned, started, t0, "refused")
+        result["error"] = (
+            f"desired generation {desired.generation} is older than generation {last} "
+            "already applied on this node; nothing was changed (publish a higher generation)"
+        )
         _record(host, result, t0, state)
-        return result
+        raise GenerationError(result["error"])
+    try:
+        report = converge(host, planned.plan, state, desired.generation)
+    except AgentError as exc:
+        result = _result(planned, started, t0, "failed", report=getattr(exc, "report", None))
+        result["error"] = str(exc)
+        _record(host, result, t0, state)
+        raise
+    state.last_applied_generation = desired.generation
+    result = _result(planned, started, t0, "converged", report=report)
+    # Only a plan that found nothing to do is memoised: its inputs were not changed by the run.
+    state.noop = None
+    if planned.plan.empty:
+        keep = (
+            "kind",
+            "generation",
+            "arch",
+            "outcome",
+            "dryRun",
+            "sources",
+            "actions",
+            "unchanged",
+            "warnings",
+        )
+        state.noop = {"digest": digest, "result": {k: result[k] for k in keep if k in result}}
+    _record(host, result, t0, state)
+    return result
 
 
 def _result(
@@ -142,6 +196,7 @@ def _result(
     report: Any = None,
 ) -> dict[str, Any]:
     p = planned.plan
+    steps = report.steps if report else None
     result: dict[str, Any] = {
         "kind": "apply",
         "generation": p.generation,
@@ -150,7 +205,7 @@ def _result(
         "dryRun": dry_run,
         "startedAt": started,
         "sources": planned.loaded.sources,
-        "actions": [s.to_json() for s in report.steps] if report else [a.to_json() for a in p.actions],
+        "actions": [s.to_json() for s in steps] if steps else [a.to_json() for a in p.actions],
         "unchanged": [u.to_json() for u in p.unchanged],
         "timings": dict(planned.timings_ms),
     }
@@ -162,14 +217,16 @@ def _result(
         result["timings"].update(report.timings_ms)
         if report.error:
             result["error"] = report.error
-    result["durationMs"] = round((time.perf_counter() - t0) * 1000, 1)
+    result["durationMs"] = _ms(t0)
     return result
 
 
-def _record(host: Host, result: dict[str, Any], t0: float, state: AgentState | None = None) -> None:
+def _record(
+    host: Host, result: dict[str, Any], t0: float, state: Optional[AgentState] = None
+) -> None:
     if state is None:
         state = load_state(host.paths) or AgentState()
     result["finishedAt"] = _now()
-    result["durationMs"] = round((time.perf_counter() - t0) * 1000, 1)
+    result["durationMs"] = _ms(t0)
     state.record_run(result)
     save_state(host.paths, state)

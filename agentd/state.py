@@ -45,6 +45,9 @@ class AgentState:
     history: list[dict[str, Any]] = field(default_factory=list)
     inventory: dict[str, InventoryEntry] = field(default_factory=dict)
     health: dict[str, Any] | None = None
+    # The digest of the inputs of the last plan that found nothing to do, and that plan's
+    # result: while the digest matches, apply can skip loading, detecting and planning.
+    noop: dict[str, Any] | None = None
 
     def recorded_plugins(self) -> dict[str, list[str]]:
         prefix = "wasmedge/plugins/"
@@ -71,6 +74,7 @@ class AgentState:
             "history": self.history,
             "inventory": {k: v.to_json() for k, v in sorted(self.inventory.items())},
             "health": self.health,
+            "noop": self.noop,
         }
 
 
@@ -94,6 +98,7 @@ def load_state(paths: Paths) -> AgentState | None:
                 k: InventoryEntry.from_json(v) for k, v in data.get("inventory", {}).items()
             },
             health=data.get("health"),
+            noop=data.get("noop"),
         )
     except (ValueError, AttributeError, TypeError) as exc:
         raise StateError(

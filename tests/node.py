@@ -32,7 +32,16 @@ class Node:
     def agentd(self, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> Result:
         full_env = {**os.environ, "AGENTD_ROOT": "", **(env or {})}
         proc = subprocess.run(
-            [sys.executable, "-m", "agentd", "--root", str(self.root), "--log-format", "json", *args],
+            [
+                sys.executable,
+                "-m",
+                "agentd",
+                "--root",
+                str(self.root),
+                "--log-format",
+                "json",
+                *args,
+            ],
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -11,7 +11,7 @@ import tarfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
@@ -90,7 +90,7 @@ def test_converges_an_empty_root(
     assert state["lastRun"]["outcome"] == "converged"
     assert state["inventory"]["crun"]["version"] == "1.15"
     # no temporary files left beside any target
-    assert not [p for p in node.root.rglob(".*agentd-*")]
+    assert not list(node.root.rglob(".*agentd-*"))
 
 
 def test_second_run_does_nothing_and_downloads_nothing(
@@ -140,7 +140,12 @@ def test_upgrade_downgrade_remove_and_plugins_follow_the_runtime(
     assert node.version_of("/usr/local/bin/crun") == "crun version 1.14"
 
     new = doc_for(
-        mirror, mirror_index, arch, crun="1.15", wasmedge="0.14.1", k3s="v1.31.2+k3s1",
+        mirror,
+        mirror_index,
+        arch,
+        crun="1.15",
+        wasmedge="0.14.1",
+        k3s="v1.31.2+k3s1",
         generation=2,
     )
     res = node.apply(new)
@@ -241,7 +246,14 @@ def test_wrong_sha256_installs_nothing(
     assert node.apply(doc).code == 0
     before = node.tree()
     wrong = "0" * 64
-    res = node.apply(_broken_crun(doc, arch, url=doc["components"]["crun"]["artifacts"][arch]["url"].replace("1.14", "1.15"), sha256=wrong))
+    res = node.apply(
+        _broken_crun(
+            doc,
+            arch,
+            url=doc["components"]["crun"]["artifacts"][arch]["url"].replace("1.14", "1.15"),
+            sha256=wrong,
+        )
+    )
     _assert_failed_and_untouched(node, res, before, "sha256 mismatch")
     cache = node.path("/var/lib/wasm-edge/cache")
     assert not (cache / "sha256" / wrong).exists()
@@ -298,14 +310,17 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile
 
 
 TOP = "WasmEdge-0.14.1-Linux"
-GOOD = [
+Members = list[tuple[tarfile.TarInfo, Optional[bytes]]]
+GOOD: Members = [
     (_member(f"{TOP}/bin/wasmedge"), b"#!/bin/sh\necho wasmedge version 0.14.1\n"),
     (_member(f"{TOP}/lib64/libwasmedge.so.0.1.0"), b"lib"),
 ]
-HOSTILE = {
+HOSTILE: dict[str, Members] = {
     "absolute": [(_member("/usr/local/bin/evil"), b"x")],
     "dotdot": [(_member(f"{TOP}/../../../etc/cron.d/evil"), b"x")],
-    "symlink-out-absolute": [(_member(f"{TOP}/lib64/libx.so", tarfile.SYMTYPE, "/etc/shadow"), None)],
+    "symlink-out-absolute": [
+        (_member(f"{TOP}/lib64/libx.so", tarfile.SYMTYPE, "/etc/shadow"), None)
+    ],
     "symlink-out-relative": [
         (_member(f"{TOP}/lib64/libx.so", tarfile.SYMTYPE, "../../../../etc/shadow"), None)
     ],
@@ -328,15 +343,21 @@ def test_hostile_archive_installs_nothing(
     evil_dir.mkdir()
     archive = _tar(GOOD + HOSTILE[kind])
     (evil_dir / "WasmEdge-0.14.1-evil.tar.gz").write_bytes(archive)
-    crun_path, crun_sha = mirror_index.artifact("crun", "1.15", arch)
+    _, crun_sha = mirror_index.artifact("crun", "1.15", arch)
     (evil_dir / "crun").write_bytes(mirror_index.file("crun", "1.15", arch).read_bytes())
     with MirrorServer(evil_dir) as evil:
         doc = desired_document(evil.url, mirror_index, k3s=None, wasmedge=None, arches=(arch,))
-        doc["components"]["crun"]["artifacts"][arch] = {"url": f"{evil.url}/crun", "sha256": crun_sha}
+        doc["components"]["crun"]["artifacts"][arch] = {
+            "url": f"{evil.url}/crun",
+            "sha256": crun_sha,
+        }
         doc["components"]["wasmedge"] = {
             "version": "0.14.1",
             "artifacts": {
-                arch: {"url": f"{evil.url}/WasmEdge-0.14.1-evil.tar.gz", "sha256": sha256_hex(archive)}
+                arch: {
+                    "url": f"{evil.url}/WasmEdge-0.14.1-evil.tar.gz",
+                    "sha256": sha256_hex(archive),
+                }
             },
         }
         res = node.apply(doc)
@@ -405,12 +426,28 @@ def test_concurrent_applies_never_overlap(
     node: Node, mirror: MirrorServer, mirror_index: Mirror, arch: str
 ) -> None:
     path = node.desired(doc_for(mirror, mirror_index, arch))
-    cmd = [sys.executable, "-m", "agentd", "--root", str(node.root), "apply", "--desired", str(path), "--wait", "60", "--json"]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "agentd",
+        "--root",
+        str(node.root),
+        "apply",
+        "--desired",
+        str(path),
+        "--wait",
+        "60",
+        "--json",
+    ]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     done = sorted(len(__import__("json").loads(o[0])["actions"]) for o in outs)
-    assert done[0] == 0 and done[1] > 0  # one converged, the other found nothing left to do
+    # one converged, the other found nothing left to do
+    assert done[0] == 0
+    assert done[1] > 0
 
 
 def test_distribution_crun_is_left_alone(
@@ -437,7 +474,11 @@ def test_distribution_crun_is_left_alone(
     assert node.apply(doc).code == 0
     assert distro.exists()
     plan = node.agentd("plan", "--desired", str(node.desired(doc)), "--json").json()
-    assert any("not installed by agentd" in u["reason"] for u in plan["unchanged"] if u["component"] == "crun")
+    assert any(
+        "not installed by agentd" in u["reason"]
+        for u in plan["unchanged"]
+        if u["component"] == "crun"
+    )
 
 
 def test_credentials_never_reach_logs_or_state(
@@ -453,7 +494,13 @@ def test_credentials_never_reach_logs_or_state(
     doc["generation"] = 2
     failed = node.apply(doc)
     assert failed.code == 1
-    for text in (res.stdout, res.stderr, failed.stdout, failed.stderr, node.read("/var/lib/wasm-edge/state.json")):
+    for text in (
+        res.stdout,
+        res.stderr,
+        failed.stdout,
+        failed.stderr,
+        node.read("/var/lib/wasm-edge/state.json"),
+    ):
         assert "s3cr3t-pw" not in text
     assert "***@" in failed.stderr
 
@@ -482,7 +529,9 @@ def test_local_sources_merge_drop_ins(
     assert "server: https://10.0.0.1:6443" in config
     assert node.path("/etc/systemd/system/k3s-agent.service").exists()
     # an agent does not write cluster objects
-    assert not node.path("/var/lib/rancher/k3s/server/manifests/agentd-runtimeclasses.yaml").exists()
+    assert not node.path(
+        "/var/lib/rancher/k3s/server/manifests/agentd-runtimeclasses.yaml"
+    ).exists()
 
 
 def test_no_op_apply_runs_no_version_command(

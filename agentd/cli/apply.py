@@ -17,7 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--desired", type=Path, help="a desired-state file instead of the sources")
     parser.add_argument("--dry-run", action="store_true", help="plan only; change nothing")
     parser.add_argument(
-        "--wait", type=float, default=0.0, metavar="SECONDS",
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
         help="wait this long for another run's lock instead of failing at once",
     )
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")

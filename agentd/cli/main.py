@@ -46,7 +46,8 @@ def _common() -> argparse.ArgumentParser:
 def build_parser(selected: str | None) -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(
-        prog="agentd", description="Declarative node agent for k3s + WebAssembly edge nodes.",
+        prog="agentd",
+        description="Declarative node agent for k3s + WebAssembly edge nodes.",
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"agentd {__version__}")

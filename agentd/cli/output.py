@@ -20,7 +20,7 @@ def _versions(a: dict[str, Any]) -> str:
         return f" {a['from']} -> {a['to']}"
     if "to" in a:
         return f" {a['to']}"
-    if "from" in a and a["from"]:
+    if a.get("from"):
         return f" {a['from']}"
     return ""
 

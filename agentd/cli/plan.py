@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--desired", type=Path, help="a desired-state file instead of the sources")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     parser.add_argument(
-        "--detailed-exitcode", action="store_true",
+        "--detailed-exitcode",
+        action="store_true",
         help="exit 0 when there is nothing to do, 2 when changes are pending",
     )
 

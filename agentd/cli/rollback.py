@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 from agentd.cli.main import print_json
 from agentd.converge import rollback
@@ -26,7 +27,7 @@ def handle(args: argparse.Namespace) -> int:
         state = load_state(host.paths) or AgentState()
         started, t0 = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.perf_counter()
         done = rollback(host, state, args.component)
-        result = {
+        result: dict[str, Any] = {
             "kind": "rollback",
             "generation": state.last_applied_generation,
             "outcome": "rolled back",

@@ -14,15 +14,19 @@ from agentd.yamlload import load_and_validate
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "files", nargs="*", type=Path,
+        "files",
+        nargs="*",
+        type=Path,
         help="desired-state files; none: this node's sources, merged as apply merges them",
     )
     parser.add_argument(
-        "--merge", action="store_true",
+        "--merge",
+        action="store_true",
         help="merge the FILEs in order (like desired.yaml and desired.d/) instead of one by one",
     )
     parser.add_argument(
-        "--arch", choices=(*ARCHES, "none"),
+        "--arch",
+        choices=(*ARCHES, "none"),
         help="check artifacts for this architecture (default: this node's; none: skip)",
     )
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
@@ -31,8 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def handle(args: argparse.Namespace) -> int:
     arch: str | None = args.arch
     if arch is None:
-        from agentd.detect import normalise_arch  # noqa: PLC0415
         import os  # noqa: PLC0415
+
+        from agentd.detect import normalise_arch  # noqa: PLC0415
 
         arch = os.environ.get("AGENTD_ARCH") or normalise_arch(os.uname().machine)
     elif arch == "none":
