@@ -19,6 +19,7 @@ from agentd.archive import extract_tarball
 from agentd.errors import AgentError, ConvergeError, RollbackError
 from agentd.fetch import ArtifactCache, FetchResult
 from agentd.host import Host, ServiceError, atomic_copy, atomic_symlink, atomic_write, remove_path
+from agentd.log import get_logger
 from agentd.plan import K3S_BIN, PLUGIN_PREFIX, SYSTEMD_DIR, Action, Plan
 from agentd.redact import redact_text, redact_url
 from agentd.state import AgentState, InventoryEntry
@@ -438,6 +439,15 @@ def _run_step(host: Host, journal: Journal, step: Step) -> None:
         host.services.restart(a.target)
     step.status = "done"
     step.duration_ms = (time.perf_counter() - start) * 1000
+    get_logger().info(
+        "action done",
+        component=a.component,
+        action=a.action,
+        version=a.to_version,
+        target=a.target,
+        reason=a.reason,
+        ms=round(step.duration_ms, 1),
+    )
 
 
 def _recover_services(host: Host, report: RunReport) -> None:
@@ -455,6 +465,12 @@ def _recover_services(host: Host, report: RunReport) -> None:
 def _fail(report: RunReport, step: Step | None, exc: BaseException, outcome: str) -> ConvergeError:
     where = f"{step.action.component} {step.action.action}: " if step else ""
     report.error = redact_text(f"{where}{exc}; {outcome}")
+    get_logger().error(
+        "converge failed",
+        component=step.action.component if step else None,
+        action=step.action.action if step else None,
+        error=report.error,
+    )
     err = ConvergeError(report.error)
     err.report = report
     return err

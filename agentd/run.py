@@ -167,6 +167,12 @@ def _apply_planned(
         raise
     state.last_applied_generation = desired.generation
     result = _result(planned, started, t0, "converged", report=report)
+    if not planned.plan.empty:
+        from agentd.log import get_logger  # noqa: PLC0415
+
+        get_logger().info(
+            "converged", generation=desired.generation, actions=len(planned.plan.actions)
+        )
     # Only a plan that found nothing to do is memoised: its inputs were not changed by the run.
     state.noop = None
     if planned.plan.empty:
