@@ -138,7 +138,8 @@ def plan(
     k3s_found = facts.component("k3s")
 
     if comps.k3s is not None and comps.k3s.state == "absent":
-        _plan_binary(b, "k3s", comps.k3s, k3s_found, K3S_BIN, phase="stop")
+        unit = _k3s_unit_on_node(comps.k3s.role, configs)
+        _plan_binary(b, "k3s", comps.k3s, k3s_found, K3S_BIN, phase="stop", target=unit)
     _plan_wasmedge(b, comps.wasmedge, facts.component("wasmedge"), inventory)
     crun_path = _plan_crun(b, comps.crun, facts.component("crun"))
     if comps.k3s is not None and comps.k3s.state == "present":
@@ -150,6 +151,15 @@ def plan(
     _plan_restart(b, desired, k3s_found)
     ordered = sorted(b.actions, key=lambda a: _PHASES[a.phase])
     return Plan(desired.generation, b.arch, tuple(ordered), tuple(b.unchanged))
+
+
+def _k3s_unit_on_node(role: str, configs: ConfigContents) -> str:
+    """The k3s unit this node has: the desired role's if its file exists, else the other's."""
+    other = "agent" if role == "server" else "server"
+    for candidate in (render.k3s_unit_name(role), render.k3s_unit_name(other)):
+        if configs.get(f"{SYSTEMD_DIR}/{candidate}") is not None:
+            return candidate
+    return render.k3s_unit_name(role)
 
 
 def _found_note(found: ComponentFacts) -> str:
@@ -165,6 +175,7 @@ def _plan_binary(
     found: ComponentFacts,
     managed_path: str,
     phase: str,
+    target: str | None = None,
 ) -> None:
     """Install, up/downgrade or remove a single-binary component (k3s, crun)."""
     disruptive = name == "k3s"
@@ -176,6 +187,7 @@ def _plan_binary(
                     "remove",
                     f"state: absent; {name} {found.version or ''} found at {found.path}".strip(),
                     from_version=found.version,
+                    target=target,
                     disruptive=disruptive,
                     phase=phase,
                 )
@@ -276,7 +288,7 @@ def _plan_wasmedge(
         # Plugins first: they are useless without the runtime and live in its library dir.
         for plugin in found.plugins:
             _remove_plugin(b, plugin, "WasmEdge is to be removed")
-        if found.installed:
+        if found.installed and found.managed:
             b.act(
                 Action(
                     "wasmedge",
@@ -284,6 +296,12 @@ def _plan_wasmedge(
                     f"state: absent; WasmEdge {found.version or ''} found at {found.path}".strip(),
                     from_version=found.version,
                 )
+            )
+        elif found.installed:
+            b.keep(
+                "wasmedge",
+                f"state: absent, but {found.path} was not installed by agentd (it belongs to "
+                "the distribution or another tool); not removing it",
             )
         else:
             b.keep("wasmedge", "state: absent and not installed")
@@ -440,7 +458,8 @@ def _plan_k3s_files(
     k3s = desired.components.k3s
     managed = k3s is not None and k3s.state == "present"
     k3s_version = k3s.version if managed and k3s is not None else k3s_found.version
-    k3s_present = managed or k3s_found.installed
+    removing = k3s is not None and k3s.state == "absent"
+    k3s_present = managed or (k3s_found.installed and not removing)
     if managed and k3s is not None:
         _configure(b, "k3s/config", K3S_CONFIG, render.k3s_config(k3s), configs, "the k3s config")
         unit = render.k3s_unit_name(k3s.role)
@@ -465,7 +484,8 @@ def _plan_k3s_files(
             "(pod_annotations)",
         )
     elif crun_path is not None:
-        b.keep("k3s/containerd", "k3s is neither installed nor desired")
+        why = "k3s is to be removed" if removing else "k3s is neither installed nor desired"
+        b.keep("k3s/containerd", why)
     crun = desired.components.crun
     if crun is not None and crun.state == "absent":
         # A template naming a removed crun would make every Wasm pod fail to start.
@@ -480,6 +500,8 @@ def _plan_k3s_files(
             render.runtimeclass_manifest(desired.runtimeClasses) if desired.runtimeClasses else None
         )
         _configure(b, "k3s/runtimeclasses", manifest, content, configs, "the RuntimeClasses")
+    elif desired.runtimeClasses and removing:
+        b.keep("k3s/runtimeclasses", "k3s is to be removed; the manifest is left as it is")
     elif desired.runtimeClasses:
         b.keep(
             "k3s/runtimeclasses",

@@ -60,7 +60,11 @@ def containerd_template(k3s_version: str, crun_path: str) -> bytes:
 
 def k3s_config(k3s: K3s) -> bytes:
     """/etc/rancher/k3s/config.yaml: the desired flags, plus role wiring; never a token itself."""
-    config: dict[str, Any] = dict(k3s.config)
+    # validate refuses token keys; dropping them here too keeps a secret out of the file even for
+    # a document that skipped validation.
+    config: dict[str, Any] = {
+        k: v for k, v in k3s.config.items() if k.strip("-+") not in ("token", "agent-token")
+    }
     if k3s.tokenFile:
         config["token-file"] = k3s.tokenFile
     if k3s.server:

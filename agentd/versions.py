@@ -62,7 +62,11 @@ def parse_version(text: str) -> Version | None:
 
 
 def compare(installed: str, desired: str) -> int:
-    """-1, 0, 1 as installed is older, equal, newer; unparseable versions compare as text."""
+    """-1, 0, 1 as installed is older, equal, newer.
+
+    Unparseable versions are equal only when identical; otherwise they count as older, so a
+    plan never calls replacing them a downgrade.
+    """
     a, b = parse_version(installed), parse_version(desired)
     if a is None or b is None:
         return 0 if installed == desired else -1
