@@ -20,7 +20,16 @@ from agentd.errors import AgentError, ConvergeError, RollbackError
 from agentd.fetch import ArtifactCache, FetchResult
 from agentd.host import Host, ServiceError, atomic_copy, atomic_symlink, atomic_write, remove_path
 from agentd.log import get_logger
-from agentd.plan import K3S_BIN, PLUGIN_PREFIX, SYSTEMD_DIR, Action, Plan
+from agentd.paths import (
+    CRUN_BIN,
+    K3S_BIN,
+    PLUGIN_DIR,
+    SYSTEMD_DIR,
+    USR_LOCAL_BIN,
+    USR_LOCAL_INCLUDE,
+    USR_LOCAL_LIB,
+)
+from agentd.plan import PLUGIN_PREFIX, Action, Plan
 from agentd.redact import redact_text, redact_url
 from agentd.state import AgentState, InventoryEntry
 
@@ -221,7 +230,7 @@ class _Stager:
         if c == "k3s":
             return self._k3s(blob.path)
         if c == "crun":
-            return [Op("copy", "/usr/local/bin/crun", source=blob.path, mode=0o755)]
+            return [Op("copy", CRUN_BIN, source=blob.path, mode=0o755)]
         if c == "wasmedge":
             return self._wasmedge(blob.path)
         if c.startswith(PLUGIN_PREFIX):
@@ -232,7 +241,7 @@ class _Stager:
         ops = [Op("copy", K3S_BIN, source=blob, mode=0o755)]
         recorded = self.state.inventory.get("k3s")
         for name in K3S_LINKS:
-            node_path = f"/usr/local/bin/{name}"
+            node_path = f"{USR_LOCAL_BIN}/{name}"
             link = self.host.paths.under(node_path)
             mine = recorded is not None and node_path in recorded.files
             # Like get.k3s.io: link only where no such command exists already.
@@ -254,10 +263,10 @@ class _Stager:
             )
         top = next(iter(tops))
         prefix_map = {
-            "bin": "/usr/local/bin",
-            "lib64": "/usr/local/lib",
-            "lib": "/usr/local/lib",
-            "include": "/usr/local/include",
+            "bin": USR_LOCAL_BIN,
+            "lib64": USR_LOCAL_LIB,
+            "lib": USR_LOCAL_LIB,
+            "include": USR_LOCAL_INCLUDE,
         }
         ops: list[Op] = []
         for member in members:
@@ -270,7 +279,7 @@ class _Stager:
                 ops.append(Op("symlink", node_path, link=os.readlink(src)))
             else:
                 ops.append(Op("copy", node_path, source=src, mode=src.stat().st_mode & 0o755))
-        if not any(o.path == "/usr/local/bin/wasmedge" for o in ops):
+        if not any(o.path == f"{USR_LOCAL_BIN}/wasmedge" for o in ops):
             raise ConvergeError(f"the WasmEdge archive has no {top}/bin/wasmedge")
         # Files of the version being replaced that the new one does not have (an old .so.0.x).
         new_paths = {o.path for o in ops}
@@ -285,9 +294,8 @@ class _Stager:
         libs = [m for m in members if m.endswith(".so") and not (dest / m).is_symlink()]
         if not libs:
             raise ConvergeError(f"plugin {name}: the archive holds no .so file")
-        plugin_dir = "/usr/local/lib/wasmedge"
         return [
-            Op("copy", f"{plugin_dir}/{Path(m).name}", source=dest / m, mode=0o644) for m in libs
+            Op("copy", f"{PLUGIN_DIR}/{Path(m).name}", source=dest / m, mode=0o644) for m in libs
         ]
 
     def _installed_files(self, action: Action) -> list[str]:
@@ -300,16 +308,17 @@ class _Stager:
         if c.startswith(PLUGIN_PREFIX):
             return [action.target] if action.target else []
         if c == "crun":
-            return ["/usr/local/bin/crun"]
+            return [CRUN_BIN]
         if c == "k3s":
             links = [
-                f"/usr/local/bin/{n}"
+                f"{USR_LOCAL_BIN}/{n}"
                 for n in K3S_LINKS
-                if os.path.realpath(paths.under(f"/usr/local/bin/{n}")) == str(paths.under(K3S_BIN))
+                if os.path.realpath(paths.under(f"{USR_LOCAL_BIN}/{n}"))
+                == os.path.realpath(paths.under(K3S_BIN))
             ]
             return [K3S_BIN, *links]
         if c == "wasmedge":
-            found = ["/usr/local/bin/wasmedge", "/usr/local/bin/wasmedgec"]
+            found = [f"{USR_LOCAL_BIN}/wasmedge", f"{USR_LOCAL_BIN}/wasmedgec"]
             found += [paths.host_view(p) for p in paths.usr_local_lib.glob("libwasmedge.so*")]
             inc = paths.usr_local_include / "wasmedge"
             found += [paths.host_view(p) for p in inc.rglob("*") if not p.is_dir()]

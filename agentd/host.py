@@ -227,6 +227,3 @@ class Host:
         paths = Paths(root)
         services: ServiceManager = RecordedServices() if paths.sandboxed else SystemdServices()
         return cls(paths, services)
-
-    def run(self, argv: list[str], timeout: float = COMMAND_TIMEOUT_S) -> CommandResult:
-        return run_command(argv, timeout)

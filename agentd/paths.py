@@ -8,14 +8,30 @@ from pathlib import Path
 # Where detection looks for binaries: fixed, never the agent's own PATH (INTERFACE.md).
 BIN_SEARCH_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
+# Where components go, as seen on the node (the upstream conventions in INTERFACE.md).
+USR_LOCAL_BIN = "/usr/local/bin"
+USR_LOCAL_LIB = "/usr/local/lib"
+USR_LOCAL_INCLUDE = "/usr/local/include"
+PLUGIN_DIR = "/usr/local/lib/wasmedge"
+K3S_BIN = f"{USR_LOCAL_BIN}/k3s"
+CRUN_BIN = f"{USR_LOCAL_BIN}/crun"
+SYSTEMD_DIR = "/etc/systemd/system"
+K3S_UNITS = {"server": "k3s.service", "agent": "k3s-agent.service"}
+K3S_CONFIG = "/etc/rancher/k3s/config.yaml"
+RUNTIMECLASS_MANIFEST = "/var/lib/rancher/k3s/server/manifests/agentd-runtimeclasses.yaml"
+CONTAINERD_DIR = "/var/lib/rancher/k3s/agent/etc/containerd"
+# containerd 1 reads the first template, containerd 2 (bundled with newer k3s) the second.
+CONTAINERD_TEMPLATES = (
+    f"{CONTAINERD_DIR}/config.toml.tmpl",
+    f"{CONTAINERD_DIR}/config-v3.toml.tmpl",
+)
+
 # The files agentd writes for k3s, which the planner compares with what it would write.
 MANAGED_CONFIG_PATHS = (
-    "/etc/rancher/k3s/config.yaml",
-    "/var/lib/rancher/k3s/server/manifests/agentd-runtimeclasses.yaml",
-    "/etc/systemd/system/k3s.service",
-    "/etc/systemd/system/k3s-agent.service",
-    "/var/lib/rancher/k3s/agent/etc/containerd/config.toml.tmpl",
-    "/var/lib/rancher/k3s/agent/etc/containerd/config-v3.toml.tmpl",
+    K3S_CONFIG,
+    RUNTIMECLASS_MANIFEST,
+    *(f"{SYSTEMD_DIR}/{unit}" for unit in K3S_UNITS.values()),
+    *CONTAINERD_TEMPLATES,
 )
 
 
@@ -47,10 +63,6 @@ class Paths:
     @property
     def etc_dir(self) -> Path:
         return self.under("/etc/wasm-edge")
-
-    @property
-    def settings_file(self) -> Path:
-        return self.etc_dir / "agentd.yaml"
 
     @property
     def desired_file(self) -> Path:
@@ -91,36 +103,16 @@ class Paths:
 
     # component locations (upstream conventions)
     @property
-    def usr_local_bin(self) -> Path:
-        return self.under("/usr/local/bin")
-
-    @property
     def usr_local_lib(self) -> Path:
-        return self.under("/usr/local/lib")
+        return self.under(USR_LOCAL_LIB)
 
     @property
     def usr_local_include(self) -> Path:
-        return self.under("/usr/local/include")
+        return self.under(USR_LOCAL_INCLUDE)
 
     @property
     def plugin_dir(self) -> Path:
-        return self.under("/usr/local/lib/wasmedge")
-
-    @property
-    def systemd_dir(self) -> Path:
-        return self.under("/etc/systemd/system")
-
-    @property
-    def k3s_config(self) -> Path:
-        return self.under("/etc/rancher/k3s/config.yaml")
-
-    @property
-    def k3s_manifests_dir(self) -> Path:
-        return self.under("/var/lib/rancher/k3s/server/manifests")
-
-    @property
-    def containerd_dir(self) -> Path:
-        return self.under("/var/lib/rancher/k3s/agent/etc/containerd")
+        return self.under(PLUGIN_DIR)
 
     @property
     def os_release(self) -> Path:

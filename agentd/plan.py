@@ -10,17 +10,18 @@ from agentd import render
 from agentd.desired import Artifact, Crun, DesiredState, K3s, Plugin, WasmEdge
 from agentd.errors import DesiredStateError
 from agentd.facts import ComponentFacts, Facts, PluginFact
-from agentd.paths import MANAGED_CONFIG_PATHS
+from agentd.paths import (
+    CONTAINERD_TEMPLATES,
+    CRUN_BIN,
+    K3S_BIN,
+    K3S_CONFIG,
+    MANAGED_CONFIG_PATHS,
+    RUNTIMECLASS_MANIFEST,
+    SYSTEMD_DIR,
+)
 from agentd.state import InventoryEntry
 from agentd.versions import compare
 
-K3S_BIN = "/usr/local/bin/k3s"
-CRUN_BIN = "/usr/local/bin/crun"
-WASMEDGE_BIN = "/usr/local/bin/wasmedge"
-K3S_CONFIG = "/etc/rancher/k3s/config.yaml"
-CONTAINERD_DIR = "/var/lib/rancher/k3s/agent/etc/containerd"
-MANIFESTS_DIR = "/var/lib/rancher/k3s/server/manifests"
-SYSTEMD_DIR = "/etc/systemd/system"
 PLUGIN_PREFIX = "wasmedge/plugins/"
 
 # Actions run in this order; within a phase, in the order they were planned.
@@ -472,12 +473,11 @@ def _plan_k3s_files(
             f"the {unit} unit",
         )
     if k3s_present and k3s_version and crun_path is not None:
-        name = render.containerd_template_name(k3s_version)
         template = render.containerd_template(k3s_version, crun_path)
         _configure(
             b,
             "k3s/containerd",
-            f"{CONTAINERD_DIR}/{name}",
+            render.containerd_template_path(k3s_version),
             template,
             configs,
             f"the containerd template with the {render.CRUN_WASM_RUNTIME} runtime "
@@ -489,12 +489,11 @@ def _plan_k3s_files(
     crun = desired.components.crun
     if crun is not None and crun.state == "absent":
         # A template naming a removed crun would make every Wasm pod fail to start.
-        for name in ("config.toml.tmpl", "config-v3.toml.tmpl"):
-            target = f"{CONTAINERD_DIR}/{name}"
+        for target in CONTAINERD_TEMPLATES:
             current = configs.get(target)
             if current is not None and current.startswith(render.MANAGED_HEADER.encode()):
                 _configure(b, "k3s/containerd", target, None, configs, "the crun runtime")
-    manifest = f"{MANIFESTS_DIR}/{render.RUNTIMECLASS_MANIFEST}"
+    manifest = RUNTIMECLASS_MANIFEST
     if managed and k3s is not None and k3s.role == "server":
         content = (
             render.runtimeclass_manifest(desired.runtimeClasses) if desired.runtimeClasses else None

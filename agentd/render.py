@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 
 from agentd.desired import K3s, RuntimeClass
+from agentd.paths import CONTAINERD_TEMPLATES, K3S_BIN, K3S_UNITS
 from agentd.versions import Version, parse_version
 
 MANAGED_HEADER = (
@@ -18,7 +19,6 @@ MANAGED_HEADER = (
 # runtime needs a name of its own.
 CRUN_WASM_RUNTIME = "crun-wasm"
 POD_ANNOTATIONS = ("module.wasm.image/*", "*.wasm.*", "wasm.*", "run.oci.handler")
-RUNTIMECLASS_MANIFEST = "agentd-runtimeclasses.yaml"
 
 # containerd 2 (config version 3) is bundled from these k3s releases on (components.md).
 _CONTAINERD2_FROM = {(1, 31): Version("v1.31.6+k3s1"), (1, 32): Version("v1.32.2+k3s1")}
@@ -34,8 +34,9 @@ def uses_containerd2(k3s_version: str) -> bool:
     return minor > (1, 32)
 
 
-def containerd_template_name(k3s_version: str) -> str:
-    return "config-v3.toml.tmpl" if uses_containerd2(k3s_version) else "config.toml.tmpl"
+def containerd_template_path(k3s_version: str) -> str:
+    """The template file (node path) the given k3s release's containerd reads."""
+    return CONTAINERD_TEMPLATES[1] if uses_containerd2(k3s_version) else CONTAINERD_TEMPLATES[0]
 
 
 def containerd_template(k3s_version: str, crun_path: str) -> bytes:
@@ -74,7 +75,7 @@ def k3s_config(k3s: K3s) -> bytes:
 
 
 def k3s_unit_name(role: str) -> str:
-    return "k3s.service" if role == "server" else "k3s-agent.service"
+    return K3S_UNITS[role]
 
 
 def k3s_unit(role: str) -> bytes:
@@ -109,7 +110,7 @@ def k3s_unit(role: str) -> bytes:
         "RestartSec=5s\n"
         "ExecStartPre=-/sbin/modprobe br_netfilter\n"
         "ExecStartPre=-/sbin/modprobe overlay\n"
-        f"ExecStart=/usr/local/bin/k3s {command}\n"
+        f"ExecStart={K3S_BIN} {command}\n"
     ).encode()
 
 

@@ -99,14 +99,22 @@ class Planned:
     timings_ms: dict[str, float]
 
 
-def make_plan(host: Host, desired_file: Optional[Path]) -> Planned:
+def make_plan(
+    host: Host,
+    desired_file: Optional[Path],
+    state: Optional[AgentState] = None,
+    sources: Optional[list[Path]] = None,
+) -> Planned:
+    """Load, detect and plan; `state` and `sources` are read here unless the caller has them."""
     from agentd.detect import detect  # noqa: PLC0415
     from agentd.plan import plan  # noqa: PLC0415
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    sources = desired_sources(host, desired_file)
-    state = load_state(host.paths) or AgentState()
+    if sources is None:
+        sources = desired_sources(host, desired_file)
+    if state is None:
+        state = load_state(host.paths) or AgentState()
     facts = detect(host.paths, state.recorded_plugins())
     timings["detect"] = _ms(t0)
     t1 = time.perf_counter()
@@ -133,20 +141,26 @@ def apply(
             result = {**state.noop["result"], "startedAt": started, "cached": True}
             _record(host, result, t0, state)
             return result
-        return _apply_planned(host, desired_file, started, t0, digest)
+        return _apply_planned(host, desired_file, state, sources, started, t0, digest)
 
 
 def _apply_planned(
-    host: Host, desired_file: Optional[Path], started: str, t0: float, digest: str
+    host: Host,
+    desired_file: Optional[Path],
+    state: AgentState,
+    sources: list[Path],
+    started: str,
+    t0: float,
+    digest: str,
 ) -> dict[str, Any]:
     from agentd.converge import converge  # noqa: PLC0415
 
     result: dict[str, Any] = {"kind": "apply", "startedAt": started, "outcome": "failed"}
     try:
-        planned = make_plan(host, desired_file)
+        planned = make_plan(host, desired_file, state, sources)
     except AgentError as exc:
         result.update(error=str(exc), problems=getattr(exc, "problems", []))
-        _record(host, result, t0)
+        _record(host, result, t0, state)
         raise
     state, desired = planned.state, planned.loaded.desired
     last = state.last_applied_generation

@@ -44,7 +44,6 @@ class AgentState:
     last_run: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     inventory: dict[str, InventoryEntry] = field(default_factory=dict)
-    health: dict[str, Any] | None = None
     # The digest of the inputs of the last plan that found nothing to do, and that plan's
     # result: while the digest matches, apply can skip loading, detecting and planning.
     noop: dict[str, Any] | None = None
@@ -73,7 +72,6 @@ class AgentState:
             "lastRun": self.last_run,
             "history": self.history,
             "inventory": {k: v.to_json() for k, v in sorted(self.inventory.items())},
-            "health": self.health,
             "noop": self.noop,
         }
 
@@ -97,7 +95,6 @@ def load_state(paths: Paths) -> AgentState | None:
             inventory={
                 k: InventoryEntry.from_json(v) for k, v in data.get("inventory", {}).items()
             },
-            health=data.get("health"),
             noop=data.get("noop"),
         )
     except (ValueError, AttributeError, TypeError) as exc:

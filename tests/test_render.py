@@ -76,7 +76,9 @@ def runtimes(parsed: dict[str, Any], containerd: int) -> dict[str, Any]:
 def test_template_name_follows_the_bundled_containerd(version: str, containerd: int) -> None:
     assert render.uses_containerd2(version) is (containerd == 2)
     expected = "config-v3.toml.tmpl" if containerd == 2 else "config.toml.tmpl"
-    assert render.containerd_template_name(version) == expected
+    assert render.containerd_template_path(version) == (
+        f"/var/lib/rancher/k3s/agent/etc/containerd/{expected}"
+    )
 
 
 @pytest.mark.parametrize("version", ["", "latest", "v1.31", "1.33.0"])

@@ -1,4 +1,4 @@
-"""`agentd status`: the last run (and health), read from the state dir."""
+"""`agentd status`: the last run and what agentd installed, read from the state dir."""
 
 from __future__ import annotations
 
