@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from agentd.paths import Paths
 from agentd.state import StateLock
 from tests.mirror import MirrorServer
 from tests.node import Node
-from tests.standins import Mirror, crun_binary, desired_document, sha256_hex
+from tests.standins import Mirror, crun_binary, desired_document, sha256_hex, write_yaml
 
 
 @pytest.fixture
@@ -228,6 +229,16 @@ def _broken_crun(doc: dict[str, Any], arch: str, **artifact: str) -> dict[str, A
     return doc
 
 
+@pytest.fixture
+def on_crun_114(
+    node: Node, mirror: MirrorServer, mirror_index: Mirror, arch: str
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A node converged to crun 1.14 alone: its desired document and its file tree."""
+    doc = doc_for(mirror, mirror_index, arch, crun="1.14", k3s=None, wasmedge=None)
+    assert node.apply(doc).code == 0
+    return doc, node.tree()
+
+
 def _assert_failed_and_untouched(node: Node, res: Any, before: dict[str, str], text: str) -> None:
     assert res.code == 1
     assert text in res.stderr
@@ -240,11 +251,9 @@ def _assert_failed_and_untouched(node: Node, res: Any, before: dict[str, str], t
 
 
 def test_wrong_sha256_installs_nothing(
-    node: Node, mirror: MirrorServer, mirror_index: Mirror, arch: str
+    node: Node, arch: str, on_crun_114: tuple[dict[str, Any], dict[str, str]]
 ) -> None:
-    doc = doc_for(mirror, mirror_index, arch, crun="1.14", k3s=None, wasmedge=None)
-    assert node.apply(doc).code == 0
-    before = node.tree()
+    doc, before = on_crun_114
     wrong = "0" * 64
     res = node.apply(
         _broken_crun(
@@ -257,16 +266,23 @@ def test_wrong_sha256_installs_nothing(
     _assert_failed_and_untouched(node, res, before, "sha256 mismatch")
     cache = node.path("/var/lib/wasm-edge/cache")
     assert not (cache / "sha256" / wrong).exists()
-    assert [p.name for p in (cache / "tmp").iterdir()] == [] if (cache / "tmp").exists() else True
+    leftovers = list((cache / "tmp").iterdir()) if (cache / "tmp").exists() else []
+    assert leftovers == []
 
 
-@pytest.mark.parametrize(("fault", "text"), [(404, "404"), (500, "500"), ("truncate", "crun")])
+@pytest.mark.parametrize(
+    ("fault", "text"), [(404, "HTTP 404"), (500, "HTTP 500"), ("truncate", "connection closed")]
+)
 def test_http_failures_install_nothing(
-    node: Node, mirror: MirrorServer, mirror_index: Mirror, arch: str, fault: Any, text: str
+    node: Node,
+    mirror: MirrorServer,
+    mirror_index: Mirror,
+    arch: str,
+    on_crun_114: tuple[dict[str, Any], dict[str, str]],
+    fault: Any,
+    text: str,
 ) -> None:
-    doc = doc_for(mirror, mirror_index, arch, crun="1.14", k3s=None, wasmedge=None)
-    assert node.apply(doc).code == 0
-    before = node.tree()
+    doc, before = on_crun_114
     path, sha = mirror_index.artifact("crun", "1.15", arch)
     if fault == "truncate":
         mirror.truncate(path, 100)
@@ -277,16 +293,17 @@ def test_http_failures_install_nothing(
 
 
 def test_unreachable_mirror_installs_nothing(
-    node: Node, mirror: MirrorServer, mirror_index: Mirror, arch: str
+    node: Node,
+    mirror_index: Mirror,
+    arch: str,
+    on_crun_114: tuple[dict[str, Any], dict[str, str]],
 ) -> None:
-    doc = doc_for(mirror, mirror_index, arch, crun="1.14", k3s=None, wasmedge=None)
-    assert node.apply(doc).code == 0
-    before = node.tree()
+    doc, before = on_crun_114
     path, sha = mirror_index.artifact("crun", "1.15", arch)
     with MirrorServer(mirror_index.root) as gone:
         url = f"{gone.url}/{path}"
     res = node.apply(_broken_crun(doc, arch, url=url, sha256=sha))
-    _assert_failed_and_untouched(node, res, before, "crun")
+    _assert_failed_and_untouched(node, res, before, "connection failed")
 
 
 def _tar(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
@@ -444,7 +461,7 @@ def test_concurrent_applies_never_overlap(
     ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    done = sorted(len(__import__("json").loads(o[0])["actions"]) for o in outs)
+    done = sorted(len(json.loads(o[0])["actions"]) for o in outs)
     # one converged, the other found nothing left to do
     assert done[0] == 0
     assert done[1] > 0
@@ -515,9 +532,6 @@ def test_local_sources_merge_drop_ins(
     node: Node, mirror: MirrorServer, mirror_index: Mirror, arch: str
 ) -> None:
     base = doc_for(mirror, mirror_index, arch, wasmedge=None)
-    node.desired(base, "unused.yaml")
-    from tests.standins import write_yaml
-
     write_yaml(node.path("/etc/wasm-edge/desired.yaml"), base)
     write_yaml(
         node.path("/etc/wasm-edge/desired.d/50-agent.yaml"),
