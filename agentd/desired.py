@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agentd.versions import compare, is_k3s_version, parse_version
+from agentd.yamlload import Loc
 
 ARCHES = ("amd64", "arm64", "armv7")
 Arch = Literal["amd64", "arm64", "armv7"]
-MAX_DOCUMENT_BYTES = 1 << 20
 
 # Upstream plugin names (components.md); anything else is a warning, not an error, so a newer
 # WasmEdge release's plugins are not refused.
@@ -145,8 +145,6 @@ class DesiredState(_Model):
 
 
 # --- checks that need knowledge of the real software -------------------------------------------
-
-Loc = tuple[Union[str, int], ...]
 
 
 @dataclass(frozen=True)

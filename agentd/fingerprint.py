@@ -20,6 +20,7 @@ _PLANNING_MODULES = (
     "plan.py",
     "render.py",
     "yamlload.py",
+    "validation.py",
     "versions.py",
 )
 _COMPONENT_BINARIES = ("k3s", "crun", "wasmedge")

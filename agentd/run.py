@@ -55,7 +55,7 @@ class Loaded:
 
 
 def load_desired(sources: list[Path], arch: str) -> Loaded:
-    from agentd.yamlload import load_and_validate  # noqa: PLC0415
+    from agentd.validation import load_and_validate  # noqa: PLC0415
 
     report = load_and_validate(sources, arch, merge_all=True)
     if report.errors or report.state is None:

@@ -1,18 +1,19 @@
-"""Desired-state YAML loaded safely with the position of every node, merged, and validated."""
+"""YAML loaded safely with the position of every node, and merged (no schema: see validation)."""
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union, get_args, get_origin
+from typing import Any, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails
 
-from agentd.desired import MAX_DOCUMENT_BYTES, DesiredState, Loc, sanity_problems
 from agentd.errors import DesiredStateError
+
+# Where a value sits in a document: mapping keys and list indexes from the root.
+Loc = tuple[Union[str, int], ...]
+# Far larger than any desired state or settings file; read no further than one byte past it.
+MAX_DOCUMENT_BYTES = 1 << 20
 
 # A node reached through N aliases is built N times: this bounds what a small hostile document
 # (billion laughs) can expand to, long before memory runs out.
@@ -49,19 +50,6 @@ class Loaded:
     data: Any
     positions: dict[Loc, Pos]
     keys: dict[Loc, Pos] = field(default_factory=dict)
-
-
-@dataclass
-class ValidationReport:
-    """Errors and warnings as `FILE:LINE:COL: message`; `state` only when there are no errors."""
-
-    state: Optional[DesiredState]
-    errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
 
 
 class _Refused(Exception):
@@ -390,164 +378,3 @@ def locate(loaded: Loaded, loc: Loc, *, key: bool = False) -> Pos:
     if path in loaded.positions:
         return loaded.positions[path]
     return loaded.positions.get((), Pos("<unknown>", 1, 1))
-
-
-def _model_at(loc: Loc) -> Optional[type[BaseModel]]:
-    """The pydantic model that a mapping at `loc` is validated against, if there is one."""
-    tp: Any = DesiredState
-    for item in loc:
-        tp = _unwrap_optional(tp)
-        if isinstance(tp, type) and issubclass(tp, BaseModel):
-            if item not in tp.model_fields:
-                continue  # a union tag or the like, not a field
-            tp = tp.model_fields[str(item)].annotation
-        elif get_origin(tp) is list:
-            tp = get_args(tp)[0]
-        elif get_origin(tp) is dict:
-            tp = get_args(tp)[1]
-        else:
-            return None
-    tp = _unwrap_optional(tp)
-    return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
-
-
-def _unwrap_optional(tp: Any) -> Any:
-    if get_origin(tp) is Union:
-        args = [a for a in get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return tp
-
-
-def _yaml_kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, (int, float)):
-        return f"the number {value!r}"
-    if isinstance(value, str):
-        return f"the string {value!r}" if len(value) <= 40 else "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
-
-
-_EXPECTED = {
-    "string_type": "a string",
-    "int_type": "an integer",
-    "float_type": "a number",
-    "bool_type": "a boolean",
-    "dict_type": "a mapping",
-    "model_type": "a mapping",
-    "list_type": "a list",
-}
-
-
-def _label(path: Loc) -> str:
-    if not path:
-        return ""
-    last = path[-1]
-    if isinstance(last, int) and not isinstance(last, bool):
-        return f"{_label(path[:-1])}[{last}]"
-    return str(last)
-
-
-def _unknown_field(loc: Loc) -> str:
-    name = str(loc[-1])
-    model = _model_at(loc[:-1])
-    if model is None:
-        return f"unknown field {name!r}"
-    known = list(model.model_fields)
-    what = "component" if loc[:-1] == ("components",) else "field"
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown {what} {name!r} ({hint}known: {', '.join(known)})"
-
-
-def _explain(loaded: Loaded, error: ErrorDetails) -> tuple[Pos, str]:
-    loc: Loc = tuple(error["loc"])
-    kind = error["type"]
-    value = error.get("input")
-    if kind == "extra_forbidden":
-        return locate(loaded, loc, key=True), _unknown_field(loc)
-    if kind == "missing":
-        return locate(loaded, loc[:-1]), f"missing field {str(loc[-1])!r}"
-    path, at_key = _resolve(loaded, loc)
-    label = _label(path)
-    if at_key and path:
-        # pydantic reports a key as it compares it (true as 1): name it only when it is text.
-        named = f" {value!r}" if isinstance(value, str) else ""
-        label = f"{_label(path[:-1])} key{named}".lstrip()
-    message = error["msg"].removeprefix("Value error, ")
-    if kind in _EXPECTED:
-        message = f"expected {_EXPECTED[kind]}, got {_yaml_kind(value)}"
-        if kind == "string_type" and isinstance(value, (bool, int, float)):
-            message += " (quote it to keep it a string)"
-    elif kind == "string_pattern_mismatch" and label == "sha256" and isinstance(value, str):
-        if len(value) == 64 and value.lower() != value:
-            message = "must be 64 lowercase hexadecimal digits (this has upper case)"
-        else:
-            message = f"must be 64 lowercase hexadecimal digits (got {len(value)} characters)"
-    pos = locate(loaded, loc)
-    # Our own validators' messages stand alone; pydantic's ("Input should be ...") need the name.
-    return pos, f"{label}: {message}" if label and kind != "value_error" else message
-
-
-def _lines(found: list[tuple[Pos, str]], prefix: str = "") -> list[str]:
-    return list(dict.fromkeys(f"{pos}: {prefix}{message}" for pos, message in sorted(found)))
-
-
-def validate(loaded: Loaded, arch: Optional[str]) -> ValidationReport:
-    """Schema, then (if the schema holds) the checks that know k3s, crun, WasmEdge and `arch`."""
-    errors: list[tuple[Pos, str]] = []
-    warnings: list[tuple[Pos, str]] = []
-    try:
-        state: Optional[DesiredState] = DesiredState.model_validate(loaded.data)
-    except ValidationError as exc:
-        state = None
-        errors.extend(_explain(loaded, error) for error in exc.errors(include_url=False))
-    if state is not None:
-        for problem in sanity_problems(state, arch):
-            found = warnings if problem.severity == "warning" else errors
-            found.append((locate(loaded, problem.loc), problem.message))
-    return ValidationReport(
-        state=None if errors else state,
-        errors=_lines(errors),
-        warnings=_lines(warnings, "warning: "),
-    )
-
-
-def load_and_validate(paths: list[Path], arch: Optional[str], merge_all: bool) -> ValidationReport:
-    """Each file loaded, then validated merged (in order) or one by one.
-
-    Load errors are reported like validation errors. `state` is the merged document's, or
-    without merging the last file's, and only when nothing is wrong.
-    """
-    docs: list[Loaded] = []
-    load_errors: list[str] = []
-    for path in paths:
-        try:
-            docs.append(load_file(path))
-        except DesiredStateError as exc:
-            load_errors.extend(exc.problems or [str(exc)])
-    if not paths:
-        load_errors.append("no desired-state file given")
-    if merge_all:
-        if load_errors:
-            return ValidationReport(None, load_errors)
-        merged = docs[0]
-        for doc in docs[1:]:
-            merged = merge(merged, doc)
-        return validate(merged, arch)
-    report = ValidationReport(None, load_errors)
-    for doc in docs:
-        one = validate(doc, arch)
-        report.errors.extend(one.errors)
-        report.warnings.extend(one.warnings)
-        report.state = one.state
-    if report.errors:
-        report.state = None
-    return report

@@ -11,19 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from agentd.desired import MAX_DOCUMENT_BYTES, json_schema
+from agentd.desired import json_schema
 from agentd.errors import DesiredStateError
+from agentd.validation import ValidationReport, load_and_validate, validate
 from agentd.yamlload import (
+    MAX_DOCUMENT_BYTES,
     MAX_NODES,
     Loaded,
     Pos,
-    ValidationReport,
-    load_and_validate,
     load_file,
     load_yaml,
     locate,
     merge,
-    validate,
 )
 
 

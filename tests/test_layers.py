@@ -35,7 +35,9 @@ LAYERS: tuple[frozenset[str], ...] = (
         }
     ),
     # reading the world into data: detection, the desired state and its loading, the renderers
-    frozenset({"agentd.detect", "agentd.desired", "agentd.yamlload", "agentd.render"}),
+    frozenset(
+        {"agentd.detect", "agentd.desired", "agentd.yamlload", "agentd.validation", "agentd.render"}
+    ),
     frozenset({"agentd.plan"}),  # pure: desired + facts -> plan
     frozenset({"agentd.converge"}),  # plan + host -> result
     frozenset({"agentd.run"}),  # one run, and the daemon's loop

@@ -9,7 +9,7 @@ from pathlib import Path
 from agentd.desired import ARCHES
 from agentd.host import Host
 from agentd.run import desired_sources
-from agentd.yamlload import load_and_validate
+from agentd.validation import load_and_validate
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
