@@ -9,14 +9,14 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from agentd import render
 from agentd.archive import extract_tarball
-from agentd.errors import AgentError, ConvergeError, RollbackError
+from agentd.errors import AgentError, Cancelled, ConvergeError, RollbackError
 from agentd.fetch import ArtifactCache, FetchResult
 from agentd.host import Host, ServiceError, atomic_copy, atomic_symlink, atomic_write, remove_path
 from agentd.log import get_logger
@@ -350,10 +350,20 @@ def _timed(report: RunReport, stage: str) -> Iterator[None]:
         report.timings_ms[stage] = round((time.perf_counter() - start) * 1000, 1)
 
 
-def converge(host: Host, plan: Plan, state: AgentState, generation: int) -> RunReport:
+def converge(
+    host: Host,
+    plan: Plan,
+    state: AgentState,
+    generation: int,
+    *,
+    cancel: Optional[Callable[[], None]] = None,
+    tls_verify: Union[bool, str] = True,
+) -> RunReport:
     """Apply `plan`; on any failure put every target back and raise ConvergeError.
 
-    `state.inventory` is updated in place only when the whole run succeeded.
+    `cancel` is called while downloading and before the first target is touched; it raises
+    Cancelled to stop there (once installing has begun, the run finishes). `state.inventory` is
+    updated in place only when the whole run succeeded.
     """
     report = RunReport(steps=[Step(a) for a in plan.actions])
     if plan.empty:
@@ -363,7 +373,7 @@ def converge(host: Host, plan: Plan, state: AgentState, generation: int) -> RunR
     )
     run_dir.mkdir(parents=True)
     try:
-        _converge(host, report, state, generation, run_dir)
+        _converge(host, report, state, generation, run_dir, cancel, tls_verify)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
         report.service_calls = list(host.services.calls)
@@ -371,9 +381,16 @@ def converge(host: Host, plan: Plan, state: AgentState, generation: int) -> RunR
 
 
 def _converge(
-    host: Host, report: RunReport, state: AgentState, generation: int, run_dir: Path
+    host: Host,
+    report: RunReport,
+    state: AgentState,
+    generation: int,
+    run_dir: Path,
+    cancel: Optional[Callable[[], None]],
+    tls_verify: Union[bool, str],
 ) -> None:
-    cache = ArtifactCache(host.paths.cache_dir)
+    check = cancel or (lambda: None)
+    cache = ArtifactCache(host.paths.cache_dir, verify=tls_verify)
     blobs: dict[int, FetchResult] = {}
     with _timed(report, "fetch"):
         for i, step in enumerate(report.steps):
@@ -381,7 +398,10 @@ def _converge(
             if art is None:
                 continue
             try:
-                blobs[i] = cache.fetch(art.url, art.sha256)
+                check()
+                blobs[i] = cache.fetch(art.url, art.sha256, progress=check)
+            except Cancelled:
+                raise
             except AgentError as exc:
                 step.status = "failed"
                 raise _fail(report, step, exc, "nothing was changed") from exc
@@ -403,6 +423,7 @@ def _converge(
             except (AgentError, OSError) as exc:
                 step.status = "failed"
                 raise _fail(report, step, exc, "nothing was changed") from exc
+    check()  # the last point at which stopping leaves the node exactly as it was
     journal = Journal(host, run_dir / "backup")
     try:
         with _timed(report, "install"):

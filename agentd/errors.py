@@ -43,3 +43,7 @@ class ConvergeError(AgentError):
 
 class RollbackError(AgentError):
     """There is nothing to roll back to, or restoring it failed."""
+
+
+class Cancelled(AgentError):
+    """A stop was asked for before the run changed anything; nothing was changed."""

@@ -10,7 +10,7 @@ import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable, Optional, Union
 from urllib.parse import unquote, urlsplit
 
 from agentd import __version__
@@ -48,13 +48,18 @@ def _describe(exc: BaseException) -> str:
 class _Sink:
     """The temp file being written: hashes and counts every byte, refuses to grow past a limit."""
 
-    def __init__(self, out: IO[bytes], limit: int) -> None:
+    def __init__(
+        self, out: IO[bytes], limit: int, progress: Optional[Callable[[], None]] = None
+    ) -> None:
         self.out = out
         self.limit = limit
         self.size = 0
         self.hasher = hashlib.sha256()
+        self.progress = progress
 
     def write(self, chunk: bytes) -> None:
+        if self.progress is not None:
+            self.progress()  # may raise Cancelled: the partial file is removed
         self.size += len(chunk)
         if self.size > self.limit:
             raise _Failure(f"larger than the {self.limit}-byte limit")
@@ -68,7 +73,7 @@ def _content_length(value: str | None) -> int | None:
     return int(value)
 
 
-def _download_http(url: str, sink: _Sink, timeout: float) -> None:
+def _download_http(url: str, sink: _Sink, timeout: float, verify: Union[bool, str]) -> None:
     # Imported here: requests and urllib3 cost a noticeable part of start-up, and most runs
     # find every artifact already cached.
     import requests  # noqa: PLC0415
@@ -81,7 +86,9 @@ def _download_http(url: str, sink: _Sink, timeout: float) -> None:
         "Accept-Encoding": "identity",
     }
     try:
-        with requests.get(url, headers=headers, stream=True, timeout=(timeout, timeout)) as resp:
+        with requests.get(
+            url, headers=headers, stream=True, timeout=(timeout, timeout), verify=verify
+        ) as resp:
             if not 200 <= resp.status_code < 300:
                 reason = " ".join(str(resp.reason or "").split())
                 where = "" if resp.url == url else f" from {redact_url(resp.url)}"
@@ -144,8 +151,16 @@ def _sha256_of(path: Path) -> str:
 class ArtifactCache:
     """Blobs stored as `<cache_dir>/sha256/<hex>`; partial downloads live in `<cache_dir>/tmp`."""
 
-    def __init__(self, cache_dir: Path, *, max_bytes: int = MAX_DOWNLOAD_BYTES) -> None:
+    def __init__(
+        self,
+        cache_dir: Path,
+        *,
+        max_bytes: int = MAX_DOWNLOAD_BYTES,
+        verify: Union[bool, str] = True,
+    ) -> None:
+        """`verify`: TLS verification, True (the system's CAs), a CA bundle path, or False."""
         self.cache_dir = cache_dir
+        self.verify = verify
         self.blob_dir = cache_dir / "sha256"
         self.tmp_dir = cache_dir / "tmp"
         self.max_bytes = max_bytes
@@ -165,11 +180,19 @@ class ArtifactCache:
             return None
         return path if stat.S_ISREG(st.st_mode) else None
 
-    def fetch(self, url: str, sha256: str, *, timeout: float = 30.0) -> FetchResult:
+    def fetch(
+        self,
+        url: str,
+        sha256: str,
+        *,
+        timeout: float = 30.0,
+        progress: Optional[Callable[[], None]] = None,
+    ) -> FetchResult:
         """The verified blob for `sha256`: from the cache, else downloaded from `url`.
 
         Raises DownloadError with the redacted URL on any failure; nothing partial or
-        unverified is ever left under `sha256/`.
+        unverified is ever left under `sha256/`. `progress` is called for every chunk and may
+        raise to abandon the download.
         """
         safe_url = redact_url(url)
         expected = sha256.lower()
@@ -179,7 +202,7 @@ class ArtifactCache:
             hit = self._verified_hit(expected)
             if hit is not None:
                 return hit
-            return self._download(url, expected, timeout)
+            return self._download(url, expected, timeout, progress)
         except _Failure as exc:
             raise DownloadError(f"download of {safe_url} failed: {exc}") from None
         except OSError as exc:
@@ -197,7 +220,9 @@ class ArtifactCache:
         path.unlink()
         return None
 
-    def _download(self, url: str, expected: str, timeout: float) -> FetchResult:
+    def _download(
+        self, url: str, expected: str, timeout: float, progress: Optional[Callable[[], None]]
+    ) -> FetchResult:
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self.tmp_dir / f"{expected}.{secrets.token_hex(4)}.part"
@@ -205,9 +230,9 @@ class ArtifactCache:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as out:
-                sink = _Sink(out, self.max_bytes)
+                sink = _Sink(out, self.max_bytes, progress)
                 if scheme in ("http", "https"):
-                    _download_http(url, sink, timeout)
+                    _download_http(url, sink, timeout, self.verify)
                 elif scheme == "file":
                     _copy_local(url, sink)
                 else:

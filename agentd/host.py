@@ -7,6 +7,7 @@ import os
 import secrets
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -28,23 +29,34 @@ class CommandResult:
     returncode: int
     stdout: str
     stderr: str
+    stdout_bytes: bytes = b""  # stdout exactly as written, for data that is not text
 
     @property
     def ok(self) -> bool:
         return self.returncode == 0
 
 
-def run_command(argv: list[str], timeout: float = COMMAND_TIMEOUT_S) -> CommandResult:
-    """Run argv without a shell; a missing binary is 127 and a timeout 124, as in a shell."""
+def run_command(
+    argv: list[str],
+    timeout: float = COMMAND_TIMEOUT_S,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    input_bytes: bytes | None = None,
+) -> CommandResult:
+    """Run argv without a shell; a missing binary is 127 and a timeout 124, as in a shell.
+
+    `env` adds to (or overrides) the fixed environment; `input_bytes` is fed on stdin.
+    """
     try:
         proc = subprocess.run(
             argv,
             capture_output=True,
-            text=True,
-            errors="replace",
             timeout=timeout,
-            env=_COMMAND_ENV,
-            stdin=subprocess.DEVNULL,
+            env={**_COMMAND_ENV, **(env or {})},
+            cwd=cwd,
+            input=input_bytes,
+            stdin=None if input_bytes is not None else subprocess.DEVNULL,
             check=False,
         )
     except FileNotFoundError as exc:
@@ -55,7 +67,25 @@ def run_command(argv: list[str], timeout: float = COMMAND_TIMEOUT_S) -> CommandR
         return CommandResult(tuple(argv), 126, "", str(exc))
     except subprocess.TimeoutExpired:
         return CommandResult(tuple(argv), 124, "", f"timed out after {timeout:.0f}s")
-    return CommandResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+    return CommandResult(
+        tuple(argv),
+        proc.returncode,
+        proc.stdout.decode("utf-8", "replace"),
+        proc.stderr.decode("utf-8", "replace"),
+        proc.stdout,
+    )
+
+
+Process = subprocess.Popen[bytes]
+ProcessTimeout = subprocess.TimeoutExpired
+
+
+def start_process(argv: list[str], env: Mapping[str, str]) -> Process:
+    """Start argv (no shell) with exactly `env`, stdout piped, stderr shared with this process:
+    the daemon's workers, whose logs go where the daemon's go."""
+    return subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=None, stdin=subprocess.DEVNULL, env=dict(env)
+    )
 
 
 # --- files -------------------------------------------------------------------------------------
