@@ -4,10 +4,26 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
+from agentd.timespec import (
+    MaintenanceWindows,
+    day_numbers,
+    parse_clock,
+    parse_duration,
+    time_zone,
+    windows_from_json,
+)
 from agentd.versions import compare, is_k3s_version, parse_version
 from agentd.yamlload import Loc
 
@@ -46,11 +62,11 @@ def _version_string(value: Any) -> Any:
     return value
 
 
-class _Model(BaseModel):
+class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-class Artifact(_Model):
+class Artifact(StrictModel):
     url: str = Field(min_length=1)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
@@ -65,7 +81,7 @@ class Artifact(_Model):
 Artifacts = dict[Arch, Artifact]
 
 
-class _Versioned(_Model):
+class _Versioned(StrictModel):
     state: Literal["present", "absent"] = "present"
     version: Optional[str] = None
     artifacts: Artifacts = Field(default_factory=dict)
@@ -79,7 +95,7 @@ class _Versioned(_Model):
         return self
 
 
-class Plugin(_Model):
+class Plugin(StrictModel):
     name: str = Field(min_length=1)
     state: Literal["present", "absent"] = "present"
     artifacts: Artifacts = Field(default_factory=dict)
@@ -124,24 +140,89 @@ class K3s(_Versioned):
         return self
 
 
-class Components(_Model):
+class Components(StrictModel):
     k3s: Optional[K3s] = None
     crun: Optional[Crun] = None
     wasmedge: Optional[WasmEdge] = None
 
 
-class RuntimeClass(_Model):
+class RuntimeClass(StrictModel):
     name: str
     handler: str
     nodeSelector: dict[str, str] = Field(default_factory=dict)
 
 
-class DesiredState(_Model):
+def _duration(value: Any) -> Any:
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        return parse_duration(value)
+    return value
+
+
+# Seconds, written as a number or as "30s", "5m", "1h30m", "2d".
+Duration = Annotated[
+    float,
+    BeforeValidator(_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": r"^(\d+d)?(\d+h)?(\d+m)?(\d+(\.\d+)?s)?$"},
+            ]
+        }
+    ),
+]
+
+
+class WindowSpec(StrictModel):
+    """One weekly window: opens at `start` on each of `days`, stays open for `duration`."""
+
+    days: list[str] = Field(default_factory=lambda: ["daily"], min_length=1)
+    start: str
+    duration: Duration
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, days: list[str]) -> list[str]:
+        day_numbers(days)
+        return days
+
+    @field_validator("start")
+    @classmethod
+    def _start(cls, start: str) -> str:
+        parse_clock(start)
+        return start
+
+    @field_validator("duration")
+    @classmethod
+    def _positive(cls, duration: float) -> float:
+        if not 0 < duration <= 7 * 86400:
+            raise ValueError("a window lasts more than 0s and at most 7d")
+        return duration
+
+
+class MaintenanceWindowSpec(StrictModel):
+    """When disruptive changes (a k3s restart or upgrade) may run; others run at any time."""
+
+    timezone: str = "UTC"
+    windows: list[WindowSpec] = Field(min_length=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, name: str) -> str:
+        time_zone(name)
+        return name
+
+    def compile(self) -> MaintenanceWindows:
+        return windows_from_json(self.model_dump(mode="json"))
+
+
+class DesiredState(StrictModel):
     apiVersion: Literal["agentd/v1"]
     kind: Literal["NodeState"]
     generation: int = Field(ge=0)
     components: Components = Field(default_factory=Components)
     runtimeClasses: list[RuntimeClass] = Field(default_factory=list)
+    maintenanceWindow: Optional[MaintenanceWindowSpec] = None
 
 
 # --- checks that need knowledge of the real software -------------------------------------------

@@ -73,6 +73,15 @@ class Paths:
         return self.etc_dir / "desired.d"
 
     @property
+    def settings_file(self) -> Path:
+        return self.etc_dir / "agentd.yaml"
+
+    @property
+    def suspend_file(self) -> Path:
+        """While it exists, the daemon converges nothing (health checks go on)."""
+        return self.etc_dir / "suspend"
+
+    @property
     def state_dir(self) -> Path:
         return self.under("/var/lib/wasm-edge")
 
@@ -96,6 +105,21 @@ class Paths:
     @property
     def staging_dir(self) -> Path:
         return self.state_dir / "staging"
+
+    @property
+    def source_dir(self) -> Path:
+        """The pulled fleet document: the last good one, a candidate, the fetch state."""
+        return self.state_dir / "source"
+
+    @property
+    def daemon_file(self) -> Path:
+        """What the running daemon reports about itself, for `agentd status`."""
+        return self.state_dir / "daemon.json"
+
+    @property
+    def settings_snapshot(self) -> Path:
+        """The last settings that loaded, used while the settings file is broken."""
+        return self.state_dir / "settings.last-good.json"
 
     @property
     def facts_cache_file(self) -> Path:

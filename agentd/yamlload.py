@@ -256,8 +256,12 @@ def _yaml_error_pos(exc: yaml.YAMLError, text: bytes, filename: str) -> tuple[Po
     return Pos(filename, 1, 1), str(exc)
 
 
-def load_yaml(text: bytes, filename: str) -> Loaded:
-    """One YAML document as plain data; any problem raises DesiredStateError."""
+def load_yaml(text: bytes, filename: str, *, allow_empty: bool = False) -> Loaded:
+    """One YAML document as plain data; any problem raises DesiredStateError.
+
+    An empty document (nothing but comments) is an error unless `allow_empty`: then its data
+    is None.
+    """
     if len(text) > MAX_DOCUMENT_BYTES:
         raise _problem_error(
             [(Pos(filename, 1, 1), f"document larger than {MAX_DOCUMENT_BYTES} bytes (1 MiB)")]
@@ -271,6 +275,8 @@ def load_yaml(text: bytes, filename: str) -> Loaded:
             [(Pos(filename, 1, 1), "document nested too deeply to parse")]
         ) from None
     if root is None or (isinstance(root, yaml.ScalarNode) and root.tag == _TAG + "null"):
+        if allow_empty:
+            return Loaded(None, {})
         raise _problem_error([(Pos(filename, 1, 1), "empty document")])
     builder = _Builder(filename)
     try:
@@ -282,8 +288,8 @@ def load_yaml(text: bytes, filename: str) -> Loaded:
     return Loaded(data, builder.positions, builder.keys)
 
 
-def load_file(path: Path, display: Optional[str] = None) -> Loaded:
-    """A desired-state file, read no further than one byte past the size limit."""
+def load_file(path: Path, display: Optional[str] = None, *, allow_empty: bool = False) -> Loaded:
+    """A YAML file, read no further than one byte past the size limit."""
     name = str(path) if display is None else display
     try:
         with path.open("rb") as stream:
@@ -291,7 +297,7 @@ def load_file(path: Path, display: Optional[str] = None) -> Loaded:
     except OSError as exc:
         message = f"{name}: cannot read: {exc.strerror or exc}"
         raise DesiredStateError(message, [message]) from None
-    return load_yaml(text, name)
+    return load_yaml(text, name, allow_empty=allow_empty)
 
 
 # --- merge --------------------------------------------------------------------------------------
@@ -378,3 +384,46 @@ def locate(loaded: Loaded, loc: Loc, *, key: bool = False) -> Pos:
     if path in loaded.positions:
         return loaded.positions[path]
     return loaded.positions.get((), Pos("<unknown>", 1, 1))
+
+
+# --- provenance -----------------------------------------------------------------------------------
+
+
+def dotted(path: Loc) -> str:
+    """A place in a document as people write it: `components.k3s.version`, `x[0].name`."""
+    out = ""
+    for item in path:
+        if isinstance(item, int) and not isinstance(item, bool):
+            out += f"[{item}]"
+        else:
+            out += ("." if out else "") + str(item)
+    return out
+
+
+def provenance(loaded: Loaded) -> list[tuple[str, Any, Pos]]:
+    """Every leaf value of a (merged) document with the file, line and column it came from."""
+    found: list[tuple[str, Any, Pos]] = []
+
+    def walk(path: Loc, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk((*path, k), v)
+        elif isinstance(value, list) and value:
+            for i, v in enumerate(value):
+                walk((*path, i), v)
+        else:
+            found.append((dotted(path), value, locate(loaded, path)))
+
+    walk((), loaded.data)
+    return found
+
+
+def load_merged(files: list[Path], names: Optional[dict[Path, str]] = None) -> Loaded:
+    """The files loaded and merged in order (later wins), positions kept; raises on bad YAML."""
+    merged: Optional[Loaded] = None
+    for path in files:
+        doc = load_file(path, (names or {}).get(path))
+        merged = doc if merged is None else merge(merged, doc)
+    if merged is None:
+        raise DesiredStateError("no desired-state file given")
+    return merged
