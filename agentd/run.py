@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
-from agentd.errors import AgentError, DesiredStateError, GenerationError
+from agentd.config import AgentConfig
+from agentd.errors import AgentError, Cancelled, DesiredStateError, GenerationError
 from agentd.host import Host, read_bytes_limited
 from agentd.paths import MANAGED_CONFIG_PATHS
+from agentd.sources import FleetStore, fleet_document
 from agentd.state import AgentState, StateLock, load_state, save_state
 
 if TYPE_CHECKING:
     from agentd.desired import DesiredState
     from agentd.facts import Facts
-    from agentd.plan import Plan
+    from agentd.plan import Action, Plan
+    from agentd.timespec import MaintenanceWindows
 
 # pydantic, yaml and the planner are imported only when a plan is really needed: an unchanged
 # node answers from the no-op digest without them (start-up time matters on a Raspberry Pi).
@@ -31,20 +36,61 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 1)
 
 
-def desired_sources(host: Host, desired_file: Optional[Path]) -> list[Path]:
-    """The files that make the desired state, in merge order (later wins)."""
-    if desired_file is not None:
-        return [desired_file]
+# --- sources -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Sources:
+    """The files that make the desired state, in merge order (later wins), and their names."""
+
+    files: list[Path]
+    names: dict[Path, str] = field(default_factory=dict)
+    fleet: Optional[dict[str, Any]] = None  # the pulled document's record, when one is used
+
+    def shown(self) -> list[str]:
+        return [self.names.get(p, str(p)) for p in self.files]
+
+
+def local_sources(host: Host) -> list[Path]:
+    """The node's own files: desired.yaml, then desired.d/*.yaml in alphabetical order."""
     paths = host.paths
-    sources = [paths.desired_file] if paths.desired_file.is_file() else []
+    files = [paths.desired_file] if paths.desired_file.is_file() else []
     if paths.desired_dir.is_dir():
-        sources += sorted(p for p in paths.desired_dir.glob("*.yaml") if p.is_file())
-    if not sources:
+        files += sorted(p for p in paths.desired_dir.glob("*.yaml") if p.is_file())
+    return files
+
+
+def desired_sources(
+    host: Host, desired_file: Optional[Path], fleet_file: Optional[Path] = None
+) -> Sources:
+    """`--desired FILE` alone, else the last good fleet document (or `fleet_file`) and then the
+    node's own files."""
+    if desired_file is not None:
+        return Sources([desired_file])
+    paths = host.paths
+    view = fleet_document(paths)
+    files: list[Path] = []
+    names: dict[Path, str] = {}
+    fleet = None
+    if fleet_file is not None:
+        store = FleetStore(paths)
+        record = store.candidate_record()
+        files.append(fleet_file)
+        names[fleet_file] = f"{record.get('display', 'fleet document')} (new)"
+        fleet = {**record, "candidate": True}
+    elif view.path is not None:
+        files.append(view.path)
+        names[view.path] = view.display
+        fleet = view.record
+    files += local_sources(host)
+    if not files:
         raise DesiredStateError(
             f"no desired state: neither {paths.host_view(paths.desired_file)} nor "
-            f"{paths.host_view(paths.desired_dir)}/*.yaml exists (or pass --desired FILE)"
+            f"{paths.host_view(paths.desired_dir)}/*.yaml exists, no fleet document has been "
+            "pulled (pass --desired FILE, or set a source in "
+            f"{paths.host_view(paths.settings_file)})"
         )
-    return sources
+    return Sources(files, names, fleet)
 
 
 @dataclass
@@ -54,16 +100,68 @@ class Loaded:
     warnings: list[str] = field(default_factory=list)
 
 
-def load_desired(sources: list[Path], arch: str) -> Loaded:
+def load_desired(sources: Sources, arch: str) -> Loaded:
     from agentd.validation import load_and_validate  # noqa: PLC0415
 
-    report = load_and_validate(sources, arch, merge_all=True)
+    report = load_and_validate(sources.files, arch, merge_all=True, names=sources.names)
     if report.errors or report.state is None:
         n = len(report.errors)
         raise DesiredStateError(
             f"the desired state is invalid ({n} error{'s' * (n != 1)})", report.errors
         )
-    return Loaded(report.state, [str(s) for s in sources], report.warnings)
+    return Loaded(report.state, sources.shown(), report.warnings)
+
+
+def settle_candidate(host: Host, *, promote: bool) -> Optional[Path]:
+    """Judge a pulled fleet document waiting in the state dir, merged with the node's files.
+
+    Valid: it is promoted to the last good document (or, without `promote`, its path is
+    returned for a plan to show). Invalid where the last good one is not: rejected, with the
+    reason kept for `status`. When the node's own files are what is broken, it waits.
+    """
+    store = FleetStore(host.paths)
+    if not store.candidate.is_file():
+        return None
+    from agentd.validation import load_and_validate  # noqa: PLC0415
+
+    arch = node_arch()
+    with_new = desired_sources(host, None, fleet_file=store.candidate)
+    report = load_and_validate(with_new.files, arch, merge_all=True, names=with_new.names)
+    if report.ok:
+        if not promote:
+            return store.candidate
+        record = store.promote()
+        _log().info(
+            "fleet document accepted",
+            component="source",
+            action="accept",
+            generation=record.get("generation"),
+            origin=record.get("origin"),
+        )
+        return None
+    current = desired_sources_or_none(host)
+    if current is not None:
+        without = load_and_validate(current.files, arch, merge_all=True, names=current.names)
+        if not without.ok:
+            return None  # the node's own files are broken: the new document is not to blame
+    if promote:
+        reason = "invalid with this node's files: " + "; ".join(report.errors[:3])
+        record = store.reject_candidate(reason)
+        _log().error(
+            "fleet document rejected",
+            component="source",
+            action="reject",
+            generation=record.get("generation"),
+            error=reason,
+        )
+    return None
+
+
+def desired_sources_or_none(host: Host) -> Optional[Sources]:
+    try:
+        return desired_sources(host, None)
+    except DesiredStateError:
+        return None
 
 
 def read_configs(host: Host) -> dict[str, Optional[bytes]]:
@@ -83,11 +181,20 @@ def node_arch() -> str:
     return os.environ.get("AGENTD_ARCH") or normalise_arch(os.uname().machine)
 
 
-def _digest(host: Host, sources: list[Path], state: AgentState) -> str:
+def _digest(host: Host, sources: Sources, state: AgentState) -> str:
     from agentd.fingerprint import planning_inputs_digest  # noqa: PLC0415
 
     inventory = {k: v.to_json() for k, v in sorted(state.inventory.items())}
-    return planning_inputs_digest(host.paths, sources, node_arch(), inventory)
+    return planning_inputs_digest(host.paths, sources.files, node_arch(), inventory)
+
+
+def _log() -> Any:
+    from agentd.log import get_logger  # noqa: PLC0415
+
+    return get_logger()
+
+
+# --- planning ----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -97,22 +204,27 @@ class Planned:
     state: AgentState
     plan: Plan
     timings_ms: dict[str, float]
+    sources: Sources
 
 
 def make_plan(
     host: Host,
     desired_file: Optional[Path],
     state: Optional[AgentState] = None,
-    sources: Optional[list[Path]] = None,
+    sources: Optional[Sources] = None,
 ) -> Planned:
-    """Load, detect and plan; `state` and `sources` are read here unless the caller has them."""
+    """Load, detect and plan; `state` and `sources` are read here unless the caller has them.
+
+    Without `sources`, a pulled fleet document that is waiting to be judged is planned with
+    when it is valid (as apply would accept it first)."""
     from agentd.detect import detect  # noqa: PLC0415
     from agentd.plan import plan  # noqa: PLC0415
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if sources is None:
-        sources = desired_sources(host, desired_file)
+        candidate = settle_candidate(host, promote=False) if desired_file is None else None
+        sources = desired_sources(host, desired_file, fleet_file=candidate)
     if state is None:
         state = load_state(host.paths) or AgentState()
     facts = detect(host.paths, state.recorded_plugins())
@@ -123,87 +235,252 @@ def make_plan(
     t2 = time.perf_counter()
     the_plan = plan(loaded.desired, facts, state.inventory, read_configs(host))
     timings["plan"] = _ms(t2)
-    return Planned(loaded, facts, state, the_plan, timings)
+    return Planned(loaded, facts, state, the_plan, timings, sources)
+
+
+# --- the maintenance window --------------------------------------------------------------------
+
+
+def _window(config: AgentConfig, desired: DesiredState) -> Optional[MaintenanceWindows]:
+    """The node's own window (settings) wins over the fleet's (desired state)."""
+    own = config.maintenance
+    if own is not None:
+        return own
+    return desired.maintenanceWindow.compile() if desired.maintenanceWindow else None
+
+
+def _owed_restart(state: AgentState, plan: Plan) -> Plan:
+    """Add the k3s restart still owed from a run whose restart waited for the window."""
+    owed = state.pending_restart
+    if not owed or any(a.action == "restart" for a in plan.actions):
+        return plan
+    from agentd.plan import Action  # noqa: PLC0415
+
+    restart = Action(
+        "k3s",
+        "restart",
+        f"{owed['unit']}: owed since {owed['since']} for {owed['causes']}",
+        target=str(owed["unit"]),
+        disruptive=True,
+        phase="restart",
+    )
+    return replace(plan, actions=(*plan.actions, restart))
+
+
+def _gate(
+    plan: Plan, state: AgentState, window: Optional[MaintenanceWindows], now: datetime
+) -> tuple[Plan, list[Action]]:
+    """The plan without its disruptive actions while the window is closed, and those held."""
+    if window is None or window.open_at(now):
+        state.deferred = None
+        return plan, []
+    held = [a for a in plan.actions if a.disruptive]
+    if not held:
+        state.deferred = None
+        return plan, []
+    opens = window.next_opening(now).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    state.deferred = {
+        "actions": [a.to_json() for a in held],
+        "until": opens,
+        "window": window.describe(),
+    }
+    for a in held:
+        if a.action == "restart":
+            causes = a.reason.split(": ", 1)[-1]
+            since = (state.pending_restart or {}).get("since") or _now()
+            state.pending_restart = {"unit": a.target, "causes": causes, "since": since}
+    kept = tuple(a for a in plan.actions if not a.disruptive)
+    return replace(plan, actions=kept), held
+
+
+# --- apply -------------------------------------------------------------------------------------
+
+
+def tls_verify(config: AgentConfig, host: Host) -> Union[bool, str]:
+    tls = config.tls
+    if tls.get("insecureSkipVerify"):
+        return False
+    ca = tls.get("caFile")
+    return str(host.paths.under(str(ca))) if ca else True
 
 
 def apply(
-    host: Host, desired_file: Optional[Path], *, dry_run: bool = False, lock_wait_s: float = 0.0
+    host: Host,
+    desired_file: Optional[Path],
+    *,
+    config: Optional[AgentConfig] = None,
+    pull: bool = False,
+    dry_run: bool = False,
+    lock_wait_s: float = 0.0,
+    cancel: Optional[Callable[[], None]] = None,
+    now: Optional[datetime] = None,
 ) -> dict[str, Any]:
-    """Converge once. Returns the run's result (also saved in state.json unless dry-run)."""
+    """Converge once. Returns the run's result (also saved in state.json unless dry-run).
+
+    `pull`: fetch the fleet document first (when a source is configured). `cancel` may raise
+    Cancelled until the first target is touched. `now` is for tests of the maintenance window.
+    """
+    config = config or AgentConfig()
     started, t0 = _now(), time.perf_counter()
     if dry_run:
         return _result(make_plan(host, desired_file), started, t0, "planned", dry_run=True)
     with StateLock(host.paths).held("apply", lock_wait_s):
+        pulled = None
+        source = config.source
+        if pull and desired_file is None and source is not None:
+            from agentd.sources import pull as pull_source  # noqa: PLC0415
+
+            pulled = pull_source(source, host.paths).to_json()
+        if desired_file is None:
+            settle_candidate(host, promote=True)
+        extra = {"pull": pulled} if pulled else {}
         state = load_state(host.paths) or AgentState()
         sources = desired_sources(host, desired_file)
         digest = _digest(host, sources, state)
-        if state.noop and state.noop.get("digest") == digest:
-            result = {**state.noop["result"], "startedAt": started, "cached": True}
-            _record(host, result, t0, state)
-            return result
-        return _apply_planned(host, desired_file, state, sources, started, t0, digest)
+        unchanged = _unchanged_result(host, state, digest, started, t0, extra)
+        if unchanged is not None:
+            return unchanged
+        run = _Run(host, desired_file, state, sources, started, t0, config, extra)
+        return run.apply(digest, cancel, now)
 
 
-def _apply_planned(
+def _unchanged_result(
     host: Host,
-    desired_file: Optional[Path],
     state: AgentState,
-    sources: list[Path],
+    digest: str,
     started: str,
     t0: float,
-    digest: str,
-) -> dict[str, Any]:
-    from agentd.converge import converge  # noqa: PLC0415
-
-    result: dict[str, Any] = {"kind": "apply", "startedAt": started, "outcome": "failed"}
-    try:
-        planned = make_plan(host, desired_file, state, sources)
-    except AgentError as exc:
-        result.update(error=str(exc), problems=getattr(exc, "problems", []))
-        _record(host, result, t0, state)
-        raise
-    state, desired = planned.state, planned.loaded.desired
-    last = state.last_applied_generation
-    if last is not None and desired.generation < last:
-        result = _result(planned, started, t0, "refused")
-        result["error"] = (
-            f"desired generation {desired.generation} is older than generation {last} "
-            "already applied on this node; nothing was changed (publish a higher generation)"
-        )
-        _record(host, result, t0, state)
-        raise GenerationError(result["error"])
-    try:
-        report = converge(host, planned.plan, state, desired.generation)
-    except AgentError as exc:
-        result = _result(planned, started, t0, "failed", report=getattr(exc, "report", None))
-        result["error"] = str(exc)
-        _record(host, result, t0, state)
-        raise
-    state.last_applied_generation = desired.generation
-    result = _result(planned, started, t0, "converged", report=report)
-    if not planned.plan.empty:
-        from agentd.log import get_logger  # noqa: PLC0415
-
-        get_logger().info(
-            "converged", generation=desired.generation, actions=len(planned.plan.actions)
-        )
-    # Only a plan that found nothing to do is memoised: its inputs were not changed by the run.
-    state.noop = None
-    if planned.plan.empty:
-        keep = (
-            "kind",
-            "generation",
-            "arch",
-            "outcome",
-            "dryRun",
-            "sources",
-            "actions",
-            "unchanged",
-            "warnings",
-        )
-        state.noop = {"digest": digest, "result": {k: result[k] for k in keep if k in result}}
+    extra: dict[str, Any],
+) -> Optional[dict[str, Any]]:
+    """The memoised result of the last empty plan, recorded again, while its inputs hold."""
+    idle = not state.deferred and not state.pending_restart
+    if not (idle and state.noop and state.noop.get("digest") == digest):
+        return None
+    result = {**state.noop["result"], "startedAt": started, "cached": True, **extra}
     _record(host, result, t0, state)
     return result
+
+
+def apply_if_unchanged(
+    host: Host, extra: Optional[dict[str, Any]] = None
+) -> Optional[dict[str, Any]]:
+    """The no-op apply, or None when a real plan is needed (which this never loads).
+
+    For the daemon, which keeps pydantic and the planner out of its own memory: the caller holds
+    the state lock."""
+    started, t0 = _now(), time.perf_counter()
+    if FleetStore(host.paths).candidate.is_file():
+        return None
+    state = load_state(host.paths) or AgentState()
+    try:
+        sources = desired_sources(host, None)
+    except DesiredStateError:
+        return None  # the worker reports it, with the full message
+    return _unchanged_result(host, state, _digest(host, sources, state), started, t0, extra or {})
+
+
+@dataclass
+class _Run:
+    """One apply that needs a plan: everything it records goes through `record`."""
+
+    host: Host
+    desired_file: Optional[Path]
+    state: AgentState
+    sources: Sources
+    started: str
+    t0: float
+    config: AgentConfig
+    extra: dict[str, Any]
+
+    def record(self, result: dict[str, Any]) -> dict[str, Any]:
+        result.update(self.extra)
+        _record(self.host, result, self.t0, self.state)
+        return result
+
+    def apply(
+        self, digest: str, cancel: Optional[Callable[[], None]], now: Optional[datetime]
+    ) -> dict[str, Any]:
+        from agentd.converge import converge  # noqa: PLC0415
+
+        host, started, t0 = self.host, self.started, self.t0
+        try:
+            planned = make_plan(host, self.desired_file, self.state, self.sources)
+        except AgentError as exc:
+            self.record(
+                {
+                    "kind": "apply",
+                    "startedAt": started,
+                    "outcome": "failed",
+                    "sources": self.sources.shown(),
+                    "error": str(exc),
+                    "problems": getattr(exc, "problems", []),
+                }
+            )
+            raise
+        state, desired = planned.state, planned.loaded.desired
+        last = state.last_applied_generation
+        if last is not None and desired.generation < last:
+            result = _result(planned, started, t0, "refused")
+            result["error"] = (
+                f"desired generation {desired.generation} is older than generation {last} "
+                "already applied on this node; nothing was changed (publish a higher generation)"
+            )
+            self.record(result)
+            raise GenerationError(result["error"])
+        moment = now or datetime.now(timezone.utc)
+        the_plan = _owed_restart(state, planned.plan)
+        the_plan, held = _gate(the_plan, state, _window(self.config, desired), moment)
+        planned.plan = the_plan
+        try:
+            report = converge(
+                host,
+                the_plan,
+                state,
+                desired.generation,
+                cancel=cancel,
+                tls_verify=tls_verify(self.config, host),
+            )
+        except Cancelled as exc:
+            result = _result(planned, started, t0, "cancelled")
+            result["error"] = str(exc)
+            self.record(result)
+            raise
+        except AgentError as exc:
+            result = _result(planned, started, t0, "failed", report=getattr(exc, "report", None))
+            result["error"] = str(exc)
+            self.record(result)
+            raise
+        state.last_applied_generation = desired.generation
+        if any(a.action == "restart" for a in the_plan.actions):
+            state.pending_restart = None
+        result = _result(planned, started, t0, "deferred" if held else "converged", report=report)
+        if held and state.deferred:
+            result["deferred"] = state.deferred
+        if not the_plan.empty or held:
+            _log().info(
+                "converged",
+                generation=desired.generation,
+                actions=len(the_plan.actions),
+                deferred=len(held),
+            )
+        # Only a plan that found nothing to do (and held nothing back) is memoised: its inputs
+        # were not changed by the run.
+        state.noop = None
+        if the_plan.empty and not held and not state.pending_restart:
+            keep = (
+                "kind",
+                "generation",
+                "arch",
+                "outcome",
+                "dryRun",
+                "sources",
+                "fleet",
+                "actions",
+                "unchanged",
+                "warnings",
+            )
+            state.noop = {"digest": digest, "result": {k: result[k] for k in keep if k in result}}
+        return self.record(result)
 
 
 def _result(
@@ -229,6 +506,9 @@ def _result(
         "unchanged": [u.to_json() for u in p.unchanged],
         "timings": dict(planned.timings_ms),
     }
+    fleet = planned.sources.fleet
+    if fleet:
+        result["fleet"] = {k: fleet.get(k) for k in ("generation", "origin", "signedBy")}
     if planned.loaded.warnings:
         result["warnings"] = planned.loaded.warnings
     if report is not None:

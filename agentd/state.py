@@ -47,6 +47,10 @@ class AgentState:
     # The digest of the inputs of the last plan that found nothing to do, and that plan's
     # result: while the digest matches, apply can skip loading, detecting and planning.
     noop: dict[str, Any] | None = None
+    # Disruptive actions held back until the maintenance window opens, and a k3s restart
+    # still owed for changes already made (so it is not lost when the next plan is empty).
+    deferred: dict[str, Any] | None = None
+    pending_restart: dict[str, Any] | None = None
 
     def recorded_plugins(self) -> dict[str, list[str]]:
         prefix = "wasmedge/plugins/"
@@ -73,6 +77,8 @@ class AgentState:
             "history": self.history,
             "inventory": {k: v.to_json() for k, v in sorted(self.inventory.items())},
             "noop": self.noop,
+            "deferred": self.deferred,
+            "pendingRestart": self.pending_restart,
         }
 
 
@@ -96,6 +102,8 @@ def load_state(paths: Paths) -> AgentState | None:
                 k: InventoryEntry.from_json(v) for k, v in data.get("inventory", {}).items()
             },
             noop=data.get("noop"),
+            deferred=data.get("deferred"),
+            pending_restart=data.get("pendingRestart"),
         )
     except (ValueError, AttributeError, TypeError) as exc:
         raise StateError(

@@ -32,15 +32,30 @@ LAYERS: tuple[frozenset[str], ...] = (
             "agentd.archive",
             "agentd.fetch",
             "agentd.log",
+            "agentd.notify",
+            "agentd.journal",
+            "agentd.timespec",
         }
     ),
     # reading the world into data: detection, the desired state and its loading, the renderers
+    # reading the world into data: detection, the desired state and the agent settings, their
+    # loading, the pulled fleet document, the renderers
     frozenset(
-        {"agentd.detect", "agentd.desired", "agentd.yamlload", "agentd.validation", "agentd.render"}
+        {
+            "agentd.detect",
+            "agentd.desired",
+            "agentd.yamlload",
+            "agentd.validation",
+            "agentd.render",
+            "agentd.settings",
+            "agentd.sources",
+            "agentd.config",
+        }
     ),
     frozenset({"agentd.plan"}),  # pure: desired + facts -> plan
     frozenset({"agentd.converge"}),  # plan + host -> result
-    frozenset({"agentd.run"}),  # one run, and the daemon's loop
+    frozenset({"agentd.run"}),  # one run
+    frozenset({"agentd.daemon"}),  # the loop that schedules runs
 )
 CLI_PACKAGE = "agentd.cli"  # every module under it, and agentd.__main__, is the top layer
 TOP = len(LAYERS)

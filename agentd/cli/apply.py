@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
+from types import FrameType
+from typing import Optional
 
-from agentd.cli.main import print_json
+from agentd.cli.main import agent_config, print_json
 from agentd.cli.output import format_plan, format_run
-from agentd.errors import AgentError
+from agentd.errors import AgentError, Cancelled
 from agentd.host import Host
 from agentd.run import apply
 
@@ -16,6 +20,11 @@ from agentd.run import apply
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--desired", type=Path, help="a desired-state file instead of the sources")
     parser.add_argument("--dry-run", action="store_true", help="plan only; change nothing")
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not pull the fleet document first; use the last good one",
+    )
     parser.add_argument(
         "--wait",
         type=float,
@@ -26,10 +35,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
 
+def _stop_at_a_safe_point() -> tuple[threading.Event, object]:
+    """SIGTERM (and SIGINT) ask the run to stop before it touches the node, never mid-install."""
+    asked = threading.Event()
+
+    def handler(signum: int, frame: Optional[FrameType]) -> None:
+        asked.set()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return asked, previous
+
+
 def handle(args: argparse.Namespace) -> int:
     host = Host.at(args.root)
+    config = agent_config(args)
+    asked, _ = _stop_at_a_safe_point()
+
+    def cancel() -> None:
+        if asked.is_set():
+            raise Cancelled("stopped on request before changing anything; nothing was changed")
+
     try:
-        result = apply(host, args.desired, dry_run=args.dry_run, lock_wait_s=args.wait)
+        result = apply(
+            host,
+            args.desired,
+            config=config,
+            pull=not args.offline,
+            dry_run=args.dry_run,
+            lock_wait_s=args.wait,
+            cancel=cancel,
+        )
     except AgentError as exc:
         if args.json:
             from agentd.state import load_state  # noqa: PLC0415

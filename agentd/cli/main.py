@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from agentd import __version__
+from agentd.config import AgentConfig, load_config
 from agentd.errors import AgentError
+from agentd.paths import Paths
 
 # Subcommand modules are imported only when used: start-up cost matters on a Raspberry Pi.
 COMMANDS = {
@@ -20,10 +22,16 @@ COMMANDS = {
     "validate": "check desired-state files (errors as FILE:LINE:COL: message)",
     "plan": "what apply would do, and why",
     "apply": "converge this node once",
-    "status": "the last run, from the state dir",
+    "pull": "fetch the fleet's desired state now (git or HTTPS), and check its signature",
+    "status": "the last run, the daemon and the fleet source, from the state dir",
     "rollback": "put back the version a component had before its last change",
+    "run": "the daemon: keep this node converged (what the systemd unit starts)",
+    "settings": "check the agent settings and print them with every default filled in",
     "schema": "print the desired state's JSON Schema",
 }
+# The daemon hands its workers the settings it validated (the file may be broken since).
+SETTINGS_JSON_ENV = "AGENTD_SETTINGS_JSON"
+SETTINGS_ORIGIN_ENV = "AGENTD_SETTINGS_ORIGIN"
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug, as opposed to an expected failure (exit 1)
 
 
@@ -37,7 +45,14 @@ def _common() -> argparse.ArgumentParser:
         help="work on a sandbox root instead of / (env AGENTD_ROOT); services are not touched",
     )
     common.add_argument(
-        "--log-format", choices=("auto", "console", "json"), default=argparse.SUPPRESS
+        "--settings",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="agent settings (default: /etc/wasm-edge/agentd.yaml under the root)",
+    )
+    common.add_argument(
+        "--log-format", choices=("auto", "console", "json", "journal"), default=argparse.SUPPRESS
     )
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
     return common
@@ -68,7 +83,7 @@ def _selected(argv: Sequence[str]) -> str | None:
         if skip_next:
             skip_next = False
             continue
-        if arg in ("--root", "--log-format"):
+        if arg in ("--root", "--log-format", "--settings"):
             skip_next = True
         elif arg in COMMANDS:
             return arg
@@ -79,6 +94,15 @@ def _selected(argv: Sequence[str]) -> str | None:
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def agent_config(args: argparse.Namespace) -> AgentConfig:
+    """This node's settings: the daemon's validated copy in a worker, else the file's."""
+    given = os.environ.get(SETTINGS_JSON_ENV)
+    if given:
+        return AgentConfig(json.loads(given), os.environ.get(SETTINGS_ORIGIN_ENV, "the daemon"))
+    settings = getattr(args, "settings", None)
+    return load_config(Paths(args.root), settings.absolute() if settings else None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

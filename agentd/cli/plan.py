@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -22,19 +23,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="exit 0 when there is nothing to do, 2 when changes are pending",
     )
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="also show every desired value and the file (line:column) it came from",
+    )
 
 
 def handle(args: argparse.Namespace) -> int:
     planned = make_plan(Host.at(args.root), args.desired)
     doc = planned.plan.to_json()
+    doc["sources"] = planned.loaded.sources
+    if planned.sources.fleet:
+        fleet = planned.sources.fleet
+        doc["fleet"] = {k: fleet.get(k) for k in ("generation", "origin", "signedBy", "candidate")}
     if planned.loaded.warnings:
         doc["warnings"] = planned.loaded.warnings
         for w in planned.loaded.warnings:
             sys.stderr.write(w + "\n")
+    if args.explain:
+        from agentd.yamlload import load_merged, provenance  # noqa: PLC0415
+
+        merged = load_merged(planned.sources.files, planned.sources.names)
+        doc["explain"] = [
+            {"path": path, "value": value, "from": str(pos)}
+            for path, value, pos in provenance(merged)
+        ]
     if args.json:
         print_json(doc)
-    else:
-        sys.stdout.write(format_plan(doc))
+        return EXIT_CHANGES if args.detailed_exitcode and not planned.plan.empty else 0
+    sys.stdout.write(format_plan(doc))
+    if args.explain:
+        sys.stdout.write("Desired values (later sources win):\n")
+        sources = planned.loaded.sources
+        sys.stdout.write("".join(f"  source {i + 1}: {s}\n" for i, s in enumerate(sources)))
+        width = max((len(e["path"]) for e in doc["explain"]), default=0)
+        for entry in doc["explain"]:
+            value = json.dumps(entry["value"])
+            if len(value) > 60:
+                value = value[:57] + "..."
+            sys.stdout.write(f"  {entry['path']:<{width}} = {value:<20}  <- {entry['from']}\n")
     if args.detailed_exitcode and not planned.plan.empty:
         return EXIT_CHANGES
     return 0

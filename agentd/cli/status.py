@@ -1,13 +1,16 @@
-"""`agentd status`: the last run and what agentd installed, read from the state dir."""
+"""`agentd status`: the last run, the daemon and the fleet source, read from the state dir."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from typing import Any
 
 from agentd.cli.main import print_json
 from agentd.cli.output import format_run
 from agentd.paths import Paths
+from agentd.sources import FleetStore
 from agentd.state import load_state
 
 
@@ -15,23 +18,70 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
 
+def _read(path: Any) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def handle(args: argparse.Namespace) -> int:
     paths = Paths(args.root)
     state = load_state(paths)
-    if state is None or state.last_run is None:
+    daemon = _read(paths.daemon_file)
+    source = FleetStore(paths).status() or None
+    suspended = paths.suspend_file.exists()
+    if (state is None or state.last_run is None) and daemon is None:
         if args.json:
-            print_json({"lastRun": None})
+            print_json({"lastRun": None, "daemon": None, "source": source})
         sys.stderr.write(f"agentd: no state yet in {paths.host_view(paths.state_dir)}\n")
         return 1
     if args.json:
-        print_json(state.to_json())
+        doc: dict[str, Any] = state.to_json() if state else {"lastRun": None}
+        doc.update(daemon=daemon, source=source, suspendFile=suspended)
+        print_json(doc)
+        return 0
+    out = sys.stdout.write
+    if daemon is not None:
+        out(f"daemon: {daemon.get('state')} (pid {daemon.get('pid')}): {daemon.get('status')}\n")
+        settings = daemon.get("settings") or {}
+        out(f"  settings: {settings.get('origin')}\n")
+        if settings.get("error"):
+            out(f"  settings error: {settings['error']}\n")
+        if daemon.get("suspended"):
+            out(f"  suspended: {daemon['suspended']}\n")
+    elif suspended:
+        out(f"suspended: {paths.host_view(paths.suspend_file)} exists\n")
+    if source:
+        pull = source.get("lastPull") or {}
+        good = source.get("lastGood") or {}
+        out(f"source: {source.get('source')} (verification: {source.get('verification')})\n")
+        out(
+            f"  last pull {source.get('lastPullAt')}: {pull.get('outcome')}: {pull.get('detail')}\n"
+        )
+        out(
+            f"  last good: generation {good.get('generation', 'none')} {good.get('origin') or ''}\n"
+        )
+        if source.get("tlsVerification"):
+            out(f"  TLS verification: {source['tlsVerification']}\n")
+    if state is None:
         return 0
     gen = state.last_applied_generation
-    sys.stdout.write(f"last applied generation: {gen if gen is not None else 'none'}\n")
-    sys.stdout.write("last run: " + format_run(state.last_run))
+    out(f"last applied generation: {gen if gen is not None else 'none'}\n")
+    if state.last_run is not None:
+        out("last run: " + format_run(state.last_run))
+    if state.deferred:
+        d = state.deferred
+        out(f"waiting for the maintenance window ({d.get('window')}), opens {d.get('until')}:\n")
+        for a in d.get("actions", []):
+            out(f"  {a.get('action')} {a.get('component')}: {a.get('reason')}\n")
+    if state.pending_restart:
+        p = state.pending_restart
+        out(f"k3s restart owed since {p.get('since')}: {p.get('causes')}\n")
     if state.inventory:
-        sys.stdout.write("installed by agentd:\n")
+        out("installed by agentd:\n")
         for name, entry in state.inventory.items():
             what = entry.version or f"sha256 {(entry.sha256 or '')[:12]}"
-            sys.stdout.write(f"  {name:<28} {what}\n")
+            out(f"  {name:<28} {what}\n")
     return 0

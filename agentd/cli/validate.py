@@ -42,14 +42,16 @@ def handle(args: argparse.Namespace) -> int:
         arch = os.environ.get("AGENTD_ARCH") or normalise_arch(os.uname().machine)
     elif arch == "none":
         arch = None
+    names: dict[Path, str] = {}
     if args.files:
         groups = [args.files] if args.merge else [[f] for f in args.files]
     else:
-        groups = [desired_sources(Host.at(args.root), None)]
+        sources = desired_sources(Host.at(args.root), None)
+        groups, names = [sources.files], sources.names
     errors: list[str] = []
     warnings: list[str] = []
     for group in groups:
-        report = load_and_validate(group, arch, merge_all=True)
+        report = load_and_validate(group, arch, merge_all=True, names=names)
         errors += report.errors
         warnings += report.warnings
     for line in warnings + errors:

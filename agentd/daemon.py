@@ -1,0 +1,567 @@
+"""The daemon: keep the node converged, pick up fleet and local changes, tell systemd how it goes.
+
+The daemon itself stays small: it schedules, pulls, answers unchanged runs from the no-op digest
+and talks to systemd. Whatever needs the planner (pydantic, detection, installs) runs in a
+short-lived worker process, `agentd apply`, so its memory is returned after every run and a bug
+in it cannot take the daemon down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from agentd.config import AgentConfig, SettingsNeedValidation, last_good_config, load_config
+from agentd.errors import AgentError, LockHeldError
+from agentd.host import Host, Process, ProcessTimeout, atomic_write, start_process
+from agentd.notify import Notifier, child_environment
+from agentd.paths import Paths
+from agentd.redact import redact_text
+from agentd.run import apply_if_unchanged
+from agentd.sources import FleetStore
+from agentd.state import StateLock
+from agentd.timespec import format_duration
+
+# How long a worker may run before it is asked to stop (at its next safe point), and how long
+# it then has before it is killed.
+WORKER_TIMEOUT_S = 3600.0
+WORKER_GRACE_S = 120.0
+# The state lock is held by CLI runs too: wait this long for it before calling a cycle failed.
+LOCK_WAIT_S = 60.0
+# Local files that make a run: anything else in /etc/wasm-edge (editor swap files) is ignored.
+_WATCHED_SUFFIXES = (".yaml",)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass
+class CycleResult:
+    """What one converge attempt came to, for STATUS, daemon.json and the backoff."""
+
+    outcome: str  # converged, deferred, failed, suspended, refused, cancelled
+    reason: str  # start, timer, drop-in, reload
+    generation: Optional[int] = None
+    error: Optional[str] = None
+    detail: str = ""
+    actions: int = 0
+    cached: bool = False
+    duration_ms: float = 0.0
+    pull: Optional[dict[str, Any]] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in ("converged", "deferred", "suspended")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "generation": self.generation,
+            "error": self.error,
+            "detail": self.detail,
+            "actions": self.actions,
+            "cached": self.cached,
+            "durationMs": round(self.duration_ms, 1),
+            "pull": self.pull,
+        }
+
+
+@dataclass
+class Schedule:
+    """When the next run is due, and how many have failed in a row (for the backoff)."""
+
+    next_run: float = 0.0
+    failures: int = 0
+    last_delay: float = 0.0
+    pull_due: bool = True
+    local_change_at: Optional[float] = None  # a local file changed then; runs after the debounce
+    reasons: list[str] = field(default_factory=list)
+
+
+class Worker:
+    """Runs `agentd <command>` in a child process and waits for it, keeping the daemon alive:
+    watchdog pings while it runs, and a stop request passed on as SIGTERM (the child stops at
+    its next safe point, never in the middle of installing)."""
+
+    def __init__(
+        self,
+        root: Path,
+        heartbeat: Callable[[], None],
+        stopping: threading.Event,
+        log_format: str,
+        python: str = sys.executable,
+    ) -> None:
+        self.root = root
+        self.heartbeat = heartbeat
+        self.stopping = stopping
+        self.log_format = log_format
+        self.python = python
+        self.current: Optional[Process] = None
+
+    def run(
+        self, args: list[str], env_extra: Mapping[str, str], timeout: float = WORKER_TIMEOUT_S
+    ) -> tuple[int, bytes]:
+        argv = [
+            self.python,
+            "-m",
+            "agentd",
+            "--root",
+            str(self.root),
+            "--log-format",
+            self.log_format,
+            *args,
+        ]
+        env = {**child_environment(os.environ), **env_extra}
+        # stderr is the daemon's own (the journal under systemd); stdout carries the JSON result.
+        proc = start_process(argv, env)
+        self.current = proc
+        chunks: list[bytes] = []
+
+        def read_stdout() -> None:
+            if proc.stdout is not None:
+                chunks.append(proc.stdout.read())
+
+        # Read while waiting: a large result must not block the child on a full pipe.
+        reader = threading.Thread(target=read_stdout, daemon=True)
+        reader.start()
+        started = time.monotonic()
+        asked_to_stop = False
+        try:
+            while True:
+                try:
+                    code = proc.wait(timeout=1.0)
+                    break
+                except ProcessTimeout:
+                    pass
+                self.heartbeat()
+                overdue = time.monotonic() - started > timeout
+                if (self.stopping.is_set() or overdue) and not asked_to_stop:
+                    proc.send_signal(signal.SIGTERM)
+                    asked_to_stop, started = True, time.monotonic()
+                    timeout = WORKER_GRACE_S
+                elif asked_to_stop and overdue:
+                    proc.kill()
+        finally:
+            self.current = None
+        reader.join(timeout=5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        return code, b"".join(chunks)
+
+
+def suspend_reason(paths: Paths, config: AgentConfig) -> Optional[str]:
+    if config.suspend:
+        return f"suspend: true in {config.origin}"
+    if paths.suspend_file.exists():
+        return f"{paths.host_view(paths.suspend_file)} exists"
+    return None
+
+
+class Daemon:
+    """The reconcile loop. `run(stop, ready)` returns when `stop` is set; tests drive it with
+    the two flags (and `request_converge`/`request_reload`) instead of sleeping."""
+
+    def __init__(
+        self,
+        root: Path,
+        settings_file: Optional[Path] = None,
+        *,
+        notifier: Optional[Notifier] = None,
+        log_format: str = "json",
+        rng: Optional[random.Random] = None,
+    ) -> None:
+        self.host = Host.at(root)
+        self.paths = self.host.paths
+        self.settings_file = settings_file
+        self.notifier = notifier or Notifier.from_env()
+        self.rng = rng or random.Random()  # noqa: S311 - splay and jitter, not secrets
+        self.config = AgentConfig()
+        self.settings_error: Optional[str] = None
+        self.schedule = Schedule()
+        self.last: Optional[CycleResult] = None
+        self.started_at = _now()
+        self.cycles = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._lock = threading.Lock()
+        self._observer: Any = None
+        self._next_ping = 0.0
+        self.worker = Worker(root, self._ping_if_due, self._stop, log_format)
+        self.status_text = "starting"
+
+    # --- triggers: safe to call from signal handlers and other threads ------------------------
+
+    def request_converge(self, why: str = "request") -> None:
+        with self._lock:
+            self.schedule.next_run = 0.0
+            self.schedule.reasons.append(why)
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def local_change(self, path: str) -> None:
+        """A watched file changed: run once things settle (editors write in several steps)."""
+        with self._lock:
+            self.schedule.local_change_at = time.monotonic()
+        self._log("local change", component="daemon", action="watch", path=path)
+        self._wake.set()
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, ready: threading.Event) -> int:
+        """Converge at once, then on the timer, on local changes and on reload, until `stop`."""
+        forward = threading.Thread(target=self._follow, args=(stop,), daemon=True)
+        forward.start()
+        self._load_settings(initial=True)
+        self._watch()
+        self._write_status()
+        self._cycle("start")
+        self.notifier.ready(self.status_text)
+        ready.set()
+        try:
+            while not self._stop.is_set():
+                self._wake.wait(self._sleep_time())
+                self._wake.clear()
+                if self._stop.is_set():
+                    break
+                self._ping_if_due()
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self._do_reload()
+                    continue
+                due = self._due()
+                if due is not None:
+                    self._cycle(due)
+        finally:
+            self.notifier.stopping("stopping")
+            self._unwatch()
+            self.status_text = "stopped"
+            self._write_status(state="stopped")
+            self._log("stopped", component="daemon", action="stop")
+        return 0
+
+    def _follow(self, stop: threading.Event) -> None:
+        # The caller's stop flag becomes ours (and wakes the loop) whoever sets it.
+        stop.wait()
+        self.request_stop()
+
+    def _sleep_time(self) -> float:
+        now = time.monotonic()
+        deadlines = [self.schedule.next_run]
+        if self.schedule.local_change_at is not None:
+            deadlines.append(self.schedule.local_change_at + self.config.debounce)
+        interval = self.notifier.watchdog_interval()
+        if interval:
+            deadlines.append(self._next_ping)
+        return max(0.0, min(deadlines) - now)
+
+    def _due(self) -> Optional[str]:
+        now = time.monotonic()
+        with self._lock:
+            changed = self.schedule.local_change_at
+            if changed is not None and now - changed >= self.config.debounce:
+                self.schedule.local_change_at = None
+                return "local change"
+            if now >= self.schedule.next_run:
+                reasons = self.schedule.reasons
+                self.schedule.reasons = []
+                return reasons[0] if reasons else "timer"
+        return None
+
+    def _ping_if_due(self) -> None:
+        interval = self.notifier.watchdog_interval()
+        if interval and time.monotonic() >= self._next_ping:
+            self.notifier.watchdog()
+            self._next_ping = time.monotonic() + interval
+
+    # --- settings -------------------------------------------------------------------------------
+
+    def _load_settings(self, *, initial: bool) -> None:
+        """The settings file, validated (by a worker when it changed); on error, the last good."""
+        config: Optional[AgentConfig]
+        try:
+            config = load_config(self.paths, self.settings_file, validate=False)
+        except SettingsNeedValidation:
+            config = self._validate_settings()
+        except AgentError as exc:
+            config, self.settings_error = None, str(exc)
+        if config is not None:
+            self.config, self.settings_error = config, None
+            return
+        if initial:
+            self.config = last_good_config(self.paths) or AgentConfig()
+        self._log(
+            "settings invalid; keeping the last good settings",
+            level="error",
+            component="daemon",
+            action="settings",
+            error=self.settings_error,
+            using=self.config.origin,
+        )
+
+    def _validate_settings(self) -> Optional[AgentConfig]:
+        args = ["settings", "--json"]
+        if self.settings_file is not None:
+            args = ["--settings", str(self.settings_file), *args]
+        code, out = self.worker.run(args, {}, timeout=120)
+        if code == 0:
+            try:
+                return load_config(self.paths, self.settings_file, validate=False)
+            except AgentError as exc:
+                self.settings_error = str(exc)
+                return None
+        try:
+            report = json.loads(out or b"{}")
+        except ValueError:
+            report = {}
+        problems = report.get("problems") or [report.get("error") or f"exit code {code}"]
+        self.settings_error = "; ".join(str(p) for p in problems[:3])
+        return None
+
+    def _do_reload(self) -> None:
+        self.notifier.reloading("reloading settings")
+        self._log("reloading", component="daemon", action="reload")
+        self._unwatch()
+        self._load_settings(initial=False)
+        self._watch()
+        self.schedule.pull_due = True
+        self._cycle("reload")
+        self.notifier.ready(self.status_text)
+
+    # --- watching local files ---------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        try:
+            from watchdog.events import FileSystemEvent, FileSystemEventHandler  # noqa: PLC0415
+            from watchdog.observers import Observer  # noqa: PLC0415
+        except ImportError:  # pragma: no cover - watchdog is a dependency; the timer still runs
+            self._log("watchdog missing: local edits wait for the timer", level="warning")
+            return
+        etc = self.paths.etc_dir
+        try:
+            etc.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._log("cannot watch local files", level="warning", error=str(exc))
+            return
+        daemon = self
+
+        class _Handler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                if event.event_type in ("opened", "closed_no_write"):
+                    return
+                for raw in (event.src_path, getattr(event, "dest_path", "")):
+                    path = os.fsdecode(raw) if raw else ""
+                    if path and daemon._watched(Path(path)):
+                        daemon.local_change(daemon.paths.host_view(Path(path)))
+                        return
+
+        observer = Observer(timeout=0.1)
+        observer.schedule(_Handler(), str(etc), recursive=True)
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+
+    def _watched(self, path: Path) -> bool:
+        paths = self.paths
+        if path in (paths.suspend_file, paths.desired_file, paths.desired_dir):
+            return True
+        return path.parent == paths.desired_dir and path.suffix in _WATCHED_SUFFIXES
+
+    def _unwatch(self) -> None:
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()
+            observer.join(timeout=5)
+
+    # --- one cycle ------------------------------------------------------------------------------
+
+    def _cycle(self, reason: str) -> None:
+        t0 = time.perf_counter()
+        self.cycles += 1
+        suspended = suspend_reason(self.paths, self.config)
+        if suspended:
+            result = CycleResult("suspended", reason, detail=suspended)
+        else:
+            result = self._converge(reason)
+        result.duration_ms = (time.perf_counter() - t0) * 1000
+        self.last = result
+        self._reschedule(result)
+        self.status_text = self._status_line(result)
+        self.notifier.status(self.status_text)
+        self._write_status()
+        if not result.cached:
+            level = "info" if result.ok else "error"
+            self._log(
+                f"cycle {result.outcome}",
+                level=level,
+                component="daemon",
+                action="cycle",
+                generation=result.generation,
+                reason=reason,
+                error=result.error,
+                ms=round(result.duration_ms, 1),
+            )
+
+    def _converge(self, reason: str) -> CycleResult:
+        pulled: Optional[dict[str, Any]] = None
+        try:
+            with StateLock(self.paths).held("daemon", LOCK_WAIT_S):
+                source = self.config.source
+                if source is not None and self.schedule.pull_due:
+                    from agentd.sources import pull  # noqa: PLC0415
+
+                    pulled = pull(source, self.paths).to_json()
+                    self.schedule.pull_due = False
+                extra = {"pull": pulled} if pulled else None
+                unchanged = apply_if_unchanged(self.host, extra)
+        except LockHeldError as exc:
+            return CycleResult("failed", reason, error=str(exc), pull=pulled)
+        except (AgentError, OSError) as exc:
+            return CycleResult("failed", reason, error=redact_text(str(exc)), pull=pulled)
+        if unchanged is not None:
+            return CycleResult(
+                str(unchanged.get("outcome", "converged")),
+                reason,
+                generation=unchanged.get("generation"),
+                cached=True,
+                pull=pulled,
+            )
+        return self._work(reason, pulled)
+
+    def _work(self, reason: str, pulled: Optional[dict[str, Any]]) -> CycleResult:
+        env = {
+            "AGENTD_SETTINGS_JSON": json.dumps(dict(self.config.raw)),
+            "AGENTD_SETTINGS_ORIGIN": self.config.origin,
+        }
+        args = ["apply", "--offline", "--json", "--wait", str(int(LOCK_WAIT_S))]
+        if self.settings_file is not None:
+            args = ["--settings", str(self.settings_file), *args]
+        code, out = self.worker.run(args, env)
+        try:
+            doc = json.loads(out) if out.strip() else {}
+        except ValueError:
+            doc = {}
+        if not isinstance(doc, dict):
+            doc = {}
+        outcome = str(doc.get("outcome") or ("converged" if code == 0 else "failed"))
+        if code != 0 and outcome in ("converged", "deferred"):
+            outcome = "failed"
+        error = doc.get("error")
+        if code != 0 and not error:
+            error = f"the worker exited with code {code}"
+        return CycleResult(
+            outcome,
+            reason,
+            generation=doc.get("generation"),
+            error=redact_text(str(error)) if error else None,
+            actions=len(doc.get("actions") or []),
+            pull=pulled,
+            detail=_deferred_detail(doc),
+        )
+
+    def _reschedule(self, result: CycleResult) -> None:
+        now = time.monotonic()
+        with self._lock:
+            sched = self.schedule
+            if result.ok:
+                sched.failures = 0
+                delay = self.config.interval + self.rng.uniform(0, self.config.splay)
+                sched.pull_due = True
+            else:
+                sched.failures += 1
+                initial, cap = self.config.backoff
+                base = min(initial * 2 ** (sched.failures - 1), cap)
+                delay = min(base * self.rng.uniform(0.8, 1.2), cap)
+                # A failed pull is retried on the backoff too; a converge failure re-pulls
+                # only when the interval would have.
+                sched.pull_due = sched.pull_due or result.pull is not None
+            sched.last_delay = delay
+            sched.next_run = now + delay
+
+    # --- reporting ------------------------------------------------------------------------------
+
+    def _status_line(self, result: CycleResult) -> str:
+        gen = result.generation
+        if result.outcome == "suspended":
+            line = f"suspended ({result.detail}); converging nothing"
+        elif result.outcome in ("converged", "deferred"):
+            line = f"converged generation {gen if gen is not None else '?'}, "
+            line += f"{self._findings()} findings"
+            if result.outcome == "deferred":
+                line += f"; {result.detail}"
+        else:
+            retry = format_duration(self.schedule.last_delay)
+            line = f"{result.outcome}: {result.error or 'unknown error'}; retrying in {retry}"
+        pulled = result.pull or {}
+        if pulled.get("outcome") in ("failed", "rejected"):
+            good = FleetStore(self.paths).good_generation()
+            keep = f"keeping generation {good}" if good is not None else "no fleet document yet"
+            line += f" (source {pulled['outcome']}: {pulled.get('detail')}; {keep})"
+        if self.settings_error:
+            line += f" [settings invalid: {self.settings_error}; using {self.config.origin}]"
+        return line
+
+    def _findings(self) -> int:
+        try:
+            state = json.loads(self.paths.state_file.read_text())
+        except (OSError, ValueError):
+            return 0
+        health = state.get("health") if isinstance(state, dict) else None
+        findings = health.get("findings") if isinstance(health, dict) else None
+        return len(findings) if isinstance(findings, list) else 0
+
+    def _write_status(self, state: str = "running") -> None:
+        remaining = max(0.0, self.schedule.next_run - time.monotonic())
+        doc = {
+            "pid": os.getpid(),
+            "state": state,
+            "startedAt": self.started_at,
+            "updatedAt": _now(),
+            "status": self.status_text,
+            "cycles": self.cycles,
+            "settings": {"origin": self.config.origin, "error": self.settings_error},
+            "interval": self.config.interval,
+            "splay": self.config.splay,
+            "suspended": suspend_reason(self.paths, self.config),
+            "lastCycle": self.last.to_json() if self.last else None,
+            "nextRunInS": round(remaining, 1) if state == "running" else None,
+            "consecutiveFailures": self.schedule.failures,
+        }
+        try:
+            atomic_write(self.paths.daemon_file, json.dumps(doc, indent=2).encode(), 0o644)
+        except OSError as exc:
+            self._log("cannot write daemon status", level="warning", error=str(exc))
+
+    def _log(self, event: str, level: str = "info", **fields: Any) -> None:
+        from agentd.log import get_logger  # noqa: PLC0415
+
+        getattr(get_logger(), level)(event, **fields)
+
+
+def _deferred_detail(doc: Mapping[str, Any]) -> str:
+    deferred = doc.get("deferred")
+    if not isinstance(deferred, dict):
+        return ""
+    n = len(deferred.get("actions") or [])
+    return (
+        f"{n} disruptive action{'s' * (n != 1)} wait for the maintenance window "
+        f"(opens {deferred.get('until')})"
+    )
