@@ -1,14 +1,17 @@
-"""A real HTTP server over a directory of release artifacts, with injectable download faults."""
+"""A real HTTP(S) server over a directory, with ETags, a request log and injectable faults."""
 
 from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import http.server
 import os
 import signal
+import ssl
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -20,7 +23,19 @@ from urllib.parse import unquote, urlsplit
 class _Fault:
     status: int | None = None  # answer with this status instead of the file
     truncate_at: int | None = None  # send the full Content-Length but only this many bytes
+    throttle: float | None = None  # send the body at this many bytes per second
+    location: str | None = None  # answer with a 302 redirect to this URL
     remaining: int | None = None  # requests left to affect; None until cleared
+
+
+@dataclass(frozen=True)
+class Response:
+    """One answered request, as the server sent it."""
+
+    method: str
+    path: str
+    status: int
+    body_bytes: int
 
 
 def _decoded_path(path: str) -> str:
@@ -36,6 +51,7 @@ class _Server(http.server.ThreadingHTTPServer):
         super().__init__(address, handler)
         self.lock = threading.Lock()
         self.log: list[tuple[str, str]] = []
+        self.responses: list[Response] = []
         self.faults: dict[str, _Fault] = {}
 
     def record(self, method: str, path: str) -> _Fault | None:
@@ -59,57 +75,137 @@ class _Server(http.server.ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+def _etag(path: Path) -> str:
+    # A strong validator from the content, as nginx's is from size and mtime: equal bytes, equal
+    # tag, across server restarts.
+    return '"' + hashlib.sha256(path.read_bytes()).hexdigest()[:32] + '"'
+
+
 class _Handler(http.server.SimpleHTTPRequestHandler):
     server: _Server
+    _status = 0
+    _sent = 0
+    _etag_header: str | None = None
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self._status = code
+        super().send_response(code, message)
+
     def do_GET(self) -> None:
-        self._answer(head=False)
+        self._respond(head=False)
 
     def do_HEAD(self) -> None:
-        self._answer(head=True)
+        self._respond(head=True)
+
+    def _respond(self, *, head: bool) -> None:
+        self._status, self._sent = 0, 0
+        try:
+            self._answer(head=head)
+        finally:
+            with self.server.lock:
+                self.server.responses.append(
+                    Response(self.command, _decoded_path(self.path), self._status, self._sent)
+                )
+
+    def _file(self) -> Path | None:
+        path = Path(self.translate_path(self.path))
+        return path if path.is_file() else None
 
     def _answer(self, *, head: bool) -> None:
         fault = self.server.record(self.command, _decoded_path(self.path))
         if fault is not None and fault.status is not None:
             self.send_error(fault.status)
             return
-        if fault is not None and fault.truncate_at is not None:
-            body = self.send_head()  # headers, with the full file's Content-Length
-            if body is None:
-                return
-            try:
-                if not head:
-                    self.wfile.write(body.read(fault.truncate_at))
-            finally:
-                body.close()
-            self.close_connection = True
+        if fault is not None and fault.location is not None:
+            self.send_response(302)
+            self.send_header("Location", fault.location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
-        # A Range header is ignored and the whole file sent with 200, which HTTP allows.
-        if head:
-            super().do_HEAD()
-        else:
-            super().do_GET()
+        file = self._file()
+        if file is not None:
+            tag = _etag(file)
+            wanted = [t.strip() for t in self.headers.get("If-None-Match", "").split(",")]
+            if tag in wanted or "*" in wanted:
+                self.send_response(304)
+                self.send_header("ETag", tag)
+                self.end_headers()
+                return
+            self._etag_header = tag
+        body = self.send_head()  # headers, with the full file's Content-Length (or a 304)
+        if body is None:
+            return
+        try:
+            if head:
+                return
+            if fault is not None and fault.truncate_at is not None:
+                data = body.read(fault.truncate_at)
+                self.wfile.write(data)
+                self._sent = len(data)
+                self.close_connection = True
+            elif fault is not None and fault.throttle is not None:
+                self._trickle(body, fault.throttle)
+            else:
+                data = body.read()
+                self.wfile.write(data)
+                self._sent = len(data)
+        finally:
+            body.close()
+
+    def _trickle(self, body: Any, rate: float) -> None:
+        chunk = max(1, int(rate / 10))
+        while True:
+            data = body.read(chunk)
+            if not data:
+                return
+            self.wfile.write(data)
+            self.wfile.flush()
+            self._sent += len(data)
+            time.sleep(0.1)
+
+    def end_headers(self) -> None:
+        tag = getattr(self, "_etag_header", None)
+        if tag is not None and self._status == 200:
+            self.send_header("ETag", tag)
+        self._etag_header = None
+        super().end_headers()
 
 
 class MirrorServer:
     """Serves `directory` on 127.0.0.1 from a daemon thread; paths are kept percent-decoded."""
 
-    def __init__(self, directory: Union[str, Path], *, host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self,
+        directory: Union[str, Path],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: Optional[ssl.SSLContext] = None,
+    ):
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise FileNotFoundError(f"no such directory to serve: {self.directory}")
         handler = functools.partial(_Handler, directory=str(self.directory))
         self._server = _Server((host, port), handler)
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        self._scheme = "https" if tls is not None else "http"
         self._thread: Optional[threading.Thread] = None
 
     @property
     def url(self) -> str:
         """The base URL, without a trailing slash."""
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{self._scheme}://{host!s}:{port}"
+
+    @property
+    def responses(self) -> list[Response]:
+        """Every answer so far, with its status and how many body bytes were sent."""
+        with self._server.lock:
+            return list(self._server.responses)
 
     @property
     def requests(self) -> list[str]:
@@ -145,6 +241,18 @@ class MirrorServer:
         with self._server.lock:
             self._server.faults[self._key(path)] = _Fault(truncate_at=n_bytes, remaining=times)
 
+    def throttle(self, path: str, bytes_per_second: float, *, times: int | None = None) -> None:
+        """Send the body of `path` slowly (a download that takes a while)."""
+        with self._server.lock:
+            self._server.faults[self._key(path)] = _Fault(
+                throttle=bytes_per_second, remaining=times
+            )
+
+    def redirect(self, path: str, location: str, *, times: int | None = None) -> None:
+        """Answer requests for `path` with a 302 to `location`."""
+        with self._server.lock:
+            self._server.faults[self._key(path)] = _Fault(location=location, remaining=times)
+
     def clear_faults(self) -> None:
         with self._server.lock:
             self._server.faults.clear()
@@ -152,6 +260,7 @@ class MirrorServer:
     def clear_requests(self) -> None:
         with self._server.lock:
             self._server.log.clear()
+            self._server.responses.clear()
 
     def start(self) -> MirrorServer:
         if self._thread is None:
