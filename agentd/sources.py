@@ -34,9 +34,12 @@ class PullError(AgentError):
 class Rejected(AgentError):
     """The source answered, but the document is refused (signature, garbage, older generation)."""
 
-    def __init__(self, message: str, origin: Optional[str] = None) -> None:
+    def __init__(
+        self, message: str, origin: Optional[str] = None, facts: Optional[dict[str, Any]] = None
+    ) -> None:
         super().__init__(message)
-        self.origin = origin  # what the source served, when known (a commit id)
+        self.origin = origin  # what the source served, when known (a commit id, an ETag)
+        self.facts = facts or {}  # what to remember with the verdict (sha256, HTTP validators)
 
 
 @dataclass(frozen=True)
@@ -576,9 +579,20 @@ def _pull_https(config: SourceConfig, paths: Paths, store: FleetStore) -> tuple[
         raise _Unchanged()
     requests = 1
     if config.verify:
-        sig = http_get(config, paths, config.url + ".sig", {}, MAX_SIGNATURE_BYTES)
         requests += 1
-        doc.signed_by = verify_detached(config, paths, doc.data, sig.body)
+        # The signature lives beside the document and may be published after it: a document
+        # refused for its signature is fetched and checked again on the next pull.
+        facts = {"sha256": doc.sha256, **doc.validators, "recheck": True}
+        try:
+            sig = http_get(config, paths, config.url + ".sig", {}, MAX_SIGNATURE_BYTES)
+        except PullError as exc:
+            if ": HTTP 404" in str(exc) or ": HTTP 410" in str(exc):
+                raise Rejected(f"the document is not signed: {exc}", doc.origin, facts) from None
+            raise
+        try:
+            doc.signed_by = verify_detached(config, paths, doc.data, sig.body)
+        except Rejected as exc:
+            raise Rejected(str(exc), doc.origin, facts) from None
     return doc, requests
 
 
@@ -728,7 +742,7 @@ def pull(config: SourceConfig, paths: Paths) -> PullResult:
         result.requests = 1
     except Rejected as exc:
         if exc.origin is not None:
-            store.remember(exc.origin, "rejected", str(exc))
+            store.remember(exc.origin, "rejected", str(exc), **exc.facts)
         result = PullResult("rejected", redact_text(str(exc)), origin=exc.origin)
     except (PullError, OSError) as exc:
         result = PullResult("failed", redact_text(str(exc)) or type(exc).__name__)
