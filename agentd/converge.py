@@ -427,16 +427,14 @@ def _converge(
     journal = Journal(host, run_dir / "backup")
     try:
         with _timed(report, "install"):
-            libs_changed = False
             for step in report.steps:
-                if step.action.action == "restart" and libs_changed:
-                    host.services.ldconfig()
-                    libs_changed = False
                 _run_step(host, journal, step)
-                c = step.action.component
-                libs_changed |= c == "wasmedge" or c.startswith(PLUGIN_PREFIX)
-            if libs_changed:
-                host.services.ldconfig()
+                if step.action.component == "wasmedge":
+                    # /usr/local/lib is found through the loader's cache only: refresh it now, so
+                    # the new wasmedge (and a Wasm crun after it) can start. Plugins need no
+                    # refresh: WasmEdge opens them by path.
+                    host.services.ldconfig()
+                _read_back(host, step)
     except (AgentError, OSError, ServiceError) as exc:
         failed = next((s for s in report.steps if s.status == "running"), None)
         if failed:
@@ -478,6 +476,43 @@ def _run_step(host: Host, journal: Journal, step: Step) -> None:
         reason=a.reason,
         ms=round(step.duration_ms, 1),
     )
+
+
+_READ_BACK = {"k3s": K3S_BIN, "crun": CRUN_BIN, "wasmedge": f"{USR_LOCAL_BIN}/wasmedge"}
+
+
+def _read_back(host: Host, step: Step) -> None:
+    """Run the installed binary and check it is the version the plan asked for.
+
+    The sha256 pins the artifact, not what it is: a document whose URL points at another
+    release would otherwise be installed again and again, each run seeing the "wrong" version.
+    """
+    a = step.action
+    if a.action not in ("install", "upgrade", "downgrade") or a.component not in _READ_BACK:
+        return
+    from agentd import detect  # noqa: PLC0415
+    from agentd.host import run_command  # noqa: PLC0415
+    from agentd.versions import compare  # noqa: PLC0415
+
+    node_path = _READ_BACK[a.component]
+    result = run_command([str(host.paths.under(node_path)), "--version"])
+    parsers = {
+        "k3s": lambda text: (detect.parse_k3s_version(text) or (None,))[0],
+        "crun": lambda text: (detect.parse_crun_version(text) or (None,))[0],
+        "wasmedge": detect.parse_wasmedge_version,
+    }
+    got = parsers[a.component](result.stdout) if result.ok else None
+    if got is None:
+        why = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["no output"]
+        raise ConvergeError(
+            f"the installed {node_path} does not run: `{node_path} --version` exited "
+            f"{result.returncode}: {why[0][:200]}"
+        )
+    if a.to_version is not None and compare(got, a.to_version) != 0:
+        raise ConvergeError(
+            f"the artifact installed as {a.component} {a.to_version} reports version {got}: "
+            "its URL and sha256 are of another release"
+        )
 
 
 def _recover_services(host: Host, report: RunReport) -> None:

@@ -81,8 +81,8 @@ def test_converges_an_empty_root(
     assert "ExecStart=/usr/local/bin/k3s server" in node.read("/etc/systemd/system/k3s.service")
     # under --root the service manager is only recorded, once per kind of call
     assert result["serviceCalls"] == [
+        "ldconfig",  # right after WasmEdge, so that its version can be read back
         "systemctl daemon-reload",
-        "ldconfig",
         "systemctl enable k3s.service",
         "systemctl restart k3s.service",
     ]
@@ -268,6 +268,21 @@ def test_wrong_sha256_installs_nothing(
     assert not (cache / "sha256" / wrong).exists()
     leftovers = list((cache / "tmp").iterdir()) if (cache / "tmp").exists() else []
     assert leftovers == []
+
+
+def test_an_artifact_of_another_release_is_not_installed(
+    node: Node,
+    arch: str,
+    mirror: MirrorServer,
+    mirror_index: Mirror,
+    on_crun_114: tuple[dict[str, Any], dict[str, str]],
+) -> None:
+    """A correct sha256 of the wrong release (a copy-paste slip in a fleet document): installing
+    it would report 1.14 where 1.15 is wanted, and every later run would install it again."""
+    doc, before = on_crun_114
+    path, sha = mirror_index.artifact("crun", "1.14", arch)
+    res = node.apply(_broken_crun(doc, arch, url=f"{mirror.url}/{path}", sha256=sha))
+    _assert_failed_and_untouched(node, res, before, "reports version 1.14")
 
 
 @pytest.mark.parametrize(
@@ -559,3 +574,28 @@ def test_no_op_apply_runs_no_version_command(
     time.sleep(0.01)
     assert node.apply(doc).code == 0
     assert cache.stat().st_mtime_ns == stamp  # every version came from the fingerprint cache
+
+
+def test_plan_explain_names_the_file_each_value_came_from(
+    node: Node, mirror: MirrorServer, mirror_index: Mirror, arch: str
+) -> None:
+    base = doc_for(mirror, mirror_index, arch, wasmedge=None)
+    write_yaml(node.path("/etc/wasm-edge/desired.yaml"), base)
+    pin = node.path("/etc/wasm-edge/desired.d/10-pin.yaml")
+    pin.parent.mkdir(parents=True, exist_ok=True)
+    pin.write_text("# this node stays on crun 1.14\ncomponents:\n  crun:\n    version: '1.14'\n")
+    res = node.agentd("plan", "--explain", "--json")
+    assert res.code == 0, res.stderr
+    doc = res.json()
+    where = {e["path"]: (e["value"], e["from"]) for e in doc["explain"]}
+    assert where["components.crun.version"] == ("1.14", f"{pin}:4:14")
+    value, origin = where["components.k3s.version"]
+    assert value == "v1.30.4+k3s1"
+    assert origin.startswith(f"{node.path('/etc/wasm-edge/desired.yaml')}:")
+    assert doc["sources"] == [str(node.path("/etc/wasm-edge/desired.yaml")), str(pin)]
+    # The artifacts of the pinned version still come from the base document.
+    url, _ = where[f"components.crun.artifacts.{arch}.url"]
+    assert "1.15" in url
+    human = node.agentd("plan", "--explain")
+    assert "components.crun.version" in human.stdout
+    assert "10-pin.yaml:4:14" in human.stdout
