@@ -21,14 +21,32 @@ JOURNAL_SOCKET_ENV = "AGENTD_JOURNAL_SOCKET"
 _SECRET_KEYS = ("token", "password", "secret", "authorization", "credential")
 
 
+def _secret_key(key: object) -> bool:
+    name = str(key).lower()
+    return any(s in name for s in _SECRET_KEYS) and name != "tokenfile"
+
+
+def _scrub(value: Any, depth: int = 0) -> Any:
+    """`value` with secrets masked at any depth: strings, lists, mappings, and anything else by
+    its text (a Path or an exception can hold a URL with a password too)."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if depth > 8:
+        return redact_text(str(value))
+    if isinstance(value, Mapping):
+        return {k: "***" if _secret_key(k) else _scrub(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_scrub(v, depth + 1) for v in value]
+    return redact_text(str(value))
+
+
 def _redact(
     _logger: Any, _method: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     for key, value in list(event.items()):
-        if any(s in key.lower() for s in _SECRET_KEYS) and key != "tokenFile":
-            event[key] = "***"
-        elif isinstance(value, str):
-            event[key] = redact_text(value)
+        event[key] = "***" if _secret_key(key) else _scrub(value)
     return event
 
 
@@ -109,7 +127,8 @@ def _setup() -> None:
             if fmt == "json"
             else structlog.dev.ConsoleRenderer(colors=False)
         )
-        processors += [_redact, renderer]
+        # Tracebacks become text first, so that they are redacted like every other string.
+        processors += [structlog.processors.format_exc_info, _redact, renderer]
         factory = structlog.PrintLoggerFactory(file=sys.stderr)
     structlog.configure(
         processors=processors,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from agentd.redact import redact_text, redact_url
@@ -98,3 +100,26 @@ def test_redact_text_bare_query_in_urllib3_message() -> None:
 def test_redact_text_without_urls_unchanged() -> None:
     text = "k3s version v1.32.0+k3s1 (cca8faca): key: value, user@host"
     assert redact_text(text) == text
+
+
+def test_log_events_are_scrubbed_at_any_depth() -> None:
+    from agentd.log import _redact
+
+    event = {
+        "event": "pull failed",
+        "urls": ["https://fleet:hunter2@git.example/fleet.git", "https://ok.example/x"],
+        "detail": {"source": "https://a:b-secret@h/x?token=zzz", "password": "plain"},
+        "error": ValueError("GET https://u:pw-in-error@h/x failed"),
+        "where": Path("/var/lib/wasm-edge"),
+        "apiToken": "tok",
+        "tokenFile": "/etc/wasm-edge/k3s-token",
+        "count": 3,
+    }
+    out = _redact(None, "info", dict(event))
+    text = repr(out)
+    for secret in ("hunter2", "b-secret", "zzz", "plain", "tok'", "pw-in-error"):
+        assert secret not in text, secret
+    assert out["urls"][1] == "https://ok.example/x"
+    assert out["tokenFile"] == "/etc/wasm-edge/k3s-token"  # a path to a secret is not one
+    assert out["count"] == 3
+    assert out["where"] == "/var/lib/wasm-edge"
