@@ -25,6 +25,8 @@ MAX_DOCUMENT_BYTES = 1 << 20
 # A detached signature is a few hundred bytes; anything near this is not one.
 MAX_SIGNATURE_BYTES = 64 << 10
 GIT_TIMEOUT_FACTOR = 4  # a fetch is several round trips: each may take the source timeout
+# Every gpg call: never prompt, and never start a gpg-agent (verifying needs none; see GpgHome).
+GPG = ("gpg", "--batch", "--no-tty", "--no-autostart")
 
 
 class PullError(AgentError):
@@ -209,7 +211,10 @@ class FleetStore:
         _write_json(self.good_meta, record)
         with contextlib.suppress(FileNotFoundError):
             self.candidate_meta.unlink()
-        self.remember(str(record.get("origin")), "accepted", "", generation=record["generation"])
+        origin = str(record.get("origin"))
+        facts = self._facts_of(origin)
+        self.remember(origin, "accepted", "", generation=record["generation"], **facts)
+        self._refresh_status()
         return record
 
     def reject_candidate(self, reason: str) -> dict[str, Any]:
@@ -217,15 +222,41 @@ class FleetStore:
         for path in (self.candidate, self.candidate_meta):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        self.remember(
-            str(record.get("origin")), "rejected", reason, generation=record.get("generation")
-        )
+        origin = str(record.get("origin"))
+        facts = self._facts_of(origin)
+        self.remember(origin, "rejected", reason, generation=record.get("generation"), **facts)
+        self._refresh_status(rejected=reason)
         return record
+
+    def _facts_of(self, origin: str) -> dict[str, Any]:
+        """What the pull remembered about `origin` (its sha256 and HTTP validators), so that the
+        verdict on the candidate still answers the next conditional request with a 304."""
+        seen = self.seen()
+        if seen.get("origin") != origin:
+            return {}
+        return {k: seen[k] for k in ("sha256", "etag", "lastModified") if k in seen}
+
+    def _good_summary(self) -> Optional[dict[str, Any]]:
+        good = self.good_record()
+        keys = ("generation", "origin", "acceptedAt", "signedBy")
+        return {k: good.get(k) for k in keys} if good else None
+
+    def _refresh_status(self, rejected: Optional[str] = None) -> None:
+        """The pull wrote status.json before its candidate was judged: bring the last good
+        document, and the verdict on a rejected candidate, up to date for `status`."""
+        status = _read_json(self.status_file)
+        if not status:
+            return
+        status["lastGood"] = self._good_summary()
+        if rejected is not None:
+            last = status.get("lastPull")
+            last = last if isinstance(last, dict) else {}
+            status["lastPull"] = {**last, "outcome": "rejected", "detail": redact_text(rejected)}
+        _write_json(self.status_file, status)
 
     def record_status(self, config: SourceConfig, result: PullResult) -> dict[str, Any]:
         """source/status.json: the last pull, and the last good document the node converges to."""
         previous = _read_json(self.status_file)
-        good = self.good_record()
         status: dict[str, Any] = {
             "source": config.describe(),
             "type": config.type,
@@ -233,9 +264,7 @@ class FleetStore:
             "lastPullAt": _now(),
             "lastPull": result.to_json(),
             "lastSuccessAt": previous.get("lastSuccessAt"),
-            "lastGood": {k: good.get(k) for k in ("generation", "origin", "acceptedAt", "signedBy")}
-            if good
-            else None,
+            "lastGood": self._good_summary(),
         }
         if result.outcome in ("updated", "unchanged"):
             status["lastSuccessAt"] = status["lastPullAt"]
@@ -310,10 +339,6 @@ def _node_file(paths: Paths, node_path: str, what: str) -> Path:
     return path
 
 
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 class GpgHome:
     """A private GNUPGHOME holding only the allowed keys, each trusted, rebuilt when they change.
 
@@ -328,7 +353,8 @@ class GpgHome:
 
     def ready(self, timeout: float) -> Path:
         keyring = _node_file(self.paths, self.keyring, "the gpg keyring")
-        digest = _file_digest(keyring)
+        data = keyring.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
         stamp = self.home / "agentd-keyring.sha256"
         with contextlib.suppress(OSError):
             if stamp.read_text().strip() == digest:
@@ -336,29 +362,36 @@ class GpgHome:
         shutil.rmtree(self.home, ignore_errors=True)
         self.home.mkdir(mode=0o700, parents=True)
         env = {"GNUPGHOME": str(self.home)}
-        imported = run_command(
-            ["gpg", "--batch", "--no-tty", "--quiet", "--import", str(keyring)],
-            timeout,
-            env=env,
-        )
-        listed = run_command(
-            ["gpg", "--batch", "--no-tty", "--with-colons", "--list-keys"], timeout, env=env
-        )
-        fingerprints = [
-            line.split(":")[9]
-            for line in listed.stdout.splitlines()
-            if line.startswith("fpr:") and len(line.split(":")) > 9
-        ]
-        if not imported.ok or not listed.ok or not fingerprints:
+        # The keys go into the home as a keyring file of gpg's older format, which gpg reads as
+        # its public keyring, rather than through `gpg --import`: an import asks gpg-agent
+        # whether each key has a secret part, which starts an agent that outlives agentd, and
+        # fails outright where the home's path is too long for a socket (under a deep --root).
+        # Verifying needs no agent; gpg.conf keeps git's own gpg calls from starting one.
+        atomic_write(self.home / "gpg.conf", b"no-autostart\n", 0o600)
+        if not data[:1] or not data[0] & 0x80:  # not binary OpenPGP (which starts with a tag)
+            dearmored = run_command([*GPG, "--dearmor"], timeout, env=env, input_bytes=data)
+            if not dearmored.ok:
+                shutil.rmtree(self.home, ignore_errors=True)
+                why = _short(dearmored)
+                raise PullError(f"cannot use the gpg keyring {self.keyring}: {why}")
+            data = dearmored.stdout_bytes
+        atomic_write(self.home / "pubring.gpg", data, 0o600)
+        listed = run_command([*GPG, "--with-colons", "--list-keys"], timeout, env=env)
+        # The primary keys' fingerprints (an "fpr" line follows each "pub" and each "sub").
+        fingerprints: list[str] = []
+        previous = ""
+        for line in listed.stdout.splitlines():
+            fields = line.split(":")
+            if fields[0] == "fpr" and previous == "pub" and len(fields) > 9:
+                fingerprints.append(fields[9])
+            previous = fields[0]
+        if not listed.ok or not fingerprints:
             shutil.rmtree(self.home, ignore_errors=True)
-            why = _short(imported if not imported.ok else listed) or "no public key in it"
+            why = (_short(listed) if not listed.ok else "") or "no public key in it"
             raise PullError(f"cannot use the gpg keyring {self.keyring}: {why}")
         trust = "".join(f"{fpr}:6:\n" for fpr in fingerprints)  # 6: ultimate
         trusted = run_command(
-            ["gpg", "--batch", "--no-tty", "--import-ownertrust"],
-            timeout,
-            env=env,
-            input_bytes=trust.encode(),
+            [*GPG, "--import-ownertrust"], timeout, env=env, input_bytes=trust.encode()
         )
         if not trusted.ok:
             shutil.rmtree(self.home, ignore_errors=True)
@@ -451,7 +484,7 @@ def _verify_gpg_detached(config: SourceConfig, paths: Paths, doc: Path, sig: Pat
     assert config.keyring is not None
     home = GpgHome(paths, config.keyring).ready(config.timeout)
     result = run_command(
-        ["gpg", "--batch", "--no-tty", "--status-fd", "1", "--verify", str(sig), str(doc)],
+        [*GPG, "--status-fd", "1", "--verify", str(sig), str(doc)],
         config.timeout,
         env={"GNUPGHOME": str(home)},
     )
@@ -499,16 +532,23 @@ def http_get(
 
     from agentd import __version__  # noqa: PLC0415
 
+    def origin(of: str) -> tuple[str, str, Optional[int]]:
+        split = urlsplit(of)
+        scheme = split.scheme.lower()
+        return scheme, split.hostname or "", split.port or {"https": 443, "http": 80}.get(scheme)
+
     safe = redact_url(url)
     parts = urlsplit(url)
     send = {"User-Agent": f"agentd/{__version__}", "Accept-Encoding": "identity", **headers}
+    auth: Optional[str] = None
     if parts.username is not None:
         # urllib ignores credentials in a URL: send them as Basic auth, and not in the URL.
         pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        send["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+        auth = "Basic " + base64.b64encode(pair.encode()).decode()
         netloc = parts.netloc.rpartition("@")[2]
         url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
     https_only = parts.scheme == "https"
+    home = origin(url)
 
     class _Redirects(urllib.request.HTTPRedirectHandler):
         max_redirections = 5
@@ -518,7 +558,13 @@ def http_get(
         ) -> Any:
             if https_only and not newurl.lower().startswith("https://"):
                 raise PullError(f"{safe} redirects to {redact_url(newurl)}, which is not https")
-            return super().redirect_request(req, fp, code, msg, hdrs, newurl)
+            new = super().redirect_request(req, fp, code, msg, hdrs, newurl)
+            # The credentials are for the URL's own origin: a redirect to another host or port
+            # (a CDN, a mirror) must not learn them, as requests does it. urllib would copy an
+            # ordinary header to every hop, so they travel as an unredirected one.
+            if new is not None and auth is not None and origin(newurl) == home:
+                new.add_unredirected_header("Authorization", auth)
+            return new
 
     opener = urllib.request.build_opener(
         urllib.request.HTTPSHandler(context=_ssl_context(config, paths)), _Redirects()
@@ -526,6 +572,8 @@ def http_get(
     if parts.scheme not in ("https", "http", "file"):
         raise PullError(f"{safe}: unsupported URL scheme {parts.scheme!r}")
     request = urllib.request.Request(url, headers=send)  # noqa: S310 - scheme checked above
+    if auth is not None:
+        request.add_unredirected_header("Authorization", auth)
     try:
         with opener.open(request, timeout=config.timeout) as r:
             body = r.read(limit + 1)
@@ -548,8 +596,11 @@ def http_get(
 
 
 def _judged(store: FleetStore) -> dict[str, Any]:
-    """What was last seen, if its verdict still stands (a candidate only while it exists)."""
+    """What was last seen, if its verdict still stands (a candidate only while it exists, a
+    rejection for a signature never: the signature may be published after the document)."""
     seen = store.seen()
+    if seen.get("recheck"):
+        return {}
     verdict = seen.get("verdict")
     if verdict in ("accepted", "rejected") or (
         verdict == "candidate" and store.candidate.is_file()
