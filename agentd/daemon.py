@@ -8,6 +8,8 @@ in it cannot take the daemon down.
 
 from __future__ import annotations
 
+import calendar
+import contextlib
 import json
 import os
 import random
@@ -15,13 +17,13 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from agentd.config import AgentConfig, SettingsNeedValidation, last_good_config, load_config
-from agentd.errors import AgentError, LockHeldError
+from agentd.errors import AgentError, Cancelled, LockHeldError
 from agentd.host import Host, Process, ProcessTimeout, atomic_write, start_process
 from agentd.notify import Notifier, child_environment
 from agentd.paths import Paths
@@ -58,6 +60,7 @@ class CycleResult:
     cached: bool = False
     duration_ms: float = 0.0
     pull: Optional[dict[str, Any]] = None
+    window_opens: Optional[float] = None  # deferred: when the window opens (time.time())
 
     @property
     def ok(self) -> bool:
@@ -101,9 +104,11 @@ class Worker:
         stopping: threading.Event,
         log_format: str,
         python: str = sys.executable,
+        until_heartbeat: Callable[[], float] = lambda: 1.0,
     ) -> None:
         self.root = root
         self.heartbeat = heartbeat
+        self.until_heartbeat = until_heartbeat
         self.stopping = stopping
         self.log_format = log_format
         self.python = python
@@ -140,7 +145,9 @@ class Worker:
         try:
             while True:
                 try:
-                    code = proc.wait(timeout=1.0)
+                    # Never longer than until the next watchdog ping is due: a WatchdogSec of a
+                    # second or two must not be missed while a worker runs.
+                    code = proc.wait(timeout=self.until_heartbeat())
                     break
                 except ProcessTimeout:
                     pass
@@ -198,7 +205,9 @@ class Daemon:
         self._lock = threading.Lock()
         self._observer: Any = None
         self._next_ping = 0.0
-        self.worker = Worker(root, self._ping_if_due, self._stop, log_format)
+        self.worker = Worker(
+            root, self._ping_if_due, self._stop, log_format, until_heartbeat=self._until_ping
+        )
         self.status_text = "starting"
 
     # --- triggers: safe to call from signal handlers and other threads ------------------------
@@ -220,8 +229,10 @@ class Daemon:
     def local_change(self, path: str) -> None:
         """A watched file changed: run once things settle (editors write in several steps)."""
         with self._lock:
+            first = self.schedule.local_change_at is None
             self.schedule.local_change_at = time.monotonic()
-        self._log("local change", component="daemon", action="watch", path=path)
+        if first:  # one save is several inotify events: one line for all of them
+            self._log("local change", component="daemon", action="watch", path=path)
         self._wake.set()
 
     # --- the loop -------------------------------------------------------------------------------
@@ -291,6 +302,12 @@ class Daemon:
         if interval and time.monotonic() >= self._next_ping:
             self.notifier.watchdog()
             self._next_ping = time.monotonic() + interval
+
+    def _until_ping(self) -> float:
+        """Seconds until the next watchdog ping is due (at most 1, at least a little)."""
+        if not self.notifier.watchdog_interval():
+            return 1.0
+        return min(1.0, max(0.01, self._next_ping - time.monotonic()))
 
     # --- settings -------------------------------------------------------------------------------
 
@@ -405,8 +422,9 @@ class Daemon:
         self.last = result
         self._reschedule(result)
         self.status_text = self._status_line(result)
-        self.notifier.status(self.status_text)
+        # daemon.json first: whoever reads it on seeing the STATUS finds this cycle there.
         self._write_status()
+        self.notifier.status(self.status_text)
         if not result.cached:
             level = "info" if result.ok else "error"
             self._log(
@@ -423,7 +441,7 @@ class Daemon:
     def _converge(self, reason: str) -> CycleResult:
         pulled: Optional[dict[str, Any]] = None
         try:
-            with StateLock(self.paths).held("daemon", LOCK_WAIT_S):
+            with self._state_lock():
                 source = self.config.source
                 if source is not None and self.schedule.pull_due:
                     from agentd.sources import pull  # noqa: PLC0415
@@ -432,6 +450,8 @@ class Daemon:
                     self.schedule.pull_due = False
                 extra = {"pull": pulled} if pulled else None
                 unchanged = apply_if_unchanged(self.host, extra)
+        except Cancelled as exc:
+            return CycleResult("cancelled", reason, error=str(exc), pull=pulled)
         except LockHeldError as exc:
             return CycleResult("failed", reason, error=str(exc), pull=pulled)
         except (AgentError, OSError) as exc:
@@ -446,7 +466,30 @@ class Daemon:
             )
         return self._work(reason, pulled)
 
+    @contextlib.contextmanager
+    def _state_lock(self) -> Iterator[None]:
+        """The state lock, waited for in short steps: a CLI run may hold it for a minute, and
+        meanwhile the watchdog must still be pinged and a stop request must not wait for it."""
+        lock = StateLock(self.paths)
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            step = min(self._until_ping(), max(0.0, deadline - time.monotonic()))
+            try:
+                lock.acquire("daemon", step)
+                break
+            except LockHeldError:
+                if self._stop.is_set():
+                    raise Cancelled("stopped while waiting for the state lock") from None
+                if time.monotonic() >= deadline:
+                    raise
+                self._ping_if_due()
+        try:
+            yield
+        finally:
+            lock.release()
+
     def _work(self, reason: str, pulled: Optional[dict[str, Any]]) -> CycleResult:
+        self.notifier.status(f"converging ({reason})")
         env = {
             "AGENTD_SETTINGS_JSON": json.dumps(dict(self.config.raw)),
             "AGENTD_SETTINGS_ORIGIN": self.config.origin,
@@ -461,10 +504,17 @@ class Daemon:
             doc = {}
         if not isinstance(doc, dict):
             doc = {}
+        if code != 0 and doc.get("outcome") in ("converged", "deferred"):
+            # A worker that failed did not converge: this is an earlier run's result, printed
+            # when the run failed before recording one of its own. Nothing in it is this run's.
+            doc = {}
         outcome = str(doc.get("outcome") or ("converged" if code == 0 else "failed"))
-        if code != 0 and outcome in ("converged", "deferred"):
-            outcome = "failed"
         error = doc.get("error")
+        problems = doc.get("problems")
+        if error and isinstance(problems, list) and problems:
+            # "the desired state is invalid (1 error)" says nothing of where: the first
+            # FILE:LINE:COL lines go with it to STATUS, daemon.json and the journal.
+            error = f"{error}: " + "; ".join(str(p) for p in problems[:3])
         if code != 0 and not error:
             error = f"the worker exited with code {code}"
         return CycleResult(
@@ -475,15 +525,22 @@ class Daemon:
             actions=len(doc.get("actions") or []),
             pull=pulled,
             detail=_deferred_detail(doc),
+            window_opens=_window_opens(doc),
         )
 
     def _reschedule(self, result: CycleResult) -> None:
         now = time.monotonic()
         with self._lock:
             sched = self.schedule
-            if result.ok:
+            if result.outcome == "cancelled" and self._stop.is_set():
+                delay = 0.0  # stopped on request, not a failure: there is no next run
+            elif result.ok:
                 sched.failures = 0
                 delay = self.config.interval + self.rng.uniform(0, self.config.splay)
+                if result.window_opens is not None:
+                    # Held actions run when the window opens, not at the next interval, which
+                    # may fall after a short window has closed again.
+                    delay = min(delay, max(0.0, result.window_opens - time.time()) + 1.0)
                 sched.pull_due = True
             else:
                 sched.failures += 1
@@ -507,6 +564,8 @@ class Daemon:
             line += f"{self._findings()} findings"
             if result.outcome == "deferred":
                 line += f"; {result.detail}"
+        elif result.outcome == "cancelled" and self._stop.is_set():
+            line = f"cancelled: {result.error or 'stopped on request'}; stopping"
         else:
             retry = format_duration(self.schedule.last_delay)
             line = f"{result.outcome}: {result.error or 'unknown error'}; retrying in {retry}"
@@ -561,7 +620,19 @@ def _deferred_detail(doc: Mapping[str, Any]) -> str:
     if not isinstance(deferred, dict):
         return ""
     n = len(deferred.get("actions") or [])
+    verb = "waits" if n == 1 else "wait"
     return (
-        f"{n} disruptive action{'s' * (n != 1)} wait for the maintenance window "
+        f"{n} disruptive action{'s' * (n != 1)} {verb} for the maintenance window "
         f"(opens {deferred.get('until')})"
     )
+
+
+def _window_opens(doc: Mapping[str, Any]) -> Optional[float]:
+    deferred = doc.get("deferred")
+    until = deferred.get("until") if isinstance(deferred, dict) else None
+    if not isinstance(until, str):
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(until, "%Y-%m-%dT%H:%M:%SZ")))
+    except ValueError:
+        return None
