@@ -9,6 +9,7 @@ class AgentError(Exception):
     """An expected failure: printed as one line, exits with `exit_code`."""
 
     exit_code = 1
+    result: Any = None  # the failed run's recorded result, when it got as far as recording one
 
 
 class DesiredStateError(AgentError):

@@ -341,7 +341,11 @@ def apply(
         if unchanged is not None:
             return unchanged
         run = _Run(host, desired_file, state, sources, started, t0, config, extra)
-        return run.apply(digest, cancel, now)
+        try:
+            return run.apply(digest, cancel, now)
+        except AgentError as exc:
+            exc.result = state.last_run  # every failure of a planned run is recorded first
+            raise
 
 
 def _unchanged_result(

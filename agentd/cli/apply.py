@@ -68,10 +68,17 @@ def handle(args: argparse.Namespace) -> int:
         )
     except AgentError as exc:
         if args.json:
-            from agentd.state import load_state  # noqa: PLC0415
-
-            state = load_state(host.paths)
-            print_json(state.last_run if state and state.last_run else {"error": str(exc)})
+            # This run's own result: never an earlier run's, when this one failed too early
+            # to record any (no desired state, the lock held, a broken fleet document).
+            print_json(
+                exc.result
+                or {
+                    "kind": "apply",
+                    "outcome": "cancelled" if isinstance(exc, Cancelled) else "failed",
+                    "error": str(exc),
+                    "problems": getattr(exc, "problems", []),
+                }
+            )
         raise
     if args.json:
         print_json(result)

@@ -56,4 +56,5 @@ def handle(args: argparse.Namespace) -> int:
             f"  last good: generation {good.get('generation', 'none')}"
             f" ({good.get('origin') or 'nothing accepted yet'})\n"
         )
-    return 1 if result.outcome in ("failed", "rejected") else 0
+    refused = result.outcome in ("failed", "rejected") or seen.get("verdict") == "rejected"
+    return 1 if refused else 0
