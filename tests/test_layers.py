@@ -35,6 +35,7 @@ LAYERS: tuple[frozenset[str], ...] = (
             "agentd.notify",
             "agentd.journal",
             "agentd.timespec",
+            "agentd.wasmprobe",
         }
     ),
     # reading the world into data: detection, the desired state and its loading, the renderers
