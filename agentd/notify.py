@@ -176,16 +176,29 @@ class Notifier:
 
     def _sendto(self, data: bytes) -> bool:
         assert self.address is not None
-        try:
-            with self._lock:
-                if self._sock is None:
-                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                    sock.settimeout(SEND_TIMEOUT_S)
-                    self._sock = sock
-                self._sock.sendto(data, self.address)
-        except OSError:
-            return False
-        return True
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    if self._sock is None:
+                        self._sock = socket.socket(
+                            socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                        )
+                        self._sock.settimeout(SEND_TIMEOUT_S)
+                        # Connected, not sendto: only then does poll() wait for room in the
+                        # manager's queue. Unconnected, it reports "writable" while sendto()
+                        # fails with EAGAIN, and the timeout becomes two seconds of busy loop.
+                        self._sock.connect(self.address)
+                    self._sock.send(data)
+                    return True
+                except OSError as exc:
+                    if self._sock is not None:
+                        self._sock.close()
+                        self._sock = None
+                    # A socket re-created by a manager restart refuses the old connection:
+                    # connect again, once. A full queue (timeout) or no socket: a lost notice.
+                    if attempt == 2 or not isinstance(exc, ConnectionRefusedError):
+                        return False
+        return False  # pragma: no cover - the loop always returns
 
 
 _MODULES: dict[str, Any] = {}

@@ -146,6 +146,27 @@ def test_an_unreachable_socket_is_false_never_an_exception(tmp_path: Path) -> No
         assert notifier.stopping() is False
 
 
+def test_a_manager_that_reads_nothing_costs_a_bounded_wait_not_a_busy_loop(
+    receiver: tuple[socket.socket, str],
+) -> None:
+    """systemd busy elsewhere: its queue fills. Each notice then waits for room (up to the send
+    timeout) and is lost, but the daemon must not spin on the CPU meanwhile."""
+    sock, path = receiver
+    with Notifier(path, use_systemd_python=False) as notifier:
+        sent = 0
+        while notifier.status(f"filling the queue {sent}"):
+            sent += 1
+            assert sent < 10_000, "the receiver's queue never filled"
+        cpu = time.process_time()
+        assert notifier.status("one more") is False
+        assert time.process_time() - cpu < 0.5  # waiting, not looping
+        # Once the manager reads again, notices get through.
+        while not nothing_queued(sock):
+            pass
+        assert notifier.status("room again")
+        assert sock.recv(4096) == b"STATUS=room again"
+
+
 def test_without_notify_socket_nothing_is_sent(
     tmp_path: Path, receiver: tuple[socket.socket, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
