@@ -508,14 +508,28 @@ class _Unchanged(Exception):
     """The source serves what was judged before (304, the same commit, the same bytes)."""
 
 
+_SSL_CONTEXTS: dict[tuple[Any, ...], Any] = {}
+
+
 def _ssl_context(config: SourceConfig, paths: Paths) -> Any:
+    """The TLS context for the source, made once per CA file version: loading the system's CA
+    bundle costs more CPU than the whole of an unchanged pull."""
     import ssl  # noqa: PLC0415
 
     cafile = str(paths.under(config.ca_file)) if config.ca_file else None
-    context = ssl.create_default_context(cafile=cafile)
-    if config.insecure_skip_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
+    try:
+        stamp = os.stat(cafile).st_mtime_ns if cafile else None
+    except OSError:
+        stamp = None  # let ssl report the missing file
+    key = (cafile, stamp, config.insecure_skip_verify)
+    context = _SSL_CONTEXTS.get(key)
+    if context is None:
+        context = ssl.create_default_context(cafile=cafile)
+        if config.insecure_skip_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        _SSL_CONTEXTS.clear()  # only the current settings' context is worth keeping
+        _SSL_CONTEXTS[key] = context
     return context
 
 
