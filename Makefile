@@ -7,7 +7,7 @@ DEMO_ROOT ?= $(CURDIR)/demo-root
 help:
 	@echo "make demo       converge a sandbox root from a local mirror; print plan, result, detect, status"
 	@echo "make test       lint, type-check and run the test suite (what CI runs)"
-	@echo "make bench      benchmarks (no-op apply wall time)"
+	@echo "make bench      benchmarks (no-op apply wall time; the daemon's RSS, CPU per cycle, edit latency)"
 	@echo "make install    pip install the project with its dev tools"
 
 install:
@@ -31,6 +31,7 @@ demo:
 
 bench:
 	$(PYTHON) bench/noop_apply.py
+	$(PYTHON) bench/daemon_idle.py
 
 clean:
 	rm -rf demo-root demo-mirror build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
