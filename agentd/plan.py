@@ -179,7 +179,8 @@ def _plan_binary(
     target: str | None = None,
 ) -> None:
     """Install, up/downgrade or remove a single-binary component (k3s, crun)."""
-    disruptive = name == "k3s"
+    # Replacing or removing a k3s that is there stops its workloads; a first install does not.
+    disruptive = name == "k3s" and found.installed
     if want.state == "absent":
         if found.installed and found.managed:
             b.act(
@@ -532,7 +533,8 @@ def _plan_restart(b: _Builder, desired: DesiredState, k3s_found: ComponentFacts)
             "restart",
             f"{unit}: {', '.join(causes)} (k3s reads these at start; one restart for all)",
             target=unit,
-            disruptive=True,
+            # Starting a k3s that was not there interrupts nothing.
+            disruptive=k3s_found.installed,
             phase="restart",
         )
     )
