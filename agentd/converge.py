@@ -488,7 +488,9 @@ def _read_back(host: Host, step: Step) -> None:
     release would otherwise be installed again and again, each run seeing the "wrong" version.
     """
     a = step.action
-    if a.action not in ("install", "upgrade", "downgrade") or a.component not in _READ_BACK:
+    if a.action not in ("install", "upgrade", "downgrade", "reinstall"):
+        return
+    if a.component not in _READ_BACK:
         return
     from agentd import detect  # noqa: PLC0415
     from agentd.host import run_command  # noqa: PLC0415

@@ -13,6 +13,7 @@ from agentd.facts import ComponentFacts, Facts, PluginFact
 from agentd.paths import (
     CONTAINERD_TEMPLATES,
     CRUN_BIN,
+    CRUN_WASM_RUNTIME,
     K3S_BIN,
     K3S_CONFIG,
     MANAGED_CONFIG_PATHS,
@@ -94,6 +95,9 @@ class _Builder:
     arch: str
     actions: list[Action] = field(default_factory=list)
     unchanged: list[Unchanged] = field(default_factory=list)
+    # Components to install again although their version is the desired one, and why (a health
+    # check found them broken).
+    force: Mapping[str, str] = field(default_factory=dict)
 
     def act(self, action: Action) -> None:
         self.actions.append(action)
@@ -129,12 +133,14 @@ def plan(
     facts: Facts,
     inventory: Mapping[str, InventoryEntry],
     configs: ConfigContents,
+    force: Optional[Mapping[str, str]] = None,
 ) -> Plan:
     """What converging `facts` to `desired` takes. Pure: reads nothing, runs nothing.
 
     `configs` holds the current content (None: absent) of every file in `config_paths()`.
+    `force` names components to install again although their version is right, with why.
     """
-    b = _Builder(facts.host.arch)
+    b = _Builder(facts.host.arch, force=dict(force or {}))
     comps = desired.components
     k3s_found = facts.component("k3s")
 
@@ -204,11 +210,26 @@ def _plan_binary(
             b.keep(name, "state: absent and not installed")
         return
     assert want.version is not None  # enforced by the model
-    if found.installed and found.version and compare(found.version, want.version) == 0:
+    same = found.installed and found.version and compare(found.version, want.version) == 0
+    if same and name not in b.force:
         b.keep(name, f"{found.version} already installed{_where(found)}")
         return
     artifact = b.artifact(name, want.artifacts)
-    if not found.installed:
+    if same:
+        b.act(
+            Action(
+                name,
+                "reinstall",
+                f"{want.version} is installed{_where(found)} but {b.force[name]}; installing "
+                f"it again to {managed_path}",
+                from_version=found.version,
+                to_version=want.version,
+                artifact=artifact,
+                disruptive=disruptive,
+                phase=phase,
+            )
+        )
+    elif not found.installed:
         b.act(
             Action(
                 name,
@@ -272,7 +293,7 @@ def _plan_crun(b: _Builder, want: Crun | None, found: ComponentFacts) -> str | N
     if want.state == "absent":
         return None
     already = found.installed and found.version and want.version
-    if already and compare(str(found.version), str(want.version)) == 0:
+    if already and compare(str(found.version), str(want.version)) == 0 and "crun" not in b.force:
         return found.path
     return CRUN_BIN
 
@@ -309,10 +330,21 @@ def _plan_wasmedge(
             b.keep("wasmedge", "state: absent and not installed")
         return
     assert want.version is not None
-    runtime_changes = not (
-        found.installed and found.version and compare(found.version, want.version) == 0
-    )
-    if runtime_changes:
+    same = bool(found.installed and found.version and compare(found.version, want.version) == 0)
+    runtime_changes = not same  # plugins follow real version changes only
+    if same and "wasmedge" in b.force:
+        b.act(
+            Action(
+                "wasmedge",
+                "reinstall",
+                f"{want.version} is installed{_where(found)} but {b.force['wasmedge']}; "
+                "installing it again",
+                from_version=found.version,
+                to_version=want.version,
+                artifact=b.artifact("wasmedge", want.artifacts),
+            )
+        )
+    elif runtime_changes:
         verb = "install"
         reason = f"not installed; desired {want.version}"
         if found.installed and found.version:
@@ -384,6 +416,17 @@ def _plan_plugins(
                     _verb(recorded.version, want.version),
                     f"installed for WasmEdge {recorded.version}, runtime is {want.version}",
                     recorded.version,
+                    want.version,
+                )
+            )
+        elif component in b.force:
+            b.act(
+                _plugin_action(
+                    b,
+                    plugin,
+                    "reinstall",
+                    f"{fact.path} is installed but {b.force[component]}; installing it again",
+                    recorded.version if recorded else None,
                     want.version,
                 )
             )
@@ -481,8 +524,7 @@ def _plan_k3s_files(
             render.containerd_template_path(k3s_version),
             template,
             configs,
-            f"the containerd template with the {render.CRUN_WASM_RUNTIME} runtime "
-            "(pod_annotations)",
+            f"the containerd template with the {CRUN_WASM_RUNTIME} runtime (pod_annotations)",
         )
     elif crun_path is not None:
         why = "k3s is to be removed" if removing else "k3s is neither installed nor desired"

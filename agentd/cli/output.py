@@ -6,6 +6,7 @@ from typing import Any
 
 MARKERS = {
     "install": "+",
+    "reinstall": "+",
     "upgrade": "~",
     "downgrade": "~",
     "remove": "-",
