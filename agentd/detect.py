@@ -263,10 +263,12 @@ def detect_host(paths: Paths) -> HostFacts:
 
     uname = os.uname()
     arch = normalise_arch(os.environ.get("AGENTD_ARCH") or uname.machine)
+    # The file system agentd and k3s fill: the state dir's (k3s keeps /var/lib/rancher beside it).
     try:
-        disk_free = int(psutil.disk_usage(str(_nearest_existing(paths.root))).free)
+        usage = psutil.disk_usage(str(_nearest_existing(paths.state_dir)))
+        disk_free, disk_total = int(usage.free), int(usage.total)
     except OSError:
-        disk_free = 0
+        disk_free = disk_total = 0
     return HostFacts(
         arch=arch,
         os=_os_name(paths),
@@ -275,6 +277,7 @@ def detect_host(paths: Paths) -> HostFacts:
         memory_bytes=int(psutil.virtual_memory().total),
         disk_free_bytes=disk_free,
         cgroup_v2=Path("/sys/fs/cgroup/cgroup.controllers").exists(),
+        disk_total_bytes=disk_total,
     )
 
 

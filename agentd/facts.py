@@ -72,6 +72,7 @@ class HostFacts:
     memory_bytes: int
     disk_free_bytes: int
     cgroup_v2: bool | None = None
+    disk_total_bytes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -81,6 +82,7 @@ class HostFacts:
             "cpus": self.cpus,
             "memoryBytes": self.memory_bytes,
             "diskFreeBytes": self.disk_free_bytes,
+            "diskTotalBytes": self.disk_total_bytes,
             "cgroupV2": self.cgroup_v2,
         }
 

@@ -17,6 +17,10 @@ K3S_BIN = f"{USR_LOCAL_BIN}/k3s"
 CRUN_BIN = f"{USR_LOCAL_BIN}/crun"
 SYSTEMD_DIR = "/etc/systemd/system"
 K3S_UNITS = {"server": "k3s.service", "agent": "k3s-agent.service"}
+# k3s adds a runtime named "crun" by itself when it finds crun (components.md), and its base
+# template emits that table; TOML forbids defining a table twice, so agentd's Wasm-capable crun
+# runtime needs a name of its own.
+CRUN_WASM_RUNTIME = "crun-wasm"
 K3S_CONFIG = "/etc/rancher/k3s/config.yaml"
 RUNTIMECLASS_MANIFEST = "/var/lib/rancher/k3s/server/manifests/agentd-runtimeclasses.yaml"
 CONTAINERD_DIR = "/var/lib/rancher/k3s/agent/etc/containerd"

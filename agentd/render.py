@@ -7,17 +7,13 @@ from typing import Any
 import yaml
 
 from agentd.desired import K3s, RuntimeClass
-from agentd.paths import CONTAINERD_TEMPLATES, K3S_BIN, K3S_UNITS
+from agentd.paths import CONTAINERD_TEMPLATES, CRUN_WASM_RUNTIME, K3S_BIN, K3S_UNITS
 from agentd.versions import Version, parse_version
 
 MANAGED_HEADER = (
     "# Managed by agentd (wasm-edge-agentd): local edits are replaced on the next run.\n"
 )
 
-# k3s adds a runtime named "crun" by itself when it finds crun (components.md), and its base
-# template emits that table; TOML forbids defining a table twice, so agentd's Wasm-capable crun
-# runtime needs a name of its own.
-CRUN_WASM_RUNTIME = "crun-wasm"
 POD_ANNOTATIONS = ("module.wasm.image/*", "*.wasm.*", "wasm.*", "run.oci.handler")
 
 # containerd 2 (config version 3) is bundled from these k3s releases on (components.md).

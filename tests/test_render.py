@@ -11,6 +11,7 @@ import yaml
 
 from agentd import render
 from agentd.desired import K3s, RuntimeClass
+from agentd.paths import CRUN_WASM_RUNTIME
 
 
 def _tomllib() -> Any:
@@ -100,7 +101,7 @@ def test_template_extends_the_base_after_the_managed_header(version: str, contai
 @pytest.mark.parametrize(("version", "containerd"), ALL_VERSIONS)
 def test_template_runtime_is_not_the_crun_runtime_k3s_adds(version: str, containerd: int) -> None:
     text = template_text(version)
-    assert render.CRUN_WASM_RUNTIME == "crun-wasm"
+    assert CRUN_WASM_RUNTIME == "crun-wasm"
     assert "crun-wasm" in text
     assert '."crun"]' not in text
     assert ".'crun']" not in text
