@@ -33,6 +33,14 @@ DEFAULTS: dict[str, Any] = {
     "tls": {"caFile": None, "insecureSkipVerify": False},
     "maintenanceWindow": None,
     "suspend": False,
+    "health": {
+        "remediate": True,
+        "remediationBackoff": 600.0,
+        "rollbackWindow": 600.0,
+        "nodeName": None,
+        "label": True,
+        "probe": {"image": None, "namespace": "default", "timeout": 60.0},
+    },
 }
 
 
@@ -83,6 +91,10 @@ class AgentConfig:
     @property
     def tls(self) -> Mapping[str, Any]:
         return dict(self.raw["tls"])
+
+    @property
+    def health(self) -> Mapping[str, Any]:
+        return dict(self.raw.get("health") or DEFAULTS["health"])
 
     @property
     def maintenance(self) -> Optional[MaintenanceWindows]:
@@ -162,3 +174,12 @@ def last_good_config(paths: Paths) -> Optional[AgentConfig]:
     if snapshot is None:
         return None
     return AgentConfig(snapshot["settings"], f"{snapshot.get('origin')} (last good)")
+
+
+def suspend_reason(paths: Paths, config: AgentConfig) -> Optional[str]:
+    """Why convergence is suspended (the setting, or the file), or None."""
+    if config.suspend:
+        return f"suspend: true in {config.origin}"
+    if paths.suspend_file.exists():
+        return f"{paths.host_view(paths.suspend_file)} exists"
+    return None

@@ -22,11 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from agentd.config import AgentConfig, SettingsNeedValidation, last_good_config, load_config
+from agentd.config import (
+    AgentConfig,
+    SettingsNeedValidation,
+    last_good_config,
+    load_config,
+    suspend_reason,
+)
 from agentd.errors import AgentError, Cancelled, LockHeldError
 from agentd.host import Host, Process, ProcessTimeout, atomic_write, start_process
 from agentd.notify import Notifier, child_environment
-from agentd.paths import Paths
 from agentd.redact import redact_text
 from agentd.run import apply_if_unchanged
 from agentd.sources import FleetStore
@@ -167,14 +172,6 @@ class Worker:
         return code, b"".join(chunks)
 
 
-def suspend_reason(paths: Paths, config: AgentConfig) -> Optional[str]:
-    if config.suspend:
-        return f"suspend: true in {config.origin}"
-    if paths.suspend_file.exists():
-        return f"{paths.host_view(paths.suspend_file)} exists"
-    return None
-
-
 class Daemon:
     """The reconcile loop. `run(stop, ready)` returns when `stop` is set; tests drive it with
     the two flags (and `request_converge`/`request_reload`) instead of sleeping."""
@@ -205,6 +202,8 @@ class Daemon:
         self._lock = threading.Lock()
         self._observer: Any = None
         self._next_ping = 0.0
+        self._next_health = 0.0  # the first health run follows the first converge
+        self.health: Optional[dict[str, Any]] = None
         self.worker = Worker(
             root, self._ping_if_due, self._stop, log_format, until_heartbeat=self._until_ping
         )
@@ -261,6 +260,8 @@ class Daemon:
                 due = self._due()
                 if due is not None:
                     self._cycle(due)
+                if time.monotonic() >= self._next_health and not self._stop.is_set():
+                    self._health_run()
         finally:
             self.notifier.stopping("stopping")
             self._unwatch()
@@ -282,6 +283,7 @@ class Daemon:
         interval = self.notifier.watchdog_interval()
         if interval:
             deadlines.append(self._next_ping)
+        deadlines.append(self._next_health)
         return max(0.0, min(deadlines) - now)
 
     def _due(self) -> Optional[str]:
@@ -420,6 +422,8 @@ class Daemon:
             result = self._converge(reason)
         result.duration_ms = (time.perf_counter() - t0) * 1000
         self.last = result
+        if result.actions:
+            self._next_health = 0.0  # something changed: check it now (the rollback window)
         self._reschedule(result)
         self.status_text = self._status_line(result)
         # daemon.json first: whoever reads it on seeing the STATUS finds this cycle there.
@@ -449,7 +453,7 @@ class Daemon:
                     pulled = pull(source, self.paths).to_json()
                     self.schedule.pull_due = False
                 extra = {"pull": pulled} if pulled else None
-                unchanged = apply_if_unchanged(self.host, extra)
+                unchanged = apply_if_unchanged(self.host, self.config, extra)
         except Cancelled as exc:
             return CycleResult("cancelled", reason, error=str(exc), pull=pulled)
         except LockHeldError as exc:
@@ -490,10 +494,7 @@ class Daemon:
 
     def _work(self, reason: str, pulled: Optional[dict[str, Any]]) -> CycleResult:
         self.notifier.status(f"converging ({reason})")
-        env = {
-            "AGENTD_SETTINGS_JSON": json.dumps(dict(self.config.raw)),
-            "AGENTD_SETTINGS_ORIGIN": self.config.origin,
-        }
+        env = self._worker_env()
         args = ["apply", "--offline", "--json", "--wait", str(int(LOCK_WAIT_S))]
         if self.settings_file is not None:
             args = ["--settings", str(self.settings_file), *args]
@@ -579,13 +580,71 @@ class Daemon:
         return line
 
     def _findings(self) -> int:
-        try:
-            state = json.loads(self.paths.state_file.read_text())
-        except (OSError, ValueError):
-            return 0
-        health = state.get("health") if isinstance(state, dict) else None
+        """The last health run's findings that are worth a look (not the informational ones)."""
+        health = self.health
+        if health is None:
+            try:
+                state = json.loads(self.paths.state_file.read_text())
+            except (OSError, ValueError):
+                return 0
+            health = state.get("health") if isinstance(state, dict) else None
         findings = health.get("findings") if isinstance(health, dict) else None
-        return len(findings) if isinstance(findings, list) else 0
+        if not isinstance(findings, list):
+            return 0
+        return sum(1 for f in findings if isinstance(f, dict) and f.get("severity") != "info")
+
+    # --- health ---------------------------------------------------------------------------------
+
+    def _health_run(self) -> None:
+        """The checks, in this process (no planner needed); a worker only when something is due
+        to be done about them: a rollback, or a fix whose backoff has run out."""
+        from agentd import health  # noqa: PLC0415
+
+        t0 = time.perf_counter()
+        self._next_health = time.monotonic() + self.config.health_interval
+        try:
+            with self._state_lock():
+                run = health.locked_check(self.host, self.config)
+        except (AgentError, OSError) as exc:
+            self._log("health check failed", level="warning", component="health", error=str(exc))
+            return
+        self.health = run.to_json()
+        suspended = suspend_reason(self.paths, self.config)
+        if (run.due_fixes or run.due_rollbacks) and not suspended:
+            code, out = self.worker.run(["check", "--act", "--json"], self._worker_env())
+            try:
+                acted = json.loads(out) if out.strip() else {}
+            except ValueError:
+                acted = {}
+            if isinstance(acted, dict) and acted.get("findings") is not None:
+                self.health = acted
+            self._log(
+                "health acted",
+                component="health",
+                action="remediate",
+                code=code,
+                acted=acted.get("acted") if isinstance(acted, dict) else None,
+            )
+            # A rollback or a fix changed the node: look again soon.
+            self._next_health = time.monotonic() + min(10.0, self.config.health_interval)
+        if self.last is not None:
+            self.status_text = self._status_line(self.last)
+        self._write_status()
+        self.notifier.status(self.status_text)
+        if not run.healthy:
+            self._log(
+                "unhealthy",
+                level="warning",
+                component="health",
+                findings=[f.code for f in run.findings if f.unhealthy],
+                ms=round((time.perf_counter() - t0) * 1000, 1),
+            )
+
+    def _worker_env(self) -> dict[str, str]:
+        return {
+            "AGENTD_SETTINGS_JSON": json.dumps(dict(self.config.raw)),
+            "AGENTD_SETTINGS_ORIGIN": self.config.origin,
+        }
 
     def _write_status(self, state: str = "running") -> None:
         remaining = max(0.0, self.schedule.next_run - time.monotonic())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -212,6 +212,7 @@ def make_plan(
     desired_file: Optional[Path],
     state: Optional[AgentState] = None,
     sources: Optional[Sources] = None,
+    force: Optional[Mapping[str, str]] = None,
 ) -> Planned:
     """Load, detect and plan; `state` and `sources` are read here unless the caller has them.
 
@@ -233,7 +234,7 @@ def make_plan(
     loaded = load_desired(sources, facts.host.arch)
     timings["load"] = _ms(t1)
     t2 = time.perf_counter()
-    the_plan = plan(loaded.desired, facts, state.inventory, read_configs(host))
+    the_plan = plan(loaded.desired, facts, state.inventory, read_configs(host), force)
     timings["plan"] = _ms(t2)
     return Planned(loaded, facts, state, the_plan, timings, sources)
 
@@ -293,6 +294,92 @@ def _gate(
     return replace(plan, actions=kept), held
 
 
+# --- health-gated rollback ----------------------------------------------------------------------
+
+
+def _without_blocked(state: AgentState, plan: Plan, generation: int) -> Plan:
+    """The plan without changes that were rolled back for this generation: they are not tried
+    again until the desired state changes (no install/rollback flapping)."""
+    state.blocked = {c: b for c, b in state.blocked.items() if b.get("generation") == generation}
+    if not state.blocked:
+        return plan
+    from agentd.plan import Unchanged  # noqa: PLC0415
+
+    kept, notes = [], []
+    for a in plan.actions:
+        block = state.blocked.get(a.component)
+        if block is not None and a.to_version == block.get("version"):
+            notes.append(
+                Unchanged(
+                    a.component,
+                    f"{a.action} to {a.to_version} was rolled back at {block.get('at')} "
+                    f"({block.get('reason')}); not tried again for generation {generation}: "
+                    "publish a new generation to try again",
+                )
+            )
+        else:
+            kept.append(a)
+    return replace(plan, actions=tuple(kept), unchanged=(*plan.unchanged, *notes))
+
+
+_CHANGES = ("install", "upgrade", "downgrade", "reinstall")
+
+
+def _health_before(host: Host, config: AgentConfig, planned: Planned) -> Optional[set[str]]:
+    """The components that are unhealthy now, checked just before a change to a watched one
+    (None when no such change is planned): only what was healthy is rolled back."""
+    from agentd import health  # noqa: PLC0415
+    from agentd.checks import run_checks  # noqa: PLC0415
+
+    changing = [
+        a
+        for a in planned.plan.actions
+        if a.action in _CHANGES and a.from_version and health.watched(a.component)
+    ]
+    if not changing:
+        return None
+    desired = planned.loaded.desired.model_dump(mode="json")
+    inp = health.check_input(host, config, desired, planned.facts)
+    inp.probe_image = None  # the pod probe takes a minute; the node's own checks suffice here
+    return health.unhealthy_components(run_checks(inp))
+
+
+def _watch_changes(
+    state: AgentState,
+    report: Any,
+    generation: int,
+    before: Optional[set[str]],
+    config: AgentConfig,
+) -> None:
+    """Watch each component this run replaced, for the rollback window."""
+    if before is None:
+        return
+    window = float(config.health.get("rollbackWindow") or 0)
+    until = time.time() + window
+    for step in report.steps:
+        a = step.action
+        if step.status != "done" or a.action not in _CHANGES or not a.from_version:
+            continue
+        from agentd.health import watched  # noqa: PLC0415
+
+        if not watched(a.component):
+            continue
+        state.watch[a.component] = {
+            "since": _now(),
+            "until": until,
+            "generation": generation,
+            "from": a.from_version,
+            "to": a.to_version,
+            "healthyBefore": a.component not in before,
+        }
+
+
+def publish(host: Host, config: AgentConfig, state: AgentState) -> None:
+    from agentd.health import publish as write_metrics  # noqa: PLC0415
+
+    write_metrics(host, config, state)
+
+
 # --- apply -------------------------------------------------------------------------------------
 
 
@@ -314,11 +401,13 @@ def apply(
     lock_wait_s: float = 0.0,
     cancel: Optional[Callable[[], None]] = None,
     now: Optional[datetime] = None,
+    force: Optional[Mapping[str, str]] = None,
 ) -> dict[str, Any]:
     """Converge once. Returns the run's result (also saved in state.json unless dry-run).
 
     `pull`: fetch the fleet document first (when a source is configured). `cancel` may raise
     Cancelled until the first target is touched. `now` is for tests of the maintenance window.
+    `force`: components to install again although their version is right (a health fix).
     """
     config = config or AgentConfig()
     started, t0 = _now(), time.perf_counter()
@@ -337,10 +426,11 @@ def apply(
         state = load_state(host.paths) or AgentState()
         sources = desired_sources(host, desired_file)
         digest = _digest(host, sources, state)
-        unchanged = _unchanged_result(host, state, digest, started, t0, extra)
+        unchanged = None if force else _unchanged_result(host, state, digest, started, t0, extra)
         if unchanged is not None:
+            publish(host, config, state)
             return unchanged
-        run = _Run(host, desired_file, state, sources, started, t0, config, extra)
+        run = _Run(host, desired_file, state, sources, started, t0, config, extra, force or {})
         try:
             return run.apply(digest, cancel, now)
         except AgentError as exc:
@@ -366,7 +456,7 @@ def _unchanged_result(
 
 
 def apply_if_unchanged(
-    host: Host, extra: Optional[dict[str, Any]] = None
+    host: Host, config: AgentConfig, extra: Optional[dict[str, Any]] = None
 ) -> Optional[dict[str, Any]]:
     """The no-op apply, or None when a real plan is needed (which this never loads).
 
@@ -380,7 +470,11 @@ def apply_if_unchanged(
         sources = desired_sources(host, None)
     except DesiredStateError:
         return None  # the worker reports it, with the full message
-    return _unchanged_result(host, state, _digest(host, sources, state), started, t0, extra or {})
+    digest = _digest(host, sources, state)
+    result = _unchanged_result(host, state, digest, started, t0, extra or {})
+    if result is not None:
+        publish(host, config, state)
+    return result
 
 
 @dataclass
@@ -395,10 +489,12 @@ class _Run:
     t0: float
     config: AgentConfig
     extra: dict[str, Any]
+    force: Mapping[str, str] = field(default_factory=dict)
 
     def record(self, result: dict[str, Any]) -> dict[str, Any]:
         result.update(self.extra)
         _record(self.host, result, self.t0, self.state)
+        publish(self.host, self.config, self.state)
         return result
 
     def apply(
@@ -408,7 +504,7 @@ class _Run:
 
         host, started, t0 = self.host, self.started, self.t0
         try:
-            planned = make_plan(host, self.desired_file, self.state, self.sources)
+            planned = make_plan(host, self.desired_file, self.state, self.sources, self.force)
         except AgentError as exc:
             self.record(
                 {
@@ -431,10 +527,14 @@ class _Run:
             )
             self.record(result)
             raise GenerationError(result["error"])
+        if self.desired_file is None:
+            state.desired = desired.model_dump(mode="json")  # for the daemon's health checks
         moment = now or datetime.now(timezone.utc)
-        the_plan = _owed_restart(state, planned.plan)
+        the_plan = _without_blocked(state, planned.plan, desired.generation)
+        the_plan = _owed_restart(state, the_plan)
         the_plan, held = _gate(the_plan, state, _window(self.config, desired), moment)
         planned.plan = the_plan
+        before = _health_before(host, self.config, planned)
         try:
             report = converge(
                 host,
@@ -457,6 +557,7 @@ class _Run:
         state.last_applied_generation = desired.generation
         if any(a.action == "restart" for a in the_plan.actions):
             state.pending_restart = None
+        _watch_changes(state, report, desired.generation, before, self.config)
         result = _result(planned, started, t0, "deferred" if held else "converged", report=report)
         if held and state.deferred:
             result["deferred"] = state.deferred

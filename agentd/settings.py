@@ -160,6 +160,34 @@ class Metrics(StrictModel):
         return path
 
 
+class Probe(StrictModel):
+    """The Wasm workload probe: a pod with the Wasm RuntimeClass on this node (opt-in)."""
+
+    # An OCI image whose /probe.wasm prints a line (`agentd probe-wasm > probe.wasm` writes
+    # agentd's own; package it FROM scratch). None: no pod is run, the other checks still are.
+    image: Optional[str] = None
+    namespace: str = Field(default="default", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    timeout: Duration = 60.0
+
+
+class Health(StrictModel):
+    """What the agent does about what its health checks find."""
+
+    # Apply the fixes agentd knows (reinstall, rewrite the template, restart k3s, ldconfig),
+    # each at most once per `remediationBackoff` (doubling while it keeps coming back).
+    remediate: bool = True
+    remediationBackoff: Duration = 600.0
+    # After a run changed a component, watch it this long; if it turns unhealthy (and was
+    # healthy before), put back the previous version and do not retry that change.
+    rollbackWindow: Duration = 600.0
+    # The k3s node name, when it is not the host name (k3s's node-name).
+    nodeName: Optional[str] = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    # Label the node wasm-runtime=enabled while its Wasm stack is healthy (the guide's
+    # RuntimeClass selects on it), and remove the label when it is not.
+    label: bool = True
+    probe: Probe = Field(default_factory=Probe)
+
+
 class Settings(StrictModel):
     """/etc/wasm-edge/agentd.yaml; every field has a default, so the file is optional."""
 
@@ -177,6 +205,7 @@ class Settings(StrictModel):
     tls: Tls = Field(default_factory=Tls)
     maintenanceWindow: Optional[MaintenanceWindowSpec] = None
     suspend: bool = False
+    health: Health = Field(default_factory=Health)
 
     @field_validator("interval", "healthInterval")
     @classmethod

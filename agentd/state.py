@@ -51,6 +51,15 @@ class AgentState:
     # still owed for changes already made (so it is not lost when the next plan is empty).
     deferred: dict[str, Any] | None = None
     pending_restart: dict[str, Any] | None = None
+    # The last health check, and what the agent did about findings (remediation attempts by
+    # finding code; components watched after a change; changes rolled back and not retried).
+    health: dict[str, Any] | None = None
+    remediations: dict[str, Any] = field(default_factory=dict)
+    watch: dict[str, Any] = field(default_factory=dict)
+    blocked: dict[str, Any] = field(default_factory=dict)
+    # The desired state the last run planned with (as JSON), for the daemon's health checks.
+    desired: dict[str, Any] | None = None
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def recorded_plugins(self) -> dict[str, list[str]]:
         prefix = "wasmedge/plugins/"
@@ -61,7 +70,12 @@ class AgentState:
         }
 
     def record_run(self, result: dict[str, Any]) -> None:
+        from agentd.metrics import count  # noqa: PLC0415
+
         self.last_run = result
+        count(self.counters, "runs", [str(result.get("outcome"))])
+        done = [a.get("action") for a in result.get("actions", []) if a.get("status") == "done"]
+        count(self.counters, "actions", [str(a) for a in done])
         summary = {
             k: result.get(k)
             for k in ("kind", "generation", "outcome", "startedAt", "durationMs", "error")
@@ -79,6 +93,12 @@ class AgentState:
             "noop": self.noop,
             "deferred": self.deferred,
             "pendingRestart": self.pending_restart,
+            "health": self.health,
+            "remediations": self.remediations,
+            "watch": self.watch,
+            "blocked": self.blocked,
+            "desired": self.desired,
+            "counters": self.counters,
         }
 
 
@@ -104,6 +124,12 @@ def load_state(paths: Paths) -> AgentState | None:
             noop=data.get("noop"),
             deferred=data.get("deferred"),
             pending_restart=data.get("pendingRestart"),
+            health=data.get("health"),
+            remediations=dict(data.get("remediations") or {}),
+            watch=dict(data.get("watch") or {}),
+            blocked=dict(data.get("blocked") or {}),
+            desired=data.get("desired"),
+            counters={k: dict(v) for k, v in (data.get("counters") or {}).items()},
         )
     except (ValueError, AttributeError, TypeError) as exc:
         raise StateError(

@@ -74,11 +74,12 @@ class Node:
         return data
 
     def tree(self) -> dict[str, str]:
-        """Every file and symlink under the root outside agentd's state dir, with its content."""
+        """Every file and symlink under the root outside agentd's state dir and its metrics
+        file (both change with every run), with its content."""
         out: dict[str, str] = {}
         for p in sorted(self.root.rglob("*")):
             rel = "/" + str(p.relative_to(self.root))
-            if rel.startswith("/var/lib/wasm-edge"):
+            if rel.startswith(("/var/lib/wasm-edge", "/var/lib/prometheus")):
                 continue
             if p.is_symlink():
                 out[rel] = "-> " + os.readlink(p)

@@ -36,6 +36,7 @@ LAYERS: tuple[frozenset[str], ...] = (
             "agentd.journal",
             "agentd.timespec",
             "agentd.wasmprobe",
+            "agentd.metrics",
         }
     ),
     # reading the world into data: detection, the desired state and its loading, the renderers
@@ -51,11 +52,12 @@ LAYERS: tuple[frozenset[str], ...] = (
             "agentd.settings",
             "agentd.sources",
             "agentd.config",
+            "agentd.checks",
         }
     ),
     frozenset({"agentd.plan"}),  # pure: desired + facts -> plan
     frozenset({"agentd.converge"}),  # plan + host -> result
-    frozenset({"agentd.run"}),  # one run
+    frozenset({"agentd.run", "agentd.health", "agentd.remedy"}),  # one run, one health run
     frozenset({"agentd.daemon"}),  # the loop that schedules runs
 )
 CLI_PACKAGE = "agentd.cli"  # every module under it, and agentd.__main__, is the top layer

@@ -22,6 +22,7 @@ COMMANDS = {
     "validate": "check desired-state files (errors as FILE:LINE:COL: message)",
     "plan": "what apply would do, and why",
     "apply": "converge this node once",
+    "check": "run the health checks now (exit 0 healthy, 2 unhealthy, 1 could not check)",
     "pull": "fetch the fleet's desired state now (git or HTTPS), and check its signature",
     "status": "the last run, the daemon and the fleet source, from the state dir",
     "rollback": "put back the version a component had before its last change",

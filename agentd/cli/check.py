@@ -1,0 +1,46 @@
+"""`agentd check`: run the health checks now (exit 0 healthy, 2 unhealthy, 1 could not check)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from agentd.cli.main import agent_config, print_json
+from agentd.config import suspend_reason
+from agentd.host import Host
+from agentd.remedy import check
+
+EXIT_UNHEALTHY = 2
+MARKERS = {"critical": "!!", "error": "x ", "warning": "! ", "info": "i "}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    parser.add_argument(
+        "--act",
+        action="store_true",
+        help="also roll back a change that broke a component and apply the fixes that are due "
+        "(what the daemon does; not while suspended)",
+    )
+
+
+def handle(args: argparse.Namespace) -> int:
+    host = Host.at(args.root)
+    config = agent_config(args)
+    suspended = suspend_reason(host.paths, config) is not None
+    run = check(host, config, act=args.act, suspended=suspended)
+    doc = run.to_json()
+    if args.json:
+        print_json(doc)
+    else:
+        out = sys.stdout.write
+        verdict = "healthy" if run.healthy else "UNHEALTHY"
+        out(f"{verdict}: {len(run.findings)} finding(s) on node {run.node}\n")
+        for f in run.findings:
+            out(f"  {MARKERS.get(f.severity, '? ')}{f.code:<28} {f.component}: {f.message}\n")
+            out(f"      remedy: {f.remedy}\n")
+        if run.label:
+            out(f"node label wasm-runtime: {run.label}\n")
+        for act in run.acted:
+            out(f"  acted: {act}\n")
+    return 0 if run.healthy else EXIT_UNHEALTHY
