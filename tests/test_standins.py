@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ import requests
 import yaml
 
 from agentd.desired import DesiredState, sanity_problems
+from agentd.wasmprobe import PROBE_OUTPUT, probe_module
+from tests.fakekube import FakeCluster
 from tests.mirror import MirrorServer
 from tests.standins import (
     PLUGIN_FILES,
@@ -32,8 +35,12 @@ from tests.standins import (
     node_arch,
     plugin_asset_name,
     plugin_tarball,
+    real_kubectl,
+    set_unit_state,
+    systemctl_binary,
     wasmedge_asset_name,
     wasmedge_tarball,
+    write_k3s_kubeconfig,
     write_yaml,
 )
 
@@ -114,6 +121,160 @@ def test_k3s_asset_names_match_upstream() -> None:
 def test_k3s_binary_refuses_a_version_that_would_break_the_script() -> None:
     with pytest.raises(ValueError, match="not a version"):
         k3s_binary("v1'; rm -rf /")
+
+
+# `k3s kubectl` runs the real kubectl; the API server is tests/fakekube.py's.
+needs_kubectl = pytest.mark.skipif(
+    real_kubectl() is None, reason="no real kubectl (Debian: apt-get install kubernetes-client)"
+)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[FakeCluster]:
+    with FakeCluster() as fake:
+        yield fake
+
+
+def _k3s_node(root: Path) -> Path:
+    """k3s installed as get.k3s.io installs it: /usr/local/bin/k3s and a kubectl link to it."""
+    k3s = _install(root / "usr/local/bin/k3s", k3s_binary())
+    (root / "usr/local/bin/kubectl").symlink_to("k3s")
+    return k3s
+
+
+def _refused(port: int | str) -> str:
+    return (
+        f"The connection to the server {port} was refused - did you specify the right host or port?"
+    )
+
+
+@needs_kubectl
+def test_k3s_kubectl_uses_the_nodes_kubeconfig(tmp_path: Path, cluster: FakeCluster) -> None:
+    """Stands in for `k3s kubectl` on a server node: /etc/rancher/k3s/k3s.yaml, as k3s's
+    embedded kubectl reads it, run with agentd's fixed environment (no HOME)."""
+    k3s = _k3s_node(tmp_path)
+    cluster.write_k3s_kubeconfig(tmp_path)
+    assert (tmp_path / "etc/rancher/k3s/k3s.yaml").stat().st_mode & 0o777 == 0o600
+    readyz = _run(k3s, "kubectl", "get", "--raw", "/readyz")
+    assert (readyz.returncode, readyz.stdout) == (0, "ok")
+    via_link = _run(tmp_path / "usr/local/bin/kubectl", "get", "node", "edge-1", "-o", "name")
+    assert (via_link.returncode, via_link.stdout) == (0, "node/edge-1\n")
+    # kubectl's cache lives in the node's /root, inside the sandbox.
+    assert (tmp_path / "root/.kube/cache/discovery").is_dir()
+
+
+@needs_kubectl
+def test_k3s_kubectl_without_a_kubeconfig_tries_localhost_8080(tmp_path: Path) -> None:
+    """No /etc/rancher/k3s/k3s.yaml (an agent node, or a server before its first start):
+    kubectl falls back to its default server, as the real `k3s kubectl` does."""
+    k3s = _k3s_node(tmp_path)
+    result = _run(k3s, "kubectl", "get", "--raw", "/readyz")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines()[-1] == _refused("localhost:8080")
+
+
+@needs_kubectl
+def test_k3s_kubectl_when_k3s_is_not_running(tmp_path: Path) -> None:
+    k3s = _k3s_node(tmp_path)
+    with FakeCluster() as stopped:
+        stopped.write_k3s_kubeconfig(tmp_path)
+        port = stopped.port
+    result = _run(k3s, "kubectl", "get", "node", "edge-1", "-o", "json")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == _refused(f"127.0.0.1:{port}")
+
+
+@needs_kubectl
+def test_k3s_kubectl_honours_kubeconfig_and_the_flag(tmp_path: Path, cluster: FakeCluster) -> None:
+    """As k3s's kubectl: KUBECONFIG or --kubeconfig win over /etc/rancher/k3s/k3s.yaml."""
+    k3s = _k3s_node(tmp_path)
+    with FakeCluster() as stopped:
+        write_k3s_kubeconfig(tmp_path, stopped.url, stopped.token, stopped.ca_pem)
+    other = cluster.kubeconfig(tmp_path / "other.yaml")
+    by_env = _run(k3s, "kubectl", "get", "--raw", "/readyz", env={"KUBECONFIG": str(other)})
+    assert by_env.stdout == "ok"
+    by_flag = _run(k3s, "kubectl", f"--kubeconfig={other}", "get", "--raw", "/readyz")
+    assert by_flag.stdout == "ok"
+    default = _run(k3s, "kubectl", "get", "--raw", "/readyz")
+    assert default.returncode == 1
+
+
+@pytest.mark.parametrize("tool", ["crictl", "ctr"])
+def test_k3s_links_for_other_tools_are_refused(tmp_path: Path, tool: str) -> None:
+    _k3s_node(tmp_path)
+    (tmp_path / "usr/local/bin" / tool).symlink_to("k3s")
+    result = _run(tmp_path / "usr/local/bin" / tool, "--version")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert f"{tool} is not implemented" in result.stderr
+
+
+# --- systemctl ---------------------------------------------------------------------------------
+
+
+def _systemctl(root: Path) -> Path:
+    return _install(root / "usr/bin/systemctl", systemctl_binary())
+
+
+@pytest.mark.parametrize(
+    ("state", "code"),
+    [
+        ("active", 0),
+        ("reloading", 0),
+        ("inactive", 3),
+        ("failed", 3),
+        ("activating", 3),
+        ("deactivating", 3),
+    ],
+)
+def test_systemctl_is_active_prints_the_state_and_its_exit_code(
+    tmp_path: Path, state: str, code: int
+) -> None:
+    """Stands in for systemd 252's `systemctl is-active UNIT` (LSB: 3 = not running)."""
+    systemctl = _systemctl(tmp_path)
+    set_unit_state(tmp_path, "k3s.service", state)
+    result = _run(systemctl, "is-active", "k3s.service")
+    assert (result.returncode, result.stdout, result.stderr) == (code, f"{state}\n", "")
+
+
+def test_systemctl_names_without_a_suffix_are_services(tmp_path: Path) -> None:
+    systemctl = _systemctl(tmp_path)
+    set_unit_state(tmp_path, "k3s", "active")
+    assert (tmp_path / "run/systemctl-standin/k3s.service").read_text() == "active\n"
+    result = _run(systemctl, "is-active", "k3s")
+    assert (result.returncode, result.stdout) == (0, "active\n")
+
+
+def test_systemctl_unknown_units_are_inactive_and_any_active_one_wins(tmp_path: Path) -> None:
+    systemctl = _systemctl(tmp_path)
+    set_unit_state(tmp_path, "k3s-agent.service", "active")
+    unknown = _run(systemctl, "is-active", "nonexistent.service")
+    assert (unknown.returncode, unknown.stdout) == (3, "inactive\n")
+    both = _run(systemctl, "is-active", "k3s.service", "k3s-agent.service")
+    assert (both.returncode, both.stdout) == (0, "inactive\nactive\n")
+
+
+def test_systemctl_quiet_and_the_usage_errors(tmp_path: Path) -> None:
+    systemctl = _systemctl(tmp_path)
+    set_unit_state(tmp_path, "k3s.service", "failed")
+    quiet = _run(systemctl, "--quiet", "is-active", "k3s.service")
+    assert (quiet.returncode, quiet.stdout) == (3, "")
+    assert _run(systemctl, "is-active", "-q", "k3s.service").stdout == ""
+    none = _run(systemctl, "is-active")
+    assert (none.returncode, none.stderr) == (1, "Too few arguments.\n")
+    for argv in (["restart", "k3s.service"], ["is-active", "--user", "x"], []):
+        refused = _run(systemctl, *argv)
+        assert refused.returncode == 1
+        assert "stand-in" in refused.stderr
+    with pytest.raises(ValueError, match="ActiveState"):
+        set_unit_state(tmp_path, "k3s.service", "running")
+
+
+def test_systemctl_finds_its_root_from_where_it_is_installed(tmp_path: Path) -> None:
+    outside = _install(tmp_path / "systemctl", systemctl_binary())
+    result = _run(outside, "is-active", "k3s")
+    assert result.returncode == 1
+    assert "install it in a bin directory" in result.stderr
 
 
 # --- crun --------------------------------------------------------------------------------------
@@ -294,6 +455,66 @@ def test_wasmedge_without_its_library_fails_like_the_loader(tmp_path: Path) -> N
     shutil.copy(tmp_path / "staging/WasmEdge-0.14.1-Linux/bin/wasmedge", wasmedge)
     result = _run(wasmedge, "--version")
     assert result.returncode == 127
+    assert "libwasmedge.so.0: cannot open shared object file" in result.stderr
+
+
+def test_wasmedge_runs_agentds_probe_module(tmp_path: Path) -> None:
+    """Stands in for `wasmedge probe.wasm`: the module runs for real (wasmtime, PyPI)."""
+    pytest.importorskip("wasmtime")
+    wasmedge = _install_wasmedge(tmp_path, "0.14.1")
+    probe = tmp_path / "probe.wasm"
+    probe.write_bytes(probe_module())
+    result = _run(wasmedge, probe)
+    assert (result.returncode, result.stdout, result.stderr) == (0, PROBE_OUTPUT.decode(), "")
+
+
+def test_wasmedge_passes_the_arguments_and_exits_with_the_modules_code(tmp_path: Path) -> None:
+    wasmtime = pytest.importorskip("wasmtime")
+    wasmedge = _install_wasmedge(tmp_path, "0.14.1")
+    # A module that exits with its argument count (argv[0] is the module, as wasmedge passes it).
+    module = tmp_path / "argc.wasm"
+    module.write_bytes(
+        wasmtime.wat2wasm(
+            "(module"
+            ' (import "wasi_snapshot_preview1" "args_sizes_get"'
+            " (func $sizes (param i32 i32) (result i32)))"
+            ' (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))'
+            ' (memory (export "memory") 1)'
+            ' (func (export "_start")'
+            " (drop (call $sizes (i32.const 0) (i32.const 4)))"
+            " (call $exit (i32.load (i32.const 0)))))"
+        )
+    )
+    assert _run(wasmedge, module).returncode == 1
+    assert _run(wasmedge, module, "a", "b").returncode == 3
+    broken = tmp_path / "broken.wasm"
+    broken.write_bytes(b"\0asm garbage")
+    result = _run(wasmedge, broken)
+    assert result.returncode == 1
+    assert "stand-in" in result.stderr
+
+
+def test_wasmedge_without_wasmtime_says_so(tmp_path: Path) -> None:
+    # An interpreter without site-packages: `import wasmtime` fails as on a machine without it.
+    python = _install(tmp_path / "python-S", f'#!/bin/sh\nexec {sys.executable} -S "$@"\n'.encode())
+    _extract(wasmedge_tarball("0.14.1", python=str(python)), tmp_path / "staging")
+    prefix = tmp_path / "staging/WasmEdge-0.14.1-Linux"
+    probe = tmp_path / "probe.wasm"
+    probe.write_bytes(probe_module())
+    result = _run(prefix / "bin/wasmedge", probe)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.startswith(f"wasmedge stand-in (tests/standins.py): cannot run {probe}")
+    assert "the Python package wasmtime cannot be imported" in result.stderr
+
+
+def test_wasmedge_checks_its_library_before_running_a_module(tmp_path: Path) -> None:
+    wasmedge = _install_wasmedge(tmp_path, "0.14.1")
+    for lib in (tmp_path / "usr/local/lib").glob("libwasmedge.so*"):
+        lib.unlink()
+    probe = tmp_path / "probe.wasm"
+    probe.write_bytes(probe_module())
+    result = _run(wasmedge, probe)
+    assert (result.returncode, result.stdout) == (127, "")
     assert "libwasmedge.so.0: cannot open shared object file" in result.stderr
 
 
