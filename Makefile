@@ -27,6 +27,7 @@ test: lint typecheck unit
 
 demo:
 	@$(PYTHON) -c 'import agentd' 2>/dev/null || $(PYTHON) -m pip install -q -e .
+	@$(PYTHON) -c 'import wasmtime' 2>/dev/null || $(PYTHON) -m pip install -q wasmtime
 	$(PYTHON) tools/demo.py --root $(DEMO_ROOT)
 
 bench:

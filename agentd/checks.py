@@ -18,6 +18,7 @@ from agentd.paths import (
     CRUN_WASM_RUNTIME,
     K3S_CONFIG,
     K3S_UNITS,
+    PROBE_RUNTIME_CLASS,
     RUNTIMECLASS_MANIFEST,
     SYSTEMD_DIR,
     Paths,
@@ -307,7 +308,14 @@ class Kube:
         self.k3s = k3s
 
     def __call__(self, *args: str, stdin: Optional[bytes] = None, timeout: float = 20) -> Any:
-        return self.inp.runner([str(self.k3s), "kubectl", *args], timeout, input_bytes=stdin)
+        # Commands run without HOME: kubectl would keep its discovery cache in the working
+        # directory. It goes to the state dir instead.
+        cache = self.inp.paths.state_dir / "kube-cache"
+        return self.inp.runner(
+            [str(self.k3s), "kubectl", f"--cache-dir={cache}", *args],
+            timeout,
+            input_bytes=stdin,
+        )
 
     def json(self, *args: str) -> tuple[Optional[dict[str, Any]], CommandResult]:
         result = self(*args, "-o", "json")
@@ -363,14 +371,18 @@ def check_k3s(inp: CheckInput) -> list[Finding]:
             ]
     if not paths.under("/etc/rancher/k3s/k3s.yaml").exists():
         inp.notes["api"] = False
+        if unit == K3S_UNITS["agent"]:
+            why, remedy = "a k3s agent has none", "nothing to do: a server checks the cluster"
+        else:
+            why = "k3s writes it at its first start"
+            remedy = f"start k3s (systemctl start {unit}) if it has never run"
         return [
             Finding(
                 "k3s.no-kubeconfig",
                 "info",
                 "k3s",
-                "no /etc/rancher/k3s/k3s.yaml (a k3s agent has none): API and node checks are "
-                "left to a server",
-                "nothing to do on an agent",
+                f"no /etc/rancher/k3s/k3s.yaml ({why}): the API and node checks are skipped",
+                remedy,
             )
         ]
     kube = Kube(inp, paths.under(found.path or "/usr/local/bin/k3s"))
@@ -452,18 +464,39 @@ def _runtime_table(text: str) -> str:
     return "\n".join(out)
 
 
-def passes_wasm_annotation(table: str) -> bool:
-    """Whether the runtime's pod_annotations let module.wasm.image/variant through to crun
-    (containerd matches them as glob patterns)."""
-    import fnmatch  # noqa: PLC0415
+def glob_match(pattern: str, name: str) -> bool:
+    """Go's filepath.Match, which containerd uses for pod_annotations: `*` and `?` never match
+    a `/` (so `*.wasm.*` does not let `module.wasm.image/variant` through)."""
+    out, i = "", 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            out += "[^/]*"
+        elif c == "?":
+            out += "[^/]"
+        elif c == "\\" and i + 1 < len(pattern):
+            i += 1
+            out += re.escape(pattern[i])
+        elif c == "[":
+            end = pattern.find("]", i + 2)
+            if end == -1:
+                return False  # Go: ErrBadPattern
+            body = pattern[i + 1 : end]
+            out += "[" + ("^" + body[1:] if body.startswith("^") else body) + "]"
+            i = end
+        else:
+            out += re.escape(c)
+        i += 1
+    return re.fullmatch(out, name) is not None
 
+
+def passes_wasm_annotation(table: str) -> bool:
+    """Whether the runtime's pod_annotations let module.wasm.image/variant through to crun."""
     match = re.search(r"^pod_annotations\s*=\s*\[([^\]]*)\]", table, re.MULTILINE)
     if not match:
         return False
     patterns = re.findall(r'"([^"]*)"|\'([^\']*)\'', match.group(1))
-    return any(
-        fnmatch.fnmatchcase("module.wasm.image/variant", a or b) for a, b in patterns if a or b
-    )
+    return any(glob_match(a or b, "module.wasm.image/variant") for a, b in patterns if a or b)
 
 
 def _binary_name(table: str) -> Optional[str]:
@@ -841,15 +874,18 @@ def _resolv_conf(inp: CheckInput) -> Optional[str]:
 
 
 def _runtime_class(inp: CheckInput) -> Optional[str]:
-    for rc in (inp.desired or {}).get("runtimeClasses") or []:
-        if isinstance(rc, Mapping) and rc.get("handler") == CRUN_WASM_RUNTIME:
-            return str(rc.get("name"))
+    """agentd's probe RuntimeClass (crun-wasm, no node selector) where the node's manifest has
+    it, else the first crun-wasm RuntimeClass of the desired state."""
     try:
         text = inp.paths.under(RUNTIMECLASS_MANIFEST).read_text(encoding="utf-8")
     except OSError:
-        return None
-    match = re.search(r"name:\s*(\S+)[\s\S]*?handler:\s*" + CRUN_WASM_RUNTIME, text)
-    return match.group(1) if match else None
+        text = ""
+    if re.search(rf"^\s*name:\s*{PROBE_RUNTIME_CLASS}\s*$", text, re.MULTILINE):
+        return PROBE_RUNTIME_CLASS
+    for rc in (inp.desired or {}).get("runtimeClasses") or []:
+        if isinstance(rc, Mapping) and rc.get("handler") == CRUN_WASM_RUNTIME:
+            return str(rc.get("name"))
+    return None
 
 
 def probe_manifest(name: str, namespace: str, runtime_class: str, node: str, image: str) -> str:
@@ -867,7 +903,16 @@ def probe_manifest(name: str, namespace: str, runtime_class: str, node: str, ima
             "runtimeClassName": runtime_class,
             "nodeName": node,
             "restartPolicy": "Never",
-            "containers": [{"name": "probe", "image": image, "command": ["/probe.wasm"]}],
+            "containers": [
+                {
+                    "name": "probe",
+                    "image": image,
+                    "command": ["/probe.wasm"],
+                    # An edge node may be offline: use the image it has (`k3s ctr images
+                    # import`), pull only when it has none.
+                    "imagePullPolicy": "IfNotPresent",
+                }
+            ],
         },
     }
     return json.dumps(pod)
@@ -910,7 +955,7 @@ def check_workload(inp: CheckInput, findings: Sequence[Finding]) -> list[Finding
     finally:
         kube("delete", "pod", name, "-n", ns, "--ignore-not-found", "--wait=false")
     phase = ((pod or {}).get("status") or {}).get("phase", "Unknown")
-    if phase == "Succeeded" and logs.ok and logs.stdout.strip():
+    if phase == "Succeeded" and logs.ok and logs.stdout.encode().strip() == PROBE_OUTPUT.strip():
         return []
     if phase not in ("Succeeded", "Failed"):
         return [
@@ -922,7 +967,8 @@ def check_workload(inp: CheckInput, findings: Sequence[Finding]) -> list[Finding
                 f"kubectl describe pod {name} -n {ns} (image pull, scheduling)",
             )
         ]
-    return [_empty_logs(inp, findings, phase, pod or {})]
+    lines = logs.stdout.strip().splitlines() if logs.ok else []
+    return [_empty_logs(findings, phase, pod or {}, lines[-1][:300] if lines else "")]
 
 
 def _wait_terminal(kube: Kube, name: str, ns: str, timeout: float) -> Optional[dict[str, Any]]:
@@ -937,9 +983,11 @@ def _wait_terminal(kube: Kube, name: str, ns: str, timeout: float) -> Optional[d
 
 
 def _empty_logs(
-    inp: CheckInput, findings: Sequence[Finding], phase: str, pod: dict[str, Any]
+    findings: Sequence[Finding], phase: str, pod: dict[str, Any], output: str
 ) -> Finding:
-    """The guide's "kubectl logs is empty", traced through its real causes in order."""
+    """The guide's "kubectl logs is empty": the probe's line never came. Traced through the real
+    causes in order; crun's own error line, when it left one, is quoted."""
+    said = f" (its log: {output})" if output else " with empty logs"
     by_code = {f.code: f for f in findings}
     causes = (
         ("crun.no-wasm", "crun has no Wasm support"),
@@ -956,8 +1004,7 @@ def _empty_logs(
                 "wasm.empty-logs",
                 "error",
                 source.component,
-                f"the Wasm probe pod {phase.lower()} with empty logs because {cause}: "
-                f"{source.message}",
+                f"the Wasm probe pod {phase.lower()}{said} because {cause}: {source.message}",
                 source.remedy,
                 source.fix,
             )
@@ -966,10 +1013,10 @@ def _empty_logs(
         "wasm.empty-logs",
         "error",
         "k3s",
-        f"the Wasm probe pod {phase.lower()} with empty logs, and none of the known causes "
-        f"(crun without Wasm, annotations not passed, libwasmedge missing, crun too old) is "
-        f"present: {state}",
-        "check that the probe image's command prints a line (it should run agentd's probe)",
+        f"the Wasm probe pod {phase.lower()}{said}, and none of the known causes (crun without "
+        f"Wasm, annotations not passed, libwasmedge missing, crun too old) is present: {state}",
+        "check that the probe image's /probe.wasm prints the probe line "
+        "(`agentd probe-wasm > probe.wasm` writes agentd's)",
     )
 
 

@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from agentd.paths import PROBE_RUNTIME_CLASS
 from agentd.timespec import (
     MaintenanceWindows,
     day_numbers,
@@ -280,6 +281,14 @@ def sanity_problems(doc: DesiredState, arch: str | None) -> list[Problem]:
             )
         if rc.name in seen:
             problems.append(Problem(("runtimeClasses", i, "name"), f"duplicate {rc.name!r}"))
+        if rc.name == PROBE_RUNTIME_CLASS:
+            problems.append(
+                Problem(
+                    ("runtimeClasses", i, "name"),
+                    f"{PROBE_RUNTIME_CLASS!r} is agentd's own (its health probe runs with it); "
+                    "choose another name",
+                )
+            )
         seen.add(rc.name)
         if rc.handler == "crun":
             problems.append(

@@ -21,6 +21,9 @@ K3S_UNITS = {"server": "k3s.service", "agent": "k3s-agent.service"}
 # template emits that table; TOML forbids defining a table twice, so agentd's Wasm-capable crun
 # runtime needs a name of its own.
 CRUN_WASM_RUNTIME = "crun-wasm"
+# The RuntimeClass agentd's health probe runs with: the crun-wasm handler and no node selector,
+# so the probe still runs (and shows why) on a node whose wasm-runtime label was taken away.
+PROBE_RUNTIME_CLASS = "agentd-wasm-probe"
 K3S_CONFIG = "/etc/rancher/k3s/config.yaml"
 RUNTIMECLASS_MANIFEST = "/var/lib/rancher/k3s/server/manifests/agentd-runtimeclasses.yaml"
 CONTAINERD_DIR = "/var/lib/rancher/k3s/agent/etc/containerd"

@@ -7,7 +7,13 @@ from typing import Any
 import yaml
 
 from agentd.desired import K3s, RuntimeClass
-from agentd.paths import CONTAINERD_TEMPLATES, CRUN_WASM_RUNTIME, K3S_BIN, K3S_UNITS
+from agentd.paths import (
+    CONTAINERD_TEMPLATES,
+    CRUN_WASM_RUNTIME,
+    K3S_BIN,
+    K3S_UNITS,
+    PROBE_RUNTIME_CLASS,
+)
 from agentd.versions import Version, parse_version
 
 MANAGED_HEADER = (
@@ -111,9 +117,12 @@ def k3s_unit(role: str) -> bytes:
 
 
 def runtimeclass_manifest(classes: list[RuntimeClass]) -> bytes:
-    """RuntimeClasses for k3s's auto-deploy directory (applied at start and on every change)."""
+    """RuntimeClasses for k3s's auto-deploy directory (applied at start and on every change),
+    and agentd's probe class: the crun-wasm handler without a node selector, so the health
+    probe runs (and shows why) on a node whose wasm-runtime label was taken away."""
+    probe = RuntimeClass(name=PROBE_RUNTIME_CLASS, handler=CRUN_WASM_RUNTIME)
     docs = []
-    for rc in classes:
+    for rc in [*classes, probe]:
         doc: dict[str, Any] = {
             "apiVersion": "node.k8s.io/v1",
             "kind": "RuntimeClass",

@@ -33,7 +33,7 @@ from agentd.run import apply
 from agentd.state import StateLock
 from tests.mirror import MirrorServer
 from tests.node import Node
-from tests.standins import Mirror, desired_document, write_yaml
+from tests.standins import Mirror, crun_binary, desired_document, sha256_hex, write_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 # WatchdogSec=1s: small enough that a daemon which stops pinging for a moment is caught.
@@ -830,6 +830,50 @@ def test_a_restart_outside_the_maintenance_window_is_deferred(
 
 
 # --- the unit file --------------------------------------------------------------------------------
+
+
+def test_the_daemon_checks_health_and_rolls_back_a_change_that_broke_crun(
+    start_daemon: StartDaemon, node: Node, desired: dict[str, Any], tmp_path: Path, arch: str
+) -> None:
+    """The health run follows a change at once; crun built without Wasm is rolled back to the
+    kept 1.15 by a worker, and generation 2's crun change is not tried again."""
+    daemon = start_daemon(QUIET)
+    assert "findings" in daemon.notices.ready().status
+    health = daemon.notices.next(
+        lambda n: n.status.startswith("converged generation 1") and "converging" not in n.status,
+        "the STATUS after the first health run",
+    )
+    wait_until(lambda: node.state().get("health") is not None, "the first health record")
+    assert health.status.endswith("findings")
+    releases = tmp_path / "releases"
+    releases.mkdir()
+    broken = crun_binary("1.16", wasm=False)
+    (releases / "crun-1.16").write_bytes(broken)
+    with MirrorServer(releases) as server:
+        artifact = {"url": f"{server.url}/crun-1.16", "sha256": sha256_hex(broken)}
+        write_yaml(
+            node.path(DROP_IN),
+            {
+                "generation": 2,
+                "components": {"crun": {"version": "1.16", "artifacts": {arch: artifact}}},
+            },
+        )
+        wait_until(lambda: "crun" in node.state().get("blocked", {}), "the rollback", 60)
+    state = node.state()
+    assert state["blocked"]["crun"]["version"] == "1.16"
+    assert state["blocked"]["crun"]["generation"] == 2
+    assert state["counters"]["rollbacks"] == {"crun": 1}
+    assert crun_version(node) == "crun version 1.15"
+    # The next run converges generation 2 without trying crun 1.16 again.
+    daemon.send(signal.SIGHUP)
+    daemon.notices.next(lambda n: n.has("RELOADING"), "RELOADING=1")
+    assert daemon.notices.ready().status.startswith("converged generation 2")
+    assert crun_version(node) == "crun version 1.15"
+    last = node.state()["lastRun"]
+    assert last["generation"] == 2
+    note = next(u for u in last["unchanged"] if u["component"] == "crun")
+    assert "rolled back" in note["reason"]
+    assert "rolled back" in daemon.stderr()
 
 
 def test_the_unit_is_type_notify_with_a_watchdog_reload_and_an_off_switch() -> None:

@@ -23,16 +23,26 @@ from agentd.checks import (
     check_k3s,
     check_wasmedge,
 )
+from agentd.config import DEFAULTS, AgentConfig
+from agentd.desired import RuntimeClass
 from agentd.detect import detect
 from agentd.facts import Facts, HostFacts
+from agentd.health import examine
+from agentd.host import Host
 from agentd.paths import Paths
+from agentd.state import AgentState
+from agentd.wasmprobe import probe_module
+from tests.fakekube import FakeCluster
 from tests.mirror import MirrorServer
 from tests.node import Node
 from tests.standins import (
     crun_binary,
     k3s_binary,
     plugin_tarball,
+    real_kubectl,
+    set_unit_state,
     sha256_hex,
+    systemctl_binary,
     wasmedge_tarball,
     write_yaml,
 )
@@ -521,3 +531,167 @@ def test_metrics_are_valid_prometheus_text(node: Node, releases: CrunReleases, a
     mode = stat.S_IMODE(node.path("/var/lib/prometheus/node-exporter/agentd.prom").stat().st_mode)
     assert mode == 0o644
     assert not list(node.path("/var/lib/prometheus/node-exporter").glob(".*"))  # no temp left
+
+
+# --- k3s and the cluster: the real kubectl against a fake API server ----------------------------
+# tests/fakekube.py stands in for the Kubernetes API server (and for the kubelet, containerd and
+# crun running the probe pod on this node); kubectl is the machine's own; systemctl is a stand-in.
+
+needs_kubectl = pytest.mark.skipif(
+    real_kubectl() is None, reason="no real kubectl (Debian: apt-get install kubernetes-client)"
+)
+PROBE_IMAGE = "registry.local/agentd-wasm-probe:1"
+SERVER = {
+    "components": {
+        "k3s": {"state": "present", "role": "server", "version": K3S},
+        "crun": {"state": "present", "version": "1.15"},
+        "wasmedge": {"state": "present", "version": "0.14.1"},
+    },
+    "runtimeClasses": [
+        {"name": "crun-wasm", "handler": "crun-wasm", "nodeSelector": {"wasm-runtime": "enabled"}}
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    with FakeCluster() as fake:
+        yield fake
+
+
+@pytest.fixture
+def server(cluster: FakeCluster, tmp_path: Path) -> Path:
+    """A k3s server node as agentd leaves it: k3s (running), crun 1.15 with Wasm, WasmEdge,
+    the containerd template and the RuntimeClasses, and a kubeconfig for the cluster."""
+    root = tmp_path / "node"
+    cluster.reset()
+    cluster.root = root
+    cluster.add_image(PROBE_IMAGE, {"/probe.wasm": probe_module()})
+    k3s_node(root)
+    unpack_wasmedge(root, "0.14.1")
+    install(root, TEMPLATE, render.containerd_template(K3S, "/usr/local/bin/crun"), 0o644)
+    classes = [
+        RuntimeClass(
+            name="crun-wasm", handler="crun-wasm", nodeSelector={"wasm-runtime": "enabled"}
+        )
+    ]
+    install(
+        root,
+        "/var/lib/rancher/k3s/server/manifests/agentd-runtimeclasses.yaml",
+        render.runtimeclass_manifest(classes),
+        0o644,
+    )
+    install(root, "/etc/systemd/system/k3s.service", render.k3s_unit("server"), 0o644)
+    install(root, "/etc/resolv.conf", b"nameserver 10.0.0.53\n", 0o644)
+    install(root, "/usr/bin/systemctl", systemctl_binary())
+    set_unit_state(root, "k3s.service", "active")
+    cluster.write_k3s_kubeconfig(root)
+    return root
+
+
+def config(**health: Any) -> AgentConfig:
+    raw = copy.deepcopy(DEFAULTS)
+    raw["health"].update(nodeName="edge-1", **health)
+    return AgentConfig(raw)
+
+
+def run_examine(root: Path, *, probe: bool = False) -> Any:
+    cfg = config(probe={"image": PROBE_IMAGE if probe else None, "timeout": 20.0})
+    return examine(Host.at(root), cfg, SERVER, AgentState())
+
+
+@needs_kubectl
+def test_a_healthy_k3s_server_has_nothing_to_say_about_k3s(server: Path) -> None:
+    found = check_k3s(inputs(server, SERVER))
+    assert found == []
+
+
+@needs_kubectl
+def test_a_stopped_k3s_is_one_finding_not_a_cascade(server: Path) -> None:
+    set_unit_state(server, "k3s.service", "failed")
+    found = check_k3s(inputs(server, SERVER))
+    assert [(f.code, f.fix) for f in found] == [("k3s.inactive", "restart:k3s")]
+    assert found[0].message == "k3s.service is failed: the cluster checks are skipped"
+
+
+@needs_kubectl
+def test_the_api_not_answering(server: Path, cluster: FakeCluster) -> None:
+    cluster.stop()
+    try:
+        found = check_k3s(inputs(server, SERVER))
+    finally:
+        cluster.start()
+    assert [f.code for f in found] == ["k3s.api-unreachable"]
+    assert "was refused" in found[0].message
+
+
+@needs_kubectl
+def test_a_node_that_is_not_ready(server: Path, cluster: FakeCluster) -> None:
+    cluster.set_node_ready(
+        "edge-1", False, reason="KubeletNotReady", message="container runtime network not ready"
+    )
+    found = check_k3s(inputs(server, SERVER))
+    assert [f.code for f in found] == ["k3s.node-not-ready"]
+    assert "container runtime network not ready" in found[0].message
+
+
+@needs_kubectl
+def test_a_node_the_cluster_does_not_know(server: Path) -> None:
+    inp = inputs(server, SERVER)
+    inp.node_name = "edge-9"
+    found = check_k3s(inp)
+    assert [f.code for f in found] == ["k3s.node-missing"]
+    assert 'nodes "edge-9" not found' in found[0].message
+
+
+@needs_kubectl
+def test_the_node_label_follows_the_wasm_stack(server: Path, cluster: FakeCluster) -> None:
+    assert "wasm-runtime" not in cluster.node("edge-1")["metadata"].get("labels", {})
+    first = run_examine(server)
+    assert first.wasm_ready
+    assert first.label == "set"
+    assert cluster.node("edge-1")["metadata"]["labels"]["wasm-runtime"] == "enabled"
+    assert run_examine(server).label == "unchanged"
+    # crun loses its Wasm support: the scheduler must keep Wasm pods away.
+    install(server, "/usr/local/bin/crun", crun_binary("1.15", wasm=False))
+    broken = run_examine(server)
+    assert not broken.wasm_ready
+    assert broken.label == "removed"
+    assert "wasm-runtime" not in cluster.node("edge-1")["metadata"]["labels"]
+
+
+@needs_kubectl
+def test_the_wasm_pod_probe_on_a_working_node(server: Path, cluster: FakeCluster) -> None:
+    run = run_examine(server, probe=True)
+    assert [f.code for f in run.findings if f.code.startswith("wasm.")] == []
+    assert cluster.pods("default") == []  # the probe pod is deleted afterwards
+
+
+@needs_kubectl
+@pytest.mark.parametrize(
+    ("breakage", "cause"),
+    [
+        ("crun", "because crun has no Wasm support"),
+        ("annotations", "because containerd does not pass the Wasm annotations to crun"),
+        ("libwasmedge", "because crun cannot load libwasmedge.so.0"),
+    ],
+)
+def test_a_wasm_pod_without_output_is_traced_to_its_real_cause(
+    server: Path, breakage: str, cause: str
+) -> None:
+    if breakage == "crun":
+        install(server, "/usr/local/bin/crun", crun_binary("1.15", wasm=False))
+    elif breakage == "annotations":
+        template = render.containerd_template(K3S, "/usr/local/bin/crun")
+        install(server, TEMPLATE, template.replace(b"  pod_annotations", b"  # pod_annotations"))
+    else:
+        for lib in (server / "usr/local/lib").glob("libwasmedge.so*"):
+            lib.unlink()
+    run = run_examine(server, probe=True)
+    probe = [f for f in run.findings if f.code == "wasm.empty-logs"]
+    assert len(probe) == 1, [f.code for f in run.findings]
+    assert cause in probe[0].message
+    if breakage == "crun":
+        # crun ran the .wasm as a native program: its own error is the only log line.
+        assert "Exec format error" in probe[0].message
+    assert not run.wasm_ready

@@ -229,7 +229,10 @@ def test_runtimeclass_manifest_is_one_runtimeclass_per_class() -> None:
     text = render.runtimeclass_manifest(classes).decode()
     assert text.startswith(render.MANAGED_HEADER)
     docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    assert [d["metadata"]["name"] for d in docs] == ["crun-wasm", "wasmedge"]
+    # agentd's own probe class comes last: crun-wasm without a node selector.
+    assert [d["metadata"]["name"] for d in docs] == ["crun-wasm", "wasmedge", "agentd-wasm-probe"]
+    assert docs[2]["handler"] == "crun-wasm"
+    assert "scheduling" not in docs[2]
     for d in docs:
         assert d["apiVersion"] == "node.k8s.io/v1"
         assert d["kind"] == "RuntimeClass"

@@ -60,9 +60,11 @@ def main() -> int:
         desired = root / "etc" / "wasm-edge" / "desired.yaml"
         desired.parent.mkdir(parents=True)
         desired.write_text(render_desired(args.mirror, server.url))
-        # A sandbox root stands for a node: give it the os-release of the machine it runs on.
-        if Path("/etc/os-release").exists():
-            (root / "etc" / "os-release").write_text(Path("/etc/os-release").read_text())
+        # A sandbox root stands for a node: give it the os-release and resolv.conf of the machine
+        # it runs on (the health checks read both).
+        for name in ("os-release", "resolv.conf"):
+            if Path("/etc", name).exists():
+                (root / "etc" / name).write_text(Path("/etc", name).read_text())
         agentd(root, "validate")
 
         banner("plan: what apply would do, and why")
@@ -75,6 +77,8 @@ def main() -> int:
 
     banner("detect: what the sandbox node has now")
     agentd(root, "detect")
+    banner("check: the health checks (the stand-in WasmEdge runs agentd's WASI probe in wasmtime)")
+    agentd(root, "check", check=False)
     banner("status: the last run, from the state dir")
     agentd(root, "status")
     banner(f"the sandbox root is {root}; try: agentd --root {root} rollback crun")

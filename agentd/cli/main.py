@@ -29,6 +29,7 @@ COMMANDS = {
     "run": "the daemon: keep this node converged (what the systemd unit starts)",
     "settings": "check the agent settings and print them with every default filled in",
     "schema": "print the desired state's JSON Schema",
+    "probe-wasm": "write the health probe's WASI program (for a probe image)",
 }
 # The daemon hands its workers the settings it validated (the file may be broken since).
 SETTINGS_JSON_ENV = "AGENTD_SETTINGS_JSON"
@@ -72,7 +73,7 @@ def build_parser(selected: str | None) -> argparse.ArgumentParser:
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
         if name == selected:
-            module = importlib.import_module(f"agentd.cli.{name}")
+            module = importlib.import_module(f"agentd.cli.{name.replace('-', '_')}")
             module.add_arguments(p)
             p.set_defaults(handler=module.handle)
     return parser

@@ -79,6 +79,23 @@ def handle(args: argparse.Namespace) -> int:
     if state.pending_restart:
         p = state.pending_restart
         out(f"k3s restart owed since {p.get('since')}: {p.get('causes')}\n")
+    if state.health:
+        h = state.health
+        verdict = "healthy" if h.get("healthy") else "UNHEALTHY"
+        findings = h.get("findings") or []
+        out(f"health at {h.get('checkedAt')}: {verdict}, {len(findings)} finding(s)")
+        out(f"; node label: {h['label']}\n" if h.get("label") else "\n")
+        for f in findings:
+            out(f"  {f.get('severity'):<8} {f.get('code'):<28} {f.get('message')}\n")
+    for component, w in sorted(state.watch.items()):
+        out(f"watching {component} ({w.get('from')} -> {w.get('to')}) for a rollback window\n")
+    for component, b in sorted(state.blocked.items()):
+        out(
+            f"rolled back {component} {b.get('version')} -> {b.get('restored')} at {b.get('at')}"
+            f" (not retried for generation {b.get('generation')}): {b.get('reason')}\n"
+        )
+    for code, r in sorted(state.remediations.items()):
+        out(f"remediation {r.get('fix')} for {code}: {r.get('attempts')} attempt(s)\n")
     if state.inventory:
         out("installed by agentd:\n")
         for name, entry in state.inventory.items():
