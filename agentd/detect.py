@@ -255,26 +255,32 @@ def _nearest_existing(path: Path) -> Path:
     return Path("/")
 
 
-def detect_host(paths: Paths) -> HostFacts:
-    """Architecture, OS, kernel, CPUs, memory, free disk and cgroup version of this host."""
-    # Imported here so that commands which never look at the host (validate, schema) and the
-    # pure parsers above do not pay for loading psutil.
-    import psutil  # noqa: PLC0415
+def _memory_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError):
+        return 0
 
+
+def detect_host(paths: Paths) -> HostFacts:
+    """Architecture, OS, kernel, CPUs, memory, free disk and cgroup version of this host.
+
+    The standard library suffices (os.sysconf, os.statvfs): psutil would cost the daemon a
+    compiled module and memory for three numbers."""
     uname = os.uname()
     arch = normalise_arch(os.environ.get("AGENTD_ARCH") or uname.machine)
     # The file system agentd and k3s fill: the state dir's (k3s keeps /var/lib/rancher beside it).
     try:
-        usage = psutil.disk_usage(str(_nearest_existing(paths.state_dir)))
-        disk_free, disk_total = int(usage.free), int(usage.total)
+        st = os.statvfs(_nearest_existing(paths.state_dir))
+        disk_free, disk_total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
     except OSError:
         disk_free = disk_total = 0
     return HostFacts(
         arch=arch,
         os=_os_name(paths),
         kernel=uname.release,
-        cpus=psutil.cpu_count(logical=True) or os.cpu_count() or 1,
-        memory_bytes=int(psutil.virtual_memory().total),
+        cpus=len(os.sched_getaffinity(0)) or os.cpu_count() or 1,
+        memory_bytes=_memory_bytes(),
         disk_free_bytes=disk_free,
         cgroup_v2=Path("/sys/fs/cgroup/cgroup.controllers").exists(),
         disk_total_bytes=disk_total,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import shutil
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -132,7 +131,8 @@ def atomic_copy(source: Path, target: Path, mode: int) -> None:
             source.open("rb") as src,
             open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as dst,
         ):
-            shutil.copyfileobj(src, dst, 1 << 20)
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
             dst.flush()
             os.fsync(dst.fileno())
         os.chmod(tmp, mode)
@@ -156,6 +156,14 @@ def atomic_symlink(link_target: str, link: Path) -> None:
             tmp.unlink()
         raise
     fsync_dir(link.parent)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a directory tree if present, ignoring errors (caches and scratch space only)."""
+    # shutil loads the bz2 and lzma modules: imported here, not by the daemon at start.
+    import shutil  # noqa: PLC0415
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def remove_path(path: Path) -> None:

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from agentd.errors import AgentError
-from agentd.host import CommandResult, atomic_write, run_command
+from agentd.host import CommandResult, atomic_write, remove_tree, run_command
 from agentd.paths import Paths
 from agentd.redact import redact_text, redact_url
 
@@ -359,7 +358,7 @@ class GpgHome:
         with contextlib.suppress(OSError):
             if stamp.read_text().strip() == digest:
                 return self.home
-        shutil.rmtree(self.home, ignore_errors=True)
+        remove_tree(self.home)
         self.home.mkdir(mode=0o700, parents=True)
         env = {"GNUPGHOME": str(self.home)}
         # The keys go into the home as a keyring file of gpg's older format, which gpg reads as
@@ -371,7 +370,7 @@ class GpgHome:
         if not data[:1] or not data[0] & 0x80:  # not binary OpenPGP (which starts with a tag)
             dearmored = run_command([*GPG, "--dearmor"], timeout, env=env, input_bytes=data)
             if not dearmored.ok:
-                shutil.rmtree(self.home, ignore_errors=True)
+                remove_tree(self.home)
                 why = _short(dearmored)
                 raise PullError(f"cannot use the gpg keyring {self.keyring}: {why}")
             data = dearmored.stdout_bytes
@@ -386,7 +385,7 @@ class GpgHome:
                 fingerprints.append(fields[9])
             previous = fields[0]
         if not listed.ok or not fingerprints:
-            shutil.rmtree(self.home, ignore_errors=True)
+            remove_tree(self.home)
             why = (_short(listed) if not listed.ok else "") or "no public key in it"
             raise PullError(f"cannot use the gpg keyring {self.keyring}: {why}")
         trust = "".join(f"{fpr}:6:\n" for fpr in fingerprints)  # 6: ultimate
@@ -394,7 +393,7 @@ class GpgHome:
             [*GPG, "--import-ownertrust"], timeout, env=env, input_bytes=trust.encode()
         )
         if not trusted.ok:
-            shutil.rmtree(self.home, ignore_errors=True)
+            remove_tree(self.home)
             raise PullError(f"cannot trust the keys of {self.keyring}: {_short(trusted)}")
         atomic_write(stamp, digest.encode() + b"\n", 0o600)
         return self.home
@@ -697,7 +696,7 @@ def _git(
 def _pull_git(config: SourceConfig, paths: Paths, store: FleetStore) -> tuple[Document, int]:
     repo = store.dir / "git"
     if not (repo / "HEAD").is_file():
-        shutil.rmtree(repo, ignore_errors=True)
+        remove_tree(repo)
         repo.mkdir(mode=0o700, parents=True)
         init = run_command(["git", "init", "--bare", "--quiet", str(repo)], config.timeout)
         if not init.ok:

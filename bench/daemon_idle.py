@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import site
 import socket
 import statistics
 import subprocess
@@ -85,9 +86,38 @@ def cycles(root: Path) -> int:
     return int(json.loads((root / "var/lib/wasm-edge/daemon.json").read_text())["cycles"])
 
 
-def start_daemon(root: Path, notify: Path) -> subprocess.Popen[bytes]:
+def interpreter_rss_mb(*flags: str) -> float:
+    code = "print(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])"
+    out = subprocess.run(
+        [sys.executable, *flags, "-c", code], capture_output=True, text=True, check=True
+    )
+    return int(out.stdout) / 1024
+
+
+def clean_interpreter() -> list[str]:
+    """How to start Python without this machine's site hooks: a .pth file in its site-packages
+    (a sandbox's CA bundle loader here) preloads certifi and friends into every process, which
+    a node's /usr/bin/python3 does not. The packages stay importable through PYTHONPATH."""
+    if interpreter_rss_mb() - interpreter_rss_mb("-S") < 2.0:
+        return []
+    return ["-S"]
+
+
+def start_daemon(root: Path, notify: Path, flags: list[str]) -> subprocess.Popen[bytes]:
     env = {**os.environ, "NOTIFY_SOCKET": str(notify), "AGENTD_ROOT": ""}
-    cmd = [sys.executable, "-m", "agentd", "--root", str(root), "--log-format", "json", "run"]
+    if flags:
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), *site.getsitepackages()])
+    cmd = [
+        sys.executable,
+        *flags,
+        "-m",
+        "agentd",
+        "--root",
+        str(root),
+        "--log-format",
+        "json",
+        "run",
+    ]
     log = (root.parent / "daemon.log").open("ab")
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
 
@@ -124,7 +154,8 @@ def main() -> int:
             }
             write_yaml(etc / "agentd.yaml", settings)
             notify = Notifications(work / "notify.sock")
-            proc = start_daemon(root, notify.path)
+            flags = clean_interpreter()
+            proc = start_daemon(root, notify.path, flags)
             try:
                 notify.wait_for(lambda m: "READY=1" in m, 120)
                 # Phase 1: a cycle every second, each one conditional GET (304) and the digest.
@@ -168,6 +199,9 @@ def main() -> int:
                 if args.keep:
                     args.keep.write_bytes((work / "daemon.log").read_bytes())
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, arch {arch}")
+    floor = interpreter_rss_mb(*flags)
+    how = "without site hooks (-S; this machine's .pth preloads certifi)" if flags else "as is"
+    print(f"interpreter {how}: `python -c pass` RSS {floor:.1f} MB")
     print(
         f"no-op cycles at 1 s: {n} cycles in {t1 - t0:.1f} s, CPU {per_cycle_ms:.1f} ms per cycle "
         f"(budget {CPU_BUDGET_MS:.0f} ms); fleet answers: {answers.count(304)} x 304, "

@@ -37,6 +37,7 @@ from tests.mirror import MirrorServer
 from tests.node import Node
 from tests.standins import (
     crun_binary,
+    desired_document,
     k3s_binary,
     plugin_tarball,
     real_kubectl,
@@ -695,3 +696,40 @@ def test_a_wasm_pod_without_output_is_traced_to_its_real_cause(
         # crun ran the .wasm as a native program: its own error is the only log line.
         assert "Exec format error" in probe[0].message
     assert not run.wasm_ready
+
+
+def test_fixes_that_rewrite_the_template_and_restart_k3s(
+    sandbox_root: Path, mirror: MirrorServer, mirror_index: Any, arch: str
+) -> None:
+    """A template removed by hand is written again (the "converge" fix); a stopped k3s is
+    restarted (under --root the systemctl calls are recorded, not made)."""
+    node = Node(sandbox_root)
+    install(sandbox_root, "/etc/resolv.conf", b"nameserver 10.0.0.53\n", 0o644)
+    write_yaml(
+        node.path("/etc/wasm-edge/desired.yaml"),
+        desired_document(mirror.url, mirror_index, arches=(arch,)),
+    )
+    assert node.agentd("apply").code == 0
+    template = node.path(TEMPLATE)
+    template.unlink()
+    doc = node.agentd("check", "--act", "--json").json()
+    assert "containerd.no-runtime" in [f["code"] for f in doc["findings"]]
+    acted = {a["code"]: a for a in doc["acted"]}
+    assert acted["containerd.no-runtime"]["fix"] == "converge"
+    assert acted["containerd.no-runtime"]["ok"] is True
+    assert b"pod_annotations" in template.read_bytes()
+    # k3s stopped: the systemctl under the root says so, the fix restarts it.
+    install(sandbox_root, "/usr/bin/systemctl", systemctl_binary())
+    set_unit_state(sandbox_root, "k3s.service", "failed")
+    doc = node.agentd("check", "--act", "--json").json()
+    assert [f["code"] for f in doc["findings"] if f["component"] == "k3s"] == ["k3s.inactive"]
+    restart = next(a for a in doc["acted"] if a["code"] == "k3s.inactive")
+    assert (restart["fix"], restart["ok"], restart["detail"]) == (
+        "restart:k3s",
+        True,
+        "restarted k3s.service",
+    )
+    # Within the backoff the same finding is left alone.
+    again = node.agentd("check", "--act", "--json").json()
+    assert "acted" not in again
+    assert node.state()["remediations"]["k3s.inactive"]["attempts"] == 1
