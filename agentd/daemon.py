@@ -133,6 +133,9 @@ class Worker:
             *args,
         ]
         env = {**child_environment(os.environ), **env_extra}
+        # The worker imports agentd and its dependencies from where the daemon did: a package
+        # bundles them outside the interpreter's own path (its launcher adds them to sys.path).
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         # stderr is the daemon's own (the journal under systemd); stdout carries the JSON result.
         proc = start_process(argv, env)
         self.current = proc
