@@ -18,7 +18,15 @@ from agentd import render
 from agentd.archive import extract_tarball
 from agentd.errors import AgentError, Cancelled, ConvergeError, RollbackError
 from agentd.fetch import ArtifactCache, FetchResult
-from agentd.host import Host, ServiceError, atomic_copy, atomic_symlink, atomic_write, remove_path
+from agentd.host import (
+    Host,
+    PackageError,
+    ServiceError,
+    atomic_copy,
+    atomic_symlink,
+    atomic_write,
+    remove_path,
+)
 from agentd.log import get_logger
 from agentd.paths import (
     CRUN_BIN,
@@ -32,6 +40,7 @@ from agentd.paths import (
 from agentd.plan import PLUGIN_PREFIX, Action, Plan
 from agentd.redact import redact_text, redact_url
 from agentd.state import AgentState, InventoryEntry
+from agentd.versions import upstream_version
 
 K3S_LINKS = ("kubectl", "crictl", "ctr")
 # Components whose change k3s only notices when it restarts.
@@ -55,6 +64,7 @@ class Step:
     action: Action
     ops: list[Op] = field(default_factory=list)
     sha256: Optional[str] = None
+    package_version: Optional[str] = None  # the distribution package version chosen to install
     status: str = "pending"  # pending, done, failed, undone
     duration_ms: float = 0.0
 
@@ -377,6 +387,8 @@ def converge(
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
         report.service_calls = list(host.services.calls)
+        if host.packages is not None:
+            report.service_calls += host.packages.calls
     return report
 
 
@@ -419,8 +431,11 @@ def _converge(
     with _timed(report, "stage"):
         for i, step in enumerate(report.steps):
             try:
-                step.ops = stager.ops(step.action, blobs.get(i))
-            except (AgentError, OSError) as exc:
+                if step.action.package is not None:
+                    step.package_version = _choose_package(host, step.action)
+                else:
+                    step.ops = stager.ops(step.action, blobs.get(i))
+            except (AgentError, OSError, PackageError) as exc:
                 step.status = "failed"
                 raise _fail(report, step, exc, "nothing was changed") from exc
     check()  # the last point at which stopping leaves the node exactly as it was
@@ -435,16 +450,21 @@ def _converge(
                     # refresh: WasmEdge opens them by path.
                     host.services.ldconfig()
                 _read_back(host, step)
-    except (AgentError, OSError, ServiceError) as exc:
+    except (AgentError, OSError, ServiceError, PackageError) as exc:
         failed = next((s for s in report.steps if s.status == "running"), None)
         if failed:
             failed.status = "failed"
         report.undo_failures = journal.undo()
+        kept = [s for s in report.steps if s.status == "done" and s.action.package]
         for s in report.steps:
-            if s.status == "done":
+            if s.status == "done" and not s.action.package:
                 s.status = "undone"
         _recover_services(host, report)
         suffix = "every change of this run was undone"
+        if kept:
+            # A package manager keeps what it installed; apt/dnf are the place to undo it.
+            names = ", ".join(f"{s.action.package} {s.package_version}" for s in kept)
+            suffix += f", except the distribution package {names}, which stays installed"
         if report.undo_failures:
             suffix = "undo FAILED for: " + "; ".join(report.undo_failures)
         raise _fail(report, failed, exc, suffix) from exc
@@ -459,6 +479,10 @@ def _run_step(host: Host, journal: Journal, step: Step) -> None:
         host.services.disable_now(a.target or render.k3s_unit_name("server"))
     for op in step.ops:
         journal.apply(a.component, op)
+    if a.package is not None:
+        assert host.packages is not None
+        assert step.package_version is not None
+        host.packages.install(a.package, step.package_version, reinstall=a.action == "reinstall")
     if a.component == "k3s/unit":
         host.services.daemon_reload()
     if a.action == "restart":
@@ -478,6 +502,39 @@ def _run_step(host: Host, journal: Journal, step: Step) -> None:
     )
 
 
+def _choose_package(host: Host, action: Action) -> str:
+    """The newest version the repositories offer that meets the constraint (the package lists
+    refreshed once when none does); ConvergeError, before anything changed, when none can."""
+    from agentd.versions import satisfies  # noqa: PLC0415
+
+    manager = host.packages
+    assert action.package is not None
+    assert action.to_version is not None
+    if manager is None:
+        raise ConvergeError(
+            f"{action.component} comes from a distribution package, but this node has neither "
+            "apt-get nor dnf"
+        )
+    constraint, package = action.to_version, action.package
+    for attempt in (1, 2):
+        offered = manager.available(package)
+        fitting = [v for v in offered if satisfies(upstream_version(v), constraint)]
+        if fitting:
+            from agentd.versions import Version, parse_version  # noqa: PLC0415
+
+            def key(v: str) -> Version:
+                return parse_version(upstream_version(v)) or Version("0")
+
+            return max(fitting, key=key)
+        if attempt == 1:
+            manager.refresh()
+    shown = ", ".join(sorted({upstream_version(v) for v in offered})) or "nothing"
+    raise ConvergeError(
+        f"the repositories ({manager.name}) offer {package} {shown}; the desired state asks "
+        f"{constraint}: use artifacts for this crun, or a repository that has it"
+    )
+
+
 _READ_BACK = {"k3s": K3S_BIN, "crun": CRUN_BIN, "wasmedge": f"{USR_LOCAL_BIN}/wasmedge"}
 
 
@@ -494,9 +551,13 @@ def _read_back(host: Host, step: Step) -> None:
         return
     from agentd import detect  # noqa: PLC0415
     from agentd.host import run_command  # noqa: PLC0415
-    from agentd.versions import compare  # noqa: PLC0415
+    from agentd.versions import compare, satisfies  # noqa: PLC0415
 
     node_path = _READ_BACK[a.component]
+    if a.package is not None:
+        if host.paths.sandboxed:
+            return  # under --root a package install is only recorded
+        node_path = f"/usr/bin/{a.package}"
     result = run_command([str(host.paths.under(node_path)), "--version"])
     parsers = {
         "k3s": lambda text: (detect.parse_k3s_version(text) or (None,))[0],
@@ -510,6 +571,13 @@ def _read_back(host: Host, step: Step) -> None:
             f"the installed {node_path} does not run: `{node_path} --version` exited "
             f"{result.returncode}: {why[0][:200]}"
         )
+    if a.package is not None:
+        if a.to_version is not None and not satisfies(got, a.to_version):
+            raise ConvergeError(
+                f"package {a.package} {step.package_version} installed {node_path} {got}, "
+                f"which does not meet {a.to_version}"
+            )
+        return
     if a.to_version is not None and compare(got, a.to_version) != 0:
         raise ConvergeError(
             f"the artifact installed as {a.component} {a.to_version} reports version {got}: "
@@ -576,6 +644,10 @@ def _commit(
             else:
                 digest = hashlib.sha256(a.content).hexdigest()
                 state.inventory[a.component] = InventoryEntry(None, digest, [a.target or ""])
+        elif a.package is not None and step.package_version is not None:
+            # The package manager owns its files: nothing for agentd to keep or roll back.
+            version = upstream_version(step.package_version)
+            state.inventory[a.component] = InventoryEntry(version, None, [])
         else:
             files = sorted({op.path for op in step.ops if op.kind != "remove"})
             state.inventory[a.component] = InventoryEntry(a.to_version, step.sha256, files)

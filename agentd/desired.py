@@ -25,7 +25,7 @@ from agentd.timespec import (
     time_zone,
     windows_from_json,
 )
-from agentd.versions import compare, is_k3s_version, parse_version
+from agentd.versions import compare, is_k3s_version, parse_constraint, parse_version
 from agentd.yamlload import Loc
 
 ARCHES = ("amd64", "arm64", "armv7")
@@ -106,8 +106,18 @@ class Crun(_Versioned):
     # The guide's "crun >= 1.8.5" is kept as a default, but it is a setting: nothing in crun's
     # changelog ties 1.8.5 to Wasm logs (components.md).
     minimumVersion: str = "1.8.5"
+    # artifact: a pinned, checksummed binary to /usr/local/bin. package: the distribution's
+    # package (apt-get/dnf), `version` then being a constraint such as ">=1.8.5".
+    source: Literal["artifact", "package"] = "artifact"
+    package: str = Field(default="crun", pattern=r"^[a-z0-9][a-z0-9+.-]*$")
 
     _check_minimum = field_validator("minimumVersion", mode="before")(_version_string)
+
+    @model_validator(mode="after")
+    def _constraint(self) -> Crun:
+        if self.source == "package" and self.state == "present" and self.version:
+            parse_constraint(self.version)
+        return self
 
 
 class WasmEdge(_Versioned):
@@ -255,6 +265,18 @@ def sanity_problems(doc: DesiredState, arch: str | None) -> list[Problem]:
         if comp is None or comp.state == "absent":
             continue
         base: Loc = ("components", name)
+        from_package = getattr(comp, "source", "artifact") == "package"
+        if from_package:
+            if comp.artifacts:
+                problems.append(
+                    Problem(
+                        (*base, "artifacts"),
+                        "source: package installs the distribution's package; these artifacts "
+                        "are not used",
+                        "warning",
+                    )
+                )
+            continue
         if comp.version and name != "k3s" and parse_version(comp.version) is None:
             problems.append(Problem((*base, "version"), f"not a version: {comp.version!r}"))
         if arch in ARCHES and arch not in comp.artifacts:

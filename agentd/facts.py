@@ -91,12 +91,18 @@ class HostFacts:
 class Facts:
     host: HostFacts
     components: dict[str, ComponentFacts] = field(default_factory=dict)
+    # Distribution packages the desired state names: the installed version (full, as the
+    # package manager has it), or None.
+    packages: dict[str, str | None] = field(default_factory=dict)
 
     def component(self, name: str) -> ComponentFacts:
         return self.components.get(name, NOT_INSTALLED)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "host": self.host.to_json(),
             "components": {name: self.component(name).to_json() for name in COMPONENTS},
         }
+        if self.packages:
+            out["packages"] = dict(self.packages)
+        return out

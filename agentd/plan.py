@@ -21,7 +21,7 @@ from agentd.paths import (
     SYSTEMD_DIR,
 )
 from agentd.state import InventoryEntry
-from agentd.versions import compare
+from agentd.versions import compare, satisfies, upstream_version
 
 PLUGIN_PREFIX = "wasmedge/plugins/"
 
@@ -47,6 +47,7 @@ class Action:
     content: Optional[bytes] = None  # configure: the new content; None removes the file
     disruptive: bool = False  # interrupts running workloads (k3s restart or upgrade)
     phase: str = "runtime"
+    package: Optional[str] = None  # from the distribution: this package (to_version: a constraint)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"component": self.component, "action": self.action}
@@ -56,6 +57,8 @@ class Action:
             out["to"] = self.to_version
         if self.target is not None:
             out["target"] = self.target
+        if self.package is not None:
+            out["package"] = self.package
         out["reason"] = self.reason
         out["disruptive"] = self.disruptive
         return out
@@ -148,7 +151,7 @@ def plan(
         unit = _k3s_unit_on_node(comps.k3s.role, configs)
         _plan_binary(b, "k3s", comps.k3s, k3s_found, K3S_BIN, phase="stop", target=unit)
     _plan_wasmedge(b, comps.wasmedge, facts.component("wasmedge"), inventory)
-    crun_path = _plan_crun(b, comps.crun, facts.component("crun"))
+    crun_path = _plan_crun(b, comps.crun, facts.component("crun"), facts.packages)
     if comps.k3s is not None and comps.k3s.state == "present":
         _plan_binary(b, "k3s", comps.k3s, k3s_found, K3S_BIN, phase="k3s")
     elif comps.k3s is None:
@@ -284,11 +287,15 @@ def _plan_binary(
         )
 
 
-def _plan_crun(b: _Builder, want: Crun | None, found: ComponentFacts) -> str | None:
+def _plan_crun(
+    b: _Builder, want: Crun | None, found: ComponentFacts, packages: Mapping[str, str | None]
+) -> str | None:
     """Plan crun; return the crun binary the containerd template should name (None: no crun)."""
     if want is None:
         b.keep("crun", "not in the desired state" + _found_note(found))
         return found.path if found.installed else None
+    if want.source == "package":
+        return _plan_package(b, want, packages.get(want.package))
     _plan_binary(b, "crun", want, found, CRUN_BIN, phase="runtime")
     if want.state == "absent":
         return None
@@ -296,6 +303,46 @@ def _plan_crun(b: _Builder, want: Crun | None, found: ComponentFacts) -> str | N
     if already and compare(str(found.version), str(want.version)) == 0 and "crun" not in b.force:
         return found.path
     return CRUN_BIN
+
+
+def _plan_package(b: _Builder, want: Crun, installed: str | None) -> str | None:
+    """crun from the distribution: install (or upgrade) its package when the installed one does
+    not meet the constraint. Which version the repositories offer is found out when converging."""
+    binary = f"/usr/bin/{want.package}"
+    if want.state == "absent":
+        b.keep(
+            "crun",
+            f"state: absent with source: package: agentd does not remove the distribution's "
+            f"{want.package} (apt-get/dnf remove it)",
+        )
+        return None
+    assert want.version is not None
+    constraint = want.version
+    meets = installed is not None and satisfies(upstream_version(installed), constraint)
+    if meets and "crun" not in b.force:
+        b.keep("crun", f"package {want.package} {installed} meets {constraint}")
+        return binary
+    source = "from the distribution's repositories"
+    if meets:
+        verb = "reinstall"
+        why = b.force["crun"]
+        reason = f"package {want.package} {installed} is installed but {why}; reinstalling it"
+    elif installed is not None:
+        verb = "upgrade"
+        reason = f"package {want.package} {installed} does not meet {constraint}; installing one"
+    else:
+        verb, reason = "install", f"no package {want.package}; installing {constraint}"
+    b.act(
+        Action(
+            "crun",
+            verb,
+            f"{reason} {source}",
+            from_version=upstream_version(installed) if installed else None,
+            to_version=constraint,
+            package=want.package,
+        )
+    )
+    return binary
 
 
 def _plan_wasmedge(

@@ -232,11 +232,20 @@ def make_plan(
     timings["detect"] = _ms(t0)
     t1 = time.perf_counter()
     loaded = load_desired(sources, facts.host.arch)
+    facts = _with_packages(host, facts, loaded.desired)
     timings["load"] = _ms(t1)
     t2 = time.perf_counter()
     the_plan = plan(loaded.desired, facts, state.inventory, read_configs(host), force)
     timings["plan"] = _ms(t2)
     return Planned(loaded, facts, state, the_plan, timings, sources)
+
+
+def _with_packages(host: Host, facts: Facts, desired: DesiredState) -> Facts:
+    """The installed versions of the distribution packages the desired state names."""
+    crun = desired.components.crun
+    if crun is None or crun.source != "package" or host.packages is None:
+        return facts
+    return replace(facts, packages={crun.package: host.packages.installed(crun.package)})
 
 
 # --- the maintenance window --------------------------------------------------------------------

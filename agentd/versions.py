@@ -71,3 +71,41 @@ def compare(installed: str, desired: str) -> int:
     if a is None or b is None:
         return 0 if installed == desired else -1
     return (a > b) - (a < b)
+
+
+_CONSTRAINT_RE = re.compile(r"^\s*(>=|<=|==|!=|=|>|<)?\s*([0-9A-Za-z.+~-]+)\s*$")
+_OPS = {
+    ">=": lambda c: c >= 0,
+    "<=": lambda c: c <= 0,
+    ">": lambda c: c > 0,
+    "<": lambda c: c < 0,
+    "==": lambda c: c == 0,
+    "=": lambda c: c == 0,
+    "!=": lambda c: c != 0,
+}
+
+
+def parse_constraint(text: str) -> list[tuple[str, str]]:
+    """(operator, version) pairs from ">=1.8.5", ">=1.8.5,<2" or a bare "1.15" (meaning ==).
+
+    Raises ValueError for anything else."""
+    pairs: list[tuple[str, str]] = []
+    for part in text.split(","):
+        match = _CONSTRAINT_RE.match(part)
+        if not match or parse_version(match.group(2)) is None:
+            raise ValueError(
+                f"not a version constraint: {text!r} (write e.g. >=1.8.5, ==1.15 or >=1.8,<2)"
+            )
+        pairs.append((match.group(1) or "==", match.group(2)))
+    return pairs
+
+
+def satisfies(version: str, constraint: str) -> bool:
+    """Whether `version` meets every part of `constraint`."""
+    return all(_OPS[op](compare(version, bound)) for op, bound in parse_constraint(constraint))
+
+
+def upstream_version(package_version: str) -> str:
+    """The upstream part of a distribution's package version: "1:1.8.1-1+deb12u1" -> "1.8.1"."""
+    version = package_version.split(":", 1)[-1]
+    return version.rsplit("-", 1)[0] if "-" in version else version
