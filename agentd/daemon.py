@@ -607,7 +607,9 @@ class Daemon:
         self._next_health = time.monotonic() + self.config.health_interval
         try:
             with self._state_lock():
-                run = health.locked_check(self.host, self.config)
+                run = health.locked_check(self.host, self.config, cancel=self._cancel_if_stopping)
+        except Cancelled:
+            return  # stopping: the checks run again after the next start
         except (AgentError, OSError) as exc:
             self._log("health check failed", level="warning", component="health", error=str(exc))
             return
@@ -642,6 +644,10 @@ class Daemon:
                 findings=[f.code for f in run.findings if f.unhealthy],
                 ms=round((time.perf_counter() - t0) * 1000, 1),
             )
+
+    def _cancel_if_stopping(self) -> None:
+        if self._stop.is_set():
+            raise Cancelled("stopping")
 
     def _worker_env(self) -> dict[str, str]:
         return {

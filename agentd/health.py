@@ -5,13 +5,13 @@ from __future__ import annotations
 import calendar
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from agentd.checks import CheckInput, Finding, Kube, healthy, run_checks, wasm_ready
 from agentd.config import AgentConfig, suspend_reason
-from agentd.host import Host
+from agentd.host import CommandResult, Host, run_command
 from agentd.paths import K3S_CONFIG
 from agentd.sources import FleetStore
 from agentd.state import AgentState, load_state, save_state
@@ -100,9 +100,21 @@ class HealthRun:
 
 
 def check_input(
-    host: Host, config: AgentConfig, desired: Optional[Mapping[str, Any]], facts: Any
+    host: Host,
+    config: AgentConfig,
+    desired: Optional[Mapping[str, Any]],
+    facts: Any,
+    cancel: Optional[Callable[[], None]] = None,
 ) -> CheckInput:
     probe = config.health.get("probe") or {}
+    runner: Callable[..., CommandResult] = run_command
+    if cancel is not None:
+        stop = cancel
+
+        def runner(*args: Any, **kwargs: Any) -> CommandResult:
+            stop()  # a stop request ends the checks before their next command
+            return run_command(*args, **kwargs)
+
     return CheckInput(
         paths=host.paths,
         facts=facts,
@@ -111,6 +123,7 @@ def check_input(
         probe_image=probe.get("image"),
         probe_namespace=str(probe.get("namespace") or "default"),
         probe_timeout=float(probe.get("timeout") or 60.0),
+        runner=runner,
     )
 
 
@@ -121,13 +134,14 @@ def examine(
     state: AgentState,
     *,
     label: bool = True,
+    cancel: Optional[Callable[[], None]] = None,
 ) -> HealthRun:
     """Run the checks, label the node, and work out which fixes and rollbacks are due."""
     from agentd.detect import detect  # noqa: PLC0415
 
     t0 = time.perf_counter()
     facts = detect(host.paths, state.recorded_plugins())
-    inp = check_input(host, config, desired, facts)
+    inp = check_input(host, config, desired, facts, cancel)
     findings = run_checks(inp)
     crun = inp.notes.get("crun")
     capable = bool(crun is not None and getattr(crun, "wasm_handlers", ())) and wasm_ready(findings)
@@ -237,11 +251,13 @@ def note_remediation(state: AgentState, finding: Finding, backoff_s: float, ok: 
     count(state.counters, "remediations", [finding.code])
 
 
-def locked_check(host: Host, config: AgentConfig) -> HealthRun:
+def locked_check(
+    host: Host, config: AgentConfig, cancel: Optional[Callable[[], None]] = None
+) -> HealthRun:
     """The daemon's health run (the caller holds the state lock): the checks against the
     desired state the last run kept, with no pydantic and no planner. Acting on what is due
     is left to a worker."""
     state = load_state(host.paths) or AgentState()
-    run = examine(host, config, state.desired, state)
+    run = examine(host, config, state.desired, state, cancel=cancel)
     record(host, config, state, run)
     return run
