@@ -29,6 +29,8 @@ DEFAULTS: dict[str, Any] = {
     "backoff": {"initial": 10.0, "max": 900.0},
     "debounce": 0.2,
     "labels": {},
+    "hostname": None,
+    "nodeId": None,
     "metrics": {"enabled": True, "path": "/var/lib/prometheus/node-exporter/agentd.prom"},
     "tls": {"caFile": None, "insecureSkipVerify": False},
     "maintenanceWindow": None,
@@ -82,6 +84,16 @@ class AgentConfig:
     @property
     def labels(self) -> dict[str, str]:
         return dict(self.raw["labels"])
+
+    @property
+    def hostname(self) -> Optional[str]:
+        value = self.raw.get("hostname")
+        return str(value) if value else None
+
+    @property
+    def node_id(self) -> Optional[str]:
+        value = self.raw.get("nodeId")
+        return str(value) if value else None
 
     @property
     def metrics_path(self) -> Optional[str]:

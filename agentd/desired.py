@@ -227,13 +227,54 @@ class MaintenanceWindowSpec(StrictModel):
         return windows_from_json(self.model_dump(mode="json"))
 
 
+class Selector(StrictModel):
+    """Which nodes a document or an override is for; every field given must match."""
+
+    arch: list[Arch] = Field(default_factory=list)  # any of
+    hostname: list[str] = Field(default_factory=list)  # shell globs, any of: "edge-*"
+    os: list[str] = Field(default_factory=list)  # "debian" or "debian 12", any of
+    labels: dict[str, str] = Field(default_factory=dict)  # the agent settings' labels, all of
+
+
+class Rollout(StrictModel):
+    """A staged rollout: the nodes whose hash of (key, machine-id) falls below `percent`; a
+    higher percent is a superset of a lower one, a new key draws a new wave."""
+
+    percent: float = Field(ge=0, le=100)
+    key: str = Field(min_length=1)
+    canary: dict[str, str] = Field(default_factory=dict)  # nodes with these labels go first
+
+
+class Override(StrictModel):
+    """Changes for some nodes only, merged over the document where selector and wave say so."""
+
+    name: str = Field(min_length=1)
+    selector: Selector = Field(default_factory=Selector)
+    rollout: Optional[Rollout] = None
+    # Validated where they are merged, as part of the document.
+    components: dict[str, Any] = Field(default_factory=dict)
+    runtimeClasses: Optional[list[Any]] = None
+    maintenanceWindow: Optional[dict[str, Any]] = None
+
+
 class DesiredState(StrictModel):
     apiVersion: Literal["agentd/v1"]
     kind: Literal["NodeState"]
     generation: int = Field(ge=0)
+    selector: Optional[Selector] = None
     components: Components = Field(default_factory=Components)
     runtimeClasses: list[RuntimeClass] = Field(default_factory=list)
     maintenanceWindow: Optional[MaintenanceWindowSpec] = None
+    overrides: list[Override] = Field(default_factory=list)
+
+    @field_validator("overrides")
+    @classmethod
+    def _unique_names(cls, overrides: list[Override]) -> list[Override]:
+        names = [o.name for o in overrides]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"two overrides are named {name!r}")
+        return overrides
 
 
 # --- checks that need knowledge of the real software -------------------------------------------

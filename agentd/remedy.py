@@ -25,12 +25,13 @@ def _log() -> Any:
     return get_logger()
 
 
-def current_desired(host: Host, state: AgentState) -> Optional[dict[str, Any]]:
+def current_desired(host: Host, state: AgentState, config: AgentConfig) -> Optional[dict[str, Any]]:
     """The desired state as it stands in the files now (validated), else the last run's."""
-    from agentd.run import desired_sources, load_desired, node_arch  # noqa: PLC0415
+    from agentd.run import desired_sources, load_desired, node_arch, node_identity  # noqa: PLC0415
 
     try:
-        loaded = load_desired(desired_sources(host, None), node_arch())
+        sources = desired_sources(host, None)
+        loaded = load_desired(sources, node_arch(), node_identity(host, config))
     except AgentError:
         return state.desired
     return loaded.desired.model_dump(mode="json")
@@ -41,7 +42,7 @@ def check(host: Host, config: AgentConfig, *, act: bool, suspended: bool) -> Hea
     (not while convergence is suspended: those change the node)."""
     with StateLock(host.paths).held("check", LOCK_WAIT_S):
         state = load_state(host.paths) or AgentState()
-        desired = current_desired(host, state)
+        desired = current_desired(host, state, config)
         run = examine(host, config, desired, state)
         record(host, config, state, run)
     if act and not suspended and (run.due_rollbacks or run.due_fixes):

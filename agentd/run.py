@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from agentd.desired import DesiredState
     from agentd.facts import Facts
     from agentd.plan import Action, Plan
+    from agentd.targeting import NodeIdentity, Targeting
     from agentd.timespec import MaintenanceWindows
 
 # pydantic, yaml and the planner are imported only when a plan is really needed: an unchanged
@@ -98,18 +99,40 @@ class Loaded:
     desired: DesiredState
     sources: list[str]
     warnings: list[str] = field(default_factory=list)
+    targeting: list[Targeting] = field(default_factory=list)
 
 
-def load_desired(sources: Sources, arch: str) -> Loaded:
+def node_identity(host: Host, config: Optional[AgentConfig] = None) -> NodeIdentity:
+    """This node as fleet selectors see it (settings first, then the machine)."""
+    from agentd.detect import _os_name  # noqa: PLC0415
+    from agentd.targeting import NodeIdentity  # noqa: PLC0415
+
+    config = config or AgentConfig()
+    node_id = config.node_id
+    if node_id is None:
+        try:
+            node_id = host.paths.under("/etc/machine-id").read_text().strip() or None
+        except OSError:
+            node_id = None
+    return NodeIdentity(
+        node_id=node_id or "unknown",
+        hostname=config.hostname or os.uname().nodename,
+        arch=node_arch(),
+        os=_os_name(host.paths),
+        labels=config.labels,
+    )
+
+
+def load_desired(sources: Sources, arch: str, node: Optional[NodeIdentity] = None) -> Loaded:
     from agentd.validation import load_and_validate  # noqa: PLC0415
 
-    report = load_and_validate(sources.files, arch, merge_all=True, names=sources.names)
+    report = load_and_validate(sources.files, arch, merge_all=True, names=sources.names, node=node)
     if report.errors or report.state is None:
         n = len(report.errors)
         raise DesiredStateError(
             f"the desired state is invalid ({n} error{'s' * (n != 1)})", report.errors
         )
-    return Loaded(report.state, sources.shown(), report.warnings)
+    return Loaded(report.state, sources.shown(), report.warnings, report.targeting)
 
 
 def settle_candidate(host: Host, *, promote: bool) -> Optional[Path]:
@@ -213,6 +236,7 @@ def make_plan(
     state: Optional[AgentState] = None,
     sources: Optional[Sources] = None,
     force: Optional[Mapping[str, str]] = None,
+    config: Optional[AgentConfig] = None,
 ) -> Planned:
     """Load, detect and plan; `state` and `sources` are read here unless the caller has them.
 
@@ -231,7 +255,7 @@ def make_plan(
     facts = detect(host.paths, state.recorded_plugins())
     timings["detect"] = _ms(t0)
     t1 = time.perf_counter()
-    loaded = load_desired(sources, facts.host.arch)
+    loaded = load_desired(sources, facts.host.arch, node_identity(host, config))
     facts = _with_packages(host, facts, loaded.desired)
     timings["load"] = _ms(t1)
     t2 = time.perf_counter()
@@ -421,7 +445,8 @@ def apply(
     config = config or AgentConfig()
     started, t0 = _now(), time.perf_counter()
     if dry_run:
-        return _result(make_plan(host, desired_file), started, t0, "planned", dry_run=True)
+        planned = make_plan(host, desired_file, config=config)
+        return _result(planned, started, t0, "planned", dry_run=True)
     with StateLock(host.paths).held("apply", lock_wait_s):
         pulled = None
         source = config.source
@@ -513,7 +538,9 @@ class _Run:
 
         host, started, t0 = self.host, self.started, self.t0
         try:
-            planned = make_plan(host, self.desired_file, self.state, self.sources, self.force)
+            planned = make_plan(
+                host, self.desired_file, self.state, self.sources, self.force, self.config
+            )
         except AgentError as exc:
             self.record(
                 {
@@ -625,6 +652,8 @@ def _result(
         result["fleet"] = {k: fleet.get(k) for k in ("generation", "origin", "signedBy")}
     if planned.loaded.warnings:
         result["warnings"] = planned.loaded.warnings
+    if planned.loaded.targeting:
+        result["targeting"] = [t.to_json() for t in planned.loaded.targeting]
     if report is not None:
         result["downloads"] = report.downloads
         result["serviceCalls"] = report.service_calls

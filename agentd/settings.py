@@ -201,6 +201,12 @@ class Settings(StrictModel):
     # How long local edits must settle before a run starts (editors write in several steps).
     debounce: Duration = 0.2
     labels: dict[str, str] = Field(default_factory=dict)
+    # What fleet selectors see: the host name (default: the machine's) and the node id that
+    # places it in rollout waves (default: /etc/machine-id).
+    hostname: Optional[str] = Field(
+        default=None, pattern=r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$"
+    )
+    nodeId: Optional[str] = Field(default=None, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,127}$")
     metrics: Metrics = Field(default_factory=Metrics)
     tls: Tls = Field(default_factory=Tls)
     maintenanceWindow: Optional[MaintenanceWindowSpec] = None

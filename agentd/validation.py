@@ -13,6 +13,7 @@ from pydantic_core import ErrorDetails
 
 from agentd.desired import DesiredState, sanity_problems
 from agentd.errors import DesiredStateError
+from agentd.targeting import NodeIdentity, Targeting, apply_targeting
 from agentd.yamlload import Loaded, Loc, Pos, _resolve, load_file, locate, merge
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -25,6 +26,7 @@ class ValidationReport:
     state: Optional[DesiredState]
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    targeting: list[Targeting] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -174,19 +176,28 @@ def load_and_validate(
     arch: Optional[str],
     merge_all: bool,
     names: Optional[Mapping[Path, str]] = None,
+    node: Optional[NodeIdentity] = None,
 ) -> ValidationReport:
     """Each file loaded, then validated merged (in order) or one by one.
 
-    Load errors are reported like validation errors. `state` is the merged document's, or
-    without merging the last file's, and only when nothing is wrong.
+    With `node`, each file is first cut to what applies to that node (its selector, its
+    overrides and rollout waves). Load errors are reported like validation errors. `state` is
+    the merged document's, or without merging the last file's, and only when nothing is wrong.
     """
     docs: list[Loaded] = []
     load_errors: list[str] = []
+    targeting: list[Targeting] = []
     for path in paths:
+        name = (names or {}).get(path)
         try:
-            docs.append(load_file(path, (names or {}).get(path)))
+            doc = load_file(path, name)
         except DesiredStateError as exc:
             load_errors.extend(exc.problems or [str(exc)])
+            continue
+        if node is not None:
+            doc, notes = apply_targeting(doc, node, name or str(path))
+            targeting += notes
+        docs.append(doc)
     if not paths:
         load_errors.append("no desired-state file given")
     if merge_all:
@@ -195,7 +206,9 @@ def load_and_validate(
         merged = docs[0]
         for doc in docs[1:]:
             merged = merge(merged, doc)
-        return validate(merged, arch)
+        report = validate(merged, arch)
+        report.targeting = targeting
+        return report
     report = ValidationReport(None, load_errors)
     for doc in docs:
         one = validate(doc, arch)

@@ -166,7 +166,8 @@ def test_unknown_top_level_key_points_at_the_key(tmp_path: Path) -> None:
     path, report = _check(tmp_path, text)
     assert report.errors == [
         f"{path}:3:1: unknown field 'colour' "
-        "(known: apiVersion, kind, generation, components, runtimeClasses, maintenanceWindow)"
+        "(known: apiVersion, kind, generation, selector, components, runtimeClasses, "
+        "maintenanceWindow, overrides)"
     ]
     assert report.state is None
 

@@ -53,6 +53,7 @@ LAYERS: tuple[frozenset[str], ...] = (
             "agentd.sources",
             "agentd.config",
             "agentd.checks",
+            "agentd.targeting",
         }
     ),
     frozenset({"agentd.plan"}),  # pure: desired + facts -> plan

@@ -52,6 +52,10 @@ def format_plan(plan: dict[str, Any]) -> str:
     if disruptive:
         summary += f" ({disruptive} disruptive)"
     lines.append(f"Plan: {summary}.")
+    for t in plan.get("targeting") or []:
+        what = f"override {t['override']}" if t.get("override") else "the document"
+        verdict = "applies" if t.get("applies") else "does NOT apply"
+        lines.append(f"Targeting: {what} of {t['source']} {verdict}: {t['why']}")
     return "\n".join(lines) + "\n"
 
 

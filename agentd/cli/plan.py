@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from agentd.cli.main import print_json
+from agentd.cli.main import agent_config, print_json
 from agentd.cli.output import format_plan
 from agentd.host import Host
 from agentd.run import make_plan
@@ -31,12 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    planned = make_plan(Host.at(args.root), args.desired)
+    planned = make_plan(Host.at(args.root), args.desired, config=agent_config(args))
     doc = planned.plan.to_json()
     doc["sources"] = planned.loaded.sources
     if planned.sources.fleet:
         fleet = planned.sources.fleet
         doc["fleet"] = {k: fleet.get(k) for k in ("generation", "origin", "signedBy", "candidate")}
+    if planned.loaded.targeting:
+        doc["targeting"] = [t.to_json() for t in planned.loaded.targeting]
     if planned.loaded.warnings:
         doc["warnings"] = planned.loaded.warnings
         for w in planned.loaded.warnings:
