@@ -206,6 +206,8 @@ class Daemon:
         self._observer: Any = None
         self._next_ping = 0.0
         self._next_health = 0.0  # the first health run follows the first converge
+        self._published: Any = None  # the last node report published to the cluster
+        self._published_error: Optional[str] = None
         self.health: Optional[dict[str, Any]] = None
         self.worker = Worker(
             root, self._ping_if_due, self._stop, log_format, until_heartbeat=self._until_ping
@@ -429,6 +431,7 @@ class Daemon:
             self._next_health = 0.0  # something changed: check it now (the rollback window)
         self._reschedule(result)
         self.status_text = self._status_line(result)
+        self._publish_to_cluster()
         # daemon.json first: whoever reads it on seeing the STATUS finds this cycle there.
         self._write_status()
         self.notifier.status(self.status_text)
@@ -644,6 +647,27 @@ class Daemon:
                 findings=[f.code for f in run.findings if f.unhealthy],
                 ms=round((time.perf_counter() - t0) * 1000, 1),
             )
+
+    def _publish_to_cluster(self) -> None:
+        """Label and annotate this k3s node with the run's result, when it changed."""
+        from agentd import fleet  # noqa: PLC0415
+
+        try:
+            state = json.loads(self.paths.state_file.read_text())
+        except (OSError, ValueError):
+            return
+        last = state.get("lastRun") if isinstance(state, dict) else None
+        if not isinstance(last, dict):
+            return
+        report = fleet.report_of(last, self.status_text)
+        if report == self._published:
+            return
+        why_not = fleet.publish(self.host, self.config, report, _now())
+        if why_not is None:
+            self._published = report
+        elif self._published_error != why_not:
+            self._published_error = why_not  # said once, tried again next cycle
+            self._log("node status not published", component="fleet", reason=why_not)
 
     def _cancel_if_stopping(self) -> None:
         if self._stop.is_set():

@@ -21,6 +21,7 @@ _HELP = {
     "agentd_generation": ("gauge", "the desired-state generation this node last applied"),
     "agentd_fleet_generation": ("gauge", "the generation of the last good fleet document"),
     "agentd_component_info": ("gauge", "a component agentd installed, by version (always 1)"),
+    "agentd_override_applied": ("gauge", "1 when a fleet override (rollout wave) applies here"),
     "agentd_healthy": ("gauge", "1 when the last health check found nothing wrong"),
     "agentd_wasm_ready": ("gauge", "1 while Wasm pods can run here (the node label follows)"),
     "agentd_last_health_timestamp_seconds": ("gauge", "when the health checks last ran"),
@@ -93,6 +94,13 @@ def render(
         out.add("agentd_generation", state["lastAppliedGeneration"])
     if fleet_generation is not None:
         out.add("agentd_fleet_generation", fleet_generation)
+    for note in run.get("targeting") or []:
+        if isinstance(note, Mapping) and note.get("override"):
+            out.add(
+                "agentd_override_applied",
+                1 if note.get("applies") else 0,
+                override=note["override"],
+            )
     for component, entry in sorted((state.get("inventory") or {}).items()):
         if isinstance(entry, Mapping) and entry.get("version"):
             out.add("agentd_component_info", 1, component=component, version=entry["version"])

@@ -619,6 +619,7 @@ class _Run:
                 "actions",
                 "unchanged",
                 "warnings",
+                "targeting",
             )
             state.noop = {"digest": digest, "result": {k: result[k] for k in keep if k in result}}
         return self.record(result)

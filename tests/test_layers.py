@@ -58,7 +58,8 @@ LAYERS: tuple[frozenset[str], ...] = (
     ),
     frozenset({"agentd.plan"}),  # pure: desired + facts -> plan
     frozenset({"agentd.converge"}),  # plan + host -> result
-    frozenset({"agentd.run", "agentd.health", "agentd.remedy"}),  # one run, one health run
+    # one run, one health run, and what the fleet sees of them
+    frozenset({"agentd.run", "agentd.health", "agentd.remedy", "agentd.fleet"}),
     frozenset({"agentd.daemon"}),  # the loop that schedules runs
 )
 CLI_PACKAGE = "agentd.cli"  # every module under it, and agentd.__main__, is the top layer
