@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import agentd
 from agentd.config import (
     AgentConfig,
     SettingsNeedValidation,
@@ -29,11 +30,11 @@ from agentd.config import (
     load_config,
     suspend_reason,
 )
-from agentd.errors import AgentError, Cancelled, LockHeldError
+from agentd.errors import AgentError, Cancelled, LockHeldError, NoDesiredState
 from agentd.host import Host, Process, ProcessTimeout, atomic_write, start_process
 from agentd.notify import Notifier, child_environment
 from agentd.redact import redact_text
-from agentd.run import apply_if_unchanged
+from agentd.run import apply_if_unchanged, desired_sources
 from agentd.sources import FleetStore
 from agentd.state import StateLock
 from agentd.timespec import format_duration
@@ -44,6 +45,11 @@ WORKER_TIMEOUT_S = 3600.0
 WORKER_GRACE_S = 120.0
 # The state lock is held by CLI runs too: wait this long for it before calling a cycle failed.
 LOCK_WAIT_S = 60.0
+# How a worker starts: the daemon's import path first, then `agentd ARGS...` as the command line.
+WORKER_BOOT = (
+    "import json, sys; sys.path[0:0] = json.loads(sys.argv.pop(1)); "
+    "from agentd.cli.main import main; sys.exit(main())"
+)
 # Local files that make a run: anything else in /etc/wasm-edge (editor swap files) is ignored.
 _WATCHED_SUFFIXES = (".yaml",)
 
@@ -69,7 +75,7 @@ class CycleResult:
 
     @property
     def ok(self) -> bool:
-        return self.outcome in ("converged", "deferred", "suspended")
+        return self.outcome in ("converged", "deferred", "suspended", "waiting")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -122,10 +128,17 @@ class Worker:
     def run(
         self, args: list[str], env_extra: Mapping[str, str], timeout: float = WORKER_TIMEOUT_S
     ) -> tuple[int, bytes]:
+        # The worker imports agentd and its dependencies from where the daemon did (a package
+        # bundles them outside the interpreter's own path; its launcher adds them to sys.path),
+        # and nothing else: -I keeps the working directory and PYTHON* variables out.
+        home = str(Path(agentd.__file__).resolve().parent.parent)
+        path = [home, *(p for p in sys.path if p and p != home)]
         argv = [
             self.python,
-            "-m",
-            "agentd",
+            "-I",
+            "-c",
+            WORKER_BOOT,
+            json.dumps(path),
             "--root",
             str(self.root),
             "--log-format",
@@ -133,9 +146,6 @@ class Worker:
             *args,
         ]
         env = {**child_environment(os.environ), **env_extra}
-        # The worker imports agentd and its dependencies from where the daemon did: a package
-        # bundles them outside the interpreter's own path (its launcher adds them to sys.path).
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         # stderr is the daemon's own (the journal under systemd); stdout carries the JSON result.
         proc = start_process(argv, env)
         self.current = proc
@@ -459,13 +469,16 @@ class Daemon:
                     pulled = pull(source, self.paths).to_json()
                     self.schedule.pull_due = False
                 extra = {"pull": pulled} if pulled else None
-                unchanged = apply_if_unchanged(self.host, self.config, extra)
+                waiting = self._nothing_desired()
+                unchanged = None if waiting else apply_if_unchanged(self.host, self.config, extra)
         except Cancelled as exc:
             return CycleResult("cancelled", reason, error=str(exc), pull=pulled)
         except LockHeldError as exc:
             return CycleResult("failed", reason, error=str(exc), pull=pulled)
         except (AgentError, OSError) as exc:
             return CycleResult("failed", reason, error=redact_text(str(exc)), pull=pulled)
+        if waiting:
+            return CycleResult("waiting", reason, detail=waiting, pull=pulled)
         if unchanged is not None:
             return CycleResult(
                 str(unchanged.get("outcome", "converged")),
@@ -475,6 +488,17 @@ class Daemon:
                 pull=pulled,
             )
         return self._work(reason, pulled)
+
+    def _nothing_desired(self) -> Optional[str]:
+        """Why there is nothing to converge to yet (a fresh node: no files, no fleet document),
+        or None. Waiting for one is not a failure: no backoff, no error."""
+        if FleetStore(self.paths).candidate.is_file():
+            return None
+        try:
+            desired_sources(self.host, None)
+        except NoDesiredState as exc:
+            return str(exc)
+        return None
 
     @contextlib.contextmanager
     def _state_lock(self) -> Iterator[None]:
@@ -566,6 +590,8 @@ class Daemon:
         gen = result.generation
         if result.outcome == "suspended":
             line = f"suspended ({result.detail}); converging nothing"
+        elif result.outcome == "waiting":
+            line = f"waiting for a desired state: {result.detail}"
         elif result.outcome in ("converged", "deferred"):
             line = f"converged generation {gen if gen is not None else '?'}, "
             line += f"{self._findings()} findings"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -124,6 +125,20 @@ def plugin_name_for_file(filename: str) -> str:
 def normalise_arch(machine: str) -> str:
     """`uname -m` (or a distribution's arch name) as amd64/arm64/armv7; unknown names as-is."""
     return _ARCHES.get(machine.strip().lower(), machine)
+
+
+def host_arch(machine: str | None = None, pointer_bytes: int | None = None) -> str:
+    """The node's architecture as its userland runs it (AGENTD_ARCH overrides).
+
+    Raspberry Pi OS 32-bit boots a 64-bit kernel on a Pi 4: `uname -m` says aarch64, yet only
+    armv7 binaries and libraries load there. This interpreter is one of them, so its pointer
+    size tells."""
+    override = os.environ.get("AGENTD_ARCH")
+    if override:
+        return normalise_arch(override)
+    arch = normalise_arch(machine if machine is not None else os.uname().machine)
+    size = pointer_bytes if pointer_bytes is not None else struct.calcsize("P")
+    return "armv7" if arch == "arm64" and size == 4 else arch
 
 
 def _unquote_os_release(value: str) -> str:
@@ -268,7 +283,7 @@ def detect_host(paths: Paths) -> HostFacts:
     The standard library suffices (os.sysconf, os.statvfs): psutil would cost the daemon a
     compiled module and memory for three numbers."""
     uname = os.uname()
-    arch = normalise_arch(os.environ.get("AGENTD_ARCH") or uname.machine)
+    arch = host_arch(uname.machine)
     # The file system agentd and k3s fill: the state dir's (k3s keeps /var/lib/rancher beside it).
     try:
         st = os.statvfs(_nearest_existing(paths.state_dir))

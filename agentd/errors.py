@@ -20,6 +20,10 @@ class DesiredStateError(AgentError):
         self.problems = problems or []
 
 
+class NoDesiredState(DesiredStateError):
+    """No desired-state file at all yet (not an error in one): a fresh node waits for one."""
+
+
 class GenerationError(AgentError):
     """The desired generation is older than the one this node already applied."""
 

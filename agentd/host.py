@@ -263,6 +263,30 @@ class PackageError(Exception):
     """The package manager failed (its own message is in the text)."""
 
 
+def outside_the_unit(argv: list[str], env: Mapping[str, str]) -> list[str]:
+    """argv as a transient systemd unit when agentd runs as its (sandboxed) service.
+
+    The package manager writes /usr, /var/lib/dpkg and /var/cache, which the service's
+    ProtectSystem=strict keeps read-only for agentd itself: `systemd-run --wait --pipe` runs it
+    outside that sandbox, its output and exit code passed back."""
+    under_systemd = "INVOCATION_ID" in os.environ and os.path.isdir("/run/systemd/system")
+    if not under_systemd or not os.access("/usr/bin/systemd-run", os.X_OK):
+        return argv
+    setenv = [f"--setenv={k}={v}" for k, v in env.items()]
+    return [
+        "/usr/bin/systemd-run",
+        "--wait",
+        "--pipe",
+        "--quiet",
+        "--collect",
+        "--service-type=exec",
+        f"--description=agentd: {' '.join(argv[:3])}",
+        *setenv,
+        "--",
+        *argv,
+    ]
+
+
 def _tail(result: CommandResult) -> str:
     lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
     return " / ".join(line.strip() for line in lines[-3:])[:400] or f"exit {result.returncode}"
@@ -295,7 +319,8 @@ class AptPackages:
 
     def refresh(self) -> None:
         self.calls.append("apt-get update")
-        result = run_command(["apt-get", "update", "-q"], PACKAGE_TIMEOUT_S, env=_APT_ENV)
+        argv = outside_the_unit(["apt-get", "update", "-q"], _APT_ENV)
+        result = run_command(argv, PACKAGE_TIMEOUT_S, env=_APT_ENV)
         if not result.ok:
             raise PackageError(f"apt-get update failed: {_tail(result)}")
 
@@ -304,7 +329,7 @@ class AptPackages:
         argv += ["--reinstall"] if reinstall else []
         argv.append(f"{package}={version}")
         self.calls.append(" ".join(argv))
-        result = run_command(argv, PACKAGE_TIMEOUT_S, env=_APT_ENV)
+        result = run_command(outside_the_unit(argv, _APT_ENV), PACKAGE_TIMEOUT_S, env=_APT_ENV)
         if not result.ok:
             raise PackageError(f"apt-get install {package}={version} failed: {_tail(result)}")
 
@@ -331,14 +356,14 @@ class DnfPackages:
 
     def refresh(self) -> None:
         self.calls.append("dnf makecache")
-        result = run_command(["dnf", "makecache", "-q"], PACKAGE_TIMEOUT_S)
+        result = run_command(outside_the_unit(["dnf", "makecache", "-q"], {}), PACKAGE_TIMEOUT_S)
         if not result.ok:
             raise PackageError(f"dnf makecache failed: {_tail(result)}")
 
     def install(self, package: str, version: str, *, reinstall: bool = False) -> None:
         argv = ["dnf", "reinstall" if reinstall else "install", "-y", "-q", f"{package}-{version}"]
         self.calls.append(" ".join(argv))
-        result = run_command(argv, PACKAGE_TIMEOUT_S)
+        result = run_command(outside_the_unit(argv, {}), PACKAGE_TIMEOUT_S)
         if not result.ok:
             raise PackageError(f"dnf install {package}-{version} failed: {_tail(result)}")
 

@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from agentd.config import AgentConfig
-from agentd.errors import AgentError, Cancelled, DesiredStateError, GenerationError
+from agentd.errors import (
+    AgentError,
+    Cancelled,
+    DesiredStateError,
+    GenerationError,
+    NoDesiredState,
+)
 from agentd.host import Host, read_bytes_limited
 from agentd.paths import MANAGED_CONFIG_PATHS
 from agentd.sources import FleetStore, fleet_document
@@ -85,7 +91,7 @@ def desired_sources(
         fleet = view.record
     files += local_sources(host)
     if not files:
-        raise DesiredStateError(
+        raise NoDesiredState(
             f"no desired state: neither {paths.host_view(paths.desired_file)} nor "
             f"{paths.host_view(paths.desired_dir)}/*.yaml exists, no fleet document has been "
             "pulled (pass --desired FILE, or set a source in "
@@ -199,9 +205,9 @@ def read_configs(host: Host) -> dict[str, Optional[bytes]]:
 
 
 def node_arch() -> str:
-    from agentd.detect import normalise_arch  # noqa: PLC0415
+    from agentd.detect import host_arch  # noqa: PLC0415
 
-    return os.environ.get("AGENTD_ARCH") or normalise_arch(os.uname().machine)
+    return host_arch()
 
 
 def _digest(host: Host, sources: Sources, state: AgentState) -> str:

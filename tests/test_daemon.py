@@ -532,22 +532,25 @@ def test_a_broken_drop_in_never_kills_the_daemon_and_fixing_it_converges(
     assert daemon.proc.poll() is None
 
 
-def test_removing_every_desired_file_fails_the_cycle_without_claiming_a_generation(
+def test_a_node_without_any_desired_state_waits_without_backing_off(
     start_daemon: StartDaemon, node: Node, desired: dict[str, Any]
 ) -> None:
+    """A fresh node (or one whose files were all removed): nothing to converge to is not a
+    failure; the daemon waits, keeps what is installed, and converges once a file appears."""
     daemon = start_daemon(QUIET)
     daemon.notices.ready()
     node.path("/etc/wasm-edge/desired.yaml").unlink()
-    failed = daemon.notices.status("failed:")
-    # The default backoff: 10s, give or take a fifth.
-    assert re.search(r"; retrying in ([89]|1[012])s$", failed.status), failed.status
-    last = daemon.daemon_json()["lastCycle"]
-    assert last["outcome"] == "failed"
-    # Not the generation of the run before, which the worker had nothing else to show.
-    assert last["generation"] is None
+    waiting = daemon.notices.status("waiting for a desired state:")
+    assert "no desired state" in waiting.status
+    status = daemon.daemon_json()
+    assert status["lastCycle"]["outcome"] == "waiting"
+    assert status["lastCycle"]["generation"] is None
+    assert status["consecutiveFailures"] == 0
     assert daemon.proc.poll() is None
     # What was installed stays installed.
     assert crun_version(node) == "crun version 1.15"
+    write_yaml(node.path("/etc/wasm-edge/desired.yaml"), desired)
+    daemon.notices.status("converged generation 1")
 
 
 def test_the_suspend_file_stops_convergence_until_it_is_removed(
@@ -885,7 +888,7 @@ def test_the_unit_is_type_notify_with_a_watchdog_reload_and_an_off_switch() -> N
     assert service["Type"] == "notify"
     assert service["NotifyAccess"] == "main"
     assert service["ExecStart"].split()[1:] == ["run"]
-    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert service["ExecReload"] == "/bin/sh -c 'kill -HUP $MAINPID'"
     assert service["KillMode"] == "mixed"
     # Long enough that a ping every second or so (even while a worker runs) is never late.
     watchdog = re.fullmatch(r"(\d+)(s|sec|min|h)?", service["WatchdogSec"])

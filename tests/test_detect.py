@@ -500,3 +500,16 @@ def test_real_distribution_crun(tmp_path: Path) -> None:
     on_root = detect_components(Paths(Path("/")), {}, VersionCache())["crun"]
     if on_root.path == "/usr/bin/crun":
         assert on_root.version == expected
+
+
+def test_a_32_bit_userland_on_a_64_bit_kernel_is_armv7(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Raspberry Pi OS 32-bit on a Pi 4: uname says aarch64, the userland is armhf."""
+    from agentd.detect import host_arch
+
+    monkeypatch.delenv("AGENTD_ARCH", raising=False)
+    assert host_arch("aarch64", pointer_bytes=4) == "armv7"
+    assert host_arch("aarch64", pointer_bytes=8) == "arm64"
+    assert host_arch("x86_64", pointer_bytes=8) == "amd64"
+    assert host_arch("armv7l", pointer_bytes=4) == "armv7"
+    monkeypatch.setenv("AGENTD_ARCH", "arm64")
+    assert host_arch("aarch64", pointer_bytes=4) == "arm64"

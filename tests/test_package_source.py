@@ -137,3 +137,21 @@ def test_the_plan_for_a_package() -> None:
     ]
     fresh = _plan(None, ">=1.8.5")
     assert [(a.action, a.package) for a in fresh.actions] == [("install", "crun")]
+
+
+def test_under_the_service_the_package_manager_runs_outside_its_sandbox(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agentd.host import outside_the_unit
+
+    monkeypatch.delenv("INVOCATION_ID", raising=False)
+    argv = ["apt-get", "install", "-y", "crun=1.8.1-1"]
+    assert outside_the_unit(argv, {"DEBIAN_FRONTEND": "noninteractive"}) == argv
+    monkeypatch.setenv("INVOCATION_ID", "0123456789abcdef")
+    wrapped = outside_the_unit(argv, {"DEBIAN_FRONTEND": "noninteractive"})
+    if not Path("/run/systemd/system").is_dir() or not Path("/usr/bin/systemd-run").exists():
+        assert wrapped == argv  # not booted with systemd: nothing to step out of
+        return
+    assert wrapped[:3] == ["/usr/bin/systemd-run", "--wait", "--pipe"]
+    assert "--setenv=DEBIAN_FRONTEND=noninteractive" in wrapped
+    assert wrapped[-4:] == argv

@@ -35,11 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def handle(args: argparse.Namespace) -> int:
     arch: str | None = args.arch
     if arch is None:
-        import os  # noqa: PLC0415
+        from agentd.detect import host_arch  # noqa: PLC0415
 
-        from agentd.detect import normalise_arch  # noqa: PLC0415
-
-        arch = os.environ.get("AGENTD_ARCH") or normalise_arch(os.uname().machine)
+        arch = host_arch()
     elif arch == "none":
         arch = None
     names: dict[Path, str] = {}
