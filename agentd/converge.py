@@ -214,6 +214,61 @@ def kept_manifest(host: Host, component: str) -> dict[str, Any] | None:
     return data
 
 
+# --- what a killed run leaves behind -------------------------------------------------------------
+
+# Where agentd writes beside its targets (atomic writes leave `.<name>.agentd-<hex>` there).
+_WRITTEN_DIRS = (
+    USR_LOCAL_BIN,
+    USR_LOCAL_LIB,
+    PLUGIN_DIR,
+    f"{USR_LOCAL_INCLUDE}/wasmedge",
+    "/etc/rancher/k3s",
+    SYSTEMD_DIR,
+    "/var/lib/rancher/k3s/agent/etc/containerd",
+    "/var/lib/rancher/k3s/server/manifests",
+)
+
+
+def sweep(host: Host) -> list[str]:
+    """Remove what a run killed half-way left (temp files beside targets, partial downloads,
+    scratch dirs) and finish a kept-version swap it interrupted. The caller holds the state
+    lock: no other agentd run is writing any of it. Returns what was removed, as node paths."""
+    from agentd.host import sweep_temp_files  # noqa: PLC0415
+
+    paths = host.paths
+    removed = [p for node_dir in _WRITTEN_DIRS for p in sweep_temp_files(paths.under(node_dir))]
+    removed += sweep_temp_files(paths.state_dir)
+    removed += sweep_temp_files(paths.source_dir)
+    for scratch in (paths.cache_dir / "tmp", paths.source_dir / "tmp", paths.staging_dir):
+        if scratch.is_dir():
+            for entry in scratch.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed.append(entry)
+    removed += _recover_kept(host)
+    return [paths.host_view(p) for p in removed]
+
+
+def _recover_kept(host: Host) -> list[Path]:
+    """`_keep` swaps a component's kept version with two renames: killed between them, the
+    final directory is missing and the new one waits beside it."""
+    kept = host.paths.kept_dir
+    if not kept.is_dir():
+        return []
+    removed: list[Path] = []
+    leftovers = [p for p in kept.iterdir() if ".new-" in p.name or ".old-" in p.name]
+    for path in sorted(leftovers):
+        final = kept / path.name.split(".new-")[0].split(".old-")[0]
+        if ".new-" in path.name and not final.exists() and (path / "manifest.json").is_file():
+            path.rename(final)  # the swap's second rename, done now
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
 # --- staging -----------------------------------------------------------------------------------
 
 

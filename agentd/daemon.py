@@ -715,6 +715,10 @@ class Daemon:
             "status": self.status_text,
             "cycles": self.cycles,
             "settings": {"origin": self.config.origin, "error": self.settings_error},
+            # Never silent: turning TLS verification off shows here and in `agentd status`.
+            "tlsVerification": "OFF (tls.insecureSkipVerify)"
+            if self.config.tls.get("insecureSkipVerify")
+            else "on",
             "interval": self.config.interval,
             "splay": self.config.splay,
             "suspended": suspend_reason(self.paths, self.config),
@@ -723,7 +727,7 @@ class Daemon:
             "consecutiveFailures": self.schedule.failures,
         }
         try:
-            atomic_write(self.paths.daemon_file, json.dumps(doc, indent=2).encode(), 0o644)
+            atomic_write(self.paths.daemon_file, json.dumps(doc, indent=2).encode(), 0o600)
         except OSError as exc:
             self._log("cannot write daemon status", level="warning", error=str(exc))
 

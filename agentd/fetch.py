@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,10 @@ class FetchResult:
 
 class _Failure(Exception):
     """Why a transfer failed, in words; fetch() adds the redacted URL."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient  # worth another try: the network, not the request
 
 
 def _describe(exc: BaseException) -> str:
@@ -108,7 +113,10 @@ def _download_http(url: str, sink: _Sink, timeout: float, verify: Union[bool, st
             if not 200 <= resp.status_code < 300:
                 reason = " ".join(str(resp.reason or "").split())
                 where = "" if resp.url == url else f" from {redact_url(resp.url)}"
-                raise _Failure(redact_text(f"HTTP {resp.status_code} {reason}".strip() + where))
+                # 5xx and 429 are the server's passing trouble; 4xx the request's, for good.
+                transient = resp.status_code >= 500 or resp.status_code in (408, 429)
+                message = redact_text(f"HTTP {resp.status_code} {reason}".strip() + where)
+                raise _Failure(message, transient=transient)
             length = _content_length(resp.headers.get("Content-Length"))
             if length is not None and length > sink.limit:
                 raise _Failure(f"Content-Length {length} is over the {sink.limit}-byte limit")
@@ -116,21 +124,24 @@ def _download_http(url: str, sink: _Sink, timeout: float, verify: Union[bool, st
                 sink.write(chunk)
             # urllib3 1.x does not enforce Content-Length itself.
             if length is not None and sink.size != length:
-                raise _Failure(f"connection closed after {sink.size} of {length} bytes")
+                raise _Failure(
+                    f"connection closed after {sink.size} of {length} bytes", transient=True
+                )
     except requests.exceptions.ConnectTimeout:
-        raise _Failure(f"connection timed out after {timeout:g}s") from None
+        raise _Failure(f"connection timed out after {timeout:g}s", transient=True) from None
     except (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError):
-        raise _Failure(f"no data for {timeout:g}s (read timed out)") from None
+        raise _Failure(f"no data for {timeout:g}s (read timed out)", transient=True) from None
     except requests.exceptions.SSLError as exc:
         raise _Failure(f"TLS error: {_describe(exc)}") from None
     except (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError) as exc:
         short = _INCOMPLETE_RE.search(str(exc))
         if short:
             got, more = int(short.group(1)), int(short.group(2))
-            raise _Failure(f"connection closed after {got} of {got + more} bytes") from None
-        raise _Failure(f"connection dropped mid-body: {_describe(exc)}") from None
+            closed = f"connection closed after {got} of {got + more} bytes"
+            raise _Failure(closed, transient=True) from None
+        raise _Failure(f"connection dropped mid-body: {_describe(exc)}", transient=True) from None
     except requests.exceptions.ConnectionError as exc:
-        raise _Failure(f"connection failed: {_describe(exc)}") from None
+        raise _Failure(f"connection failed: {_describe(exc)}", transient=True) from None
     except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
         raise _Failure(_describe(exc)) from None
 
@@ -177,6 +188,10 @@ class ArtifactCache:
         """`verify`: TLS verification, True (the system's CAs), a CA bundle path, or False."""
         self.cache_dir = cache_dir
         self.verify = verify
+        # A transient failure (connection, timeout, cut-off body, 5xx) is tried again after
+        # 1 s and 2 s; the daemon's own backoff takes over after that.
+        self.attempts = 3
+        self.backoff_s = 1.0
         self.blob_dir = cache_dir / "sha256"
         self.tmp_dir = cache_dir / "tmp"
         self.max_bytes = max_bytes
@@ -218,12 +233,32 @@ class ArtifactCache:
             hit = self._verified_hit(expected)
             if hit is not None:
                 return hit
-            return self._download(url, expected, timeout, progress)
+            for attempt in range(1, self.attempts + 1):
+                try:
+                    return self._download(url, expected, timeout, progress)
+                except _Failure as exc:
+                    if not exc.transient or attempt == self.attempts:
+                        tries = f" (after {attempt} attempts)" if attempt > 1 else ""
+                        raise _Failure(f"{exc}{tries}") from None
+                    self._pause(self.backoff_s * 2 ** (attempt - 1), progress)
+            raise AssertionError("unreachable")  # pragma: no cover
         except _Failure as exc:
             raise DownloadError(f"download of {safe_url} failed: {exc}") from None
         except OSError as exc:
             # The cache itself (disk full, permissions): still one line, still no credentials.
             raise DownloadError(f"download of {safe_url} failed: {_describe(exc)}") from None
+
+    @staticmethod
+    def _pause(seconds: float, progress: Optional[Callable[[], None]]) -> None:
+        """Wait between attempts, still answering a stop request (progress may raise)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if progress is not None:
+                progress()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.1))
 
     def _verified_hit(self, expected: str) -> FetchResult | None:
         path = self.cached(expected)

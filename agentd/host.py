@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import subprocess
 from collections.abc import Mapping
@@ -98,15 +99,35 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _temp_beside(target: Path) -> Path:
+# The temporary files atomic writes leave behind when the process is killed before the rename.
+TEMP_RE = re.compile(r"^\..+\.agentd-[0-9a-f]{8}$")
+
+
+def temp_beside(target: Path) -> Path:
     # Same directory as the target so the final rename never crosses a file system.
     return target.with_name(f".{target.name}.agentd-{secrets.token_hex(4)}")
+
+
+def sweep_temp_files(directory: Path) -> list[Path]:
+    """Remove what a killed agentd left in `directory` (only its own temp files, by name); the
+    caller holds the state lock, so no run of its own is writing them."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        if TEMP_RE.match(entry.name) and entry.is_file(follow_symlinks=False):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
 
 
 def atomic_write(target: Path, data: bytes, mode: int = 0o644) -> None:
     """Write beside the target, fsync, chmod, rename: readers see the old or the new file."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(target)
+    tmp = temp_beside(target)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
@@ -125,7 +146,7 @@ def atomic_write(target: Path, data: bytes, mode: int = 0o644) -> None:
 def atomic_copy(source: Path, target: Path, mode: int) -> None:
     """Copy a file into place atomically (streamed, so large binaries are not held in memory)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(target)
+    tmp = temp_beside(target)
     try:
         with (
             source.open("rb") as src,
@@ -147,7 +168,7 @@ def atomic_copy(source: Path, target: Path, mode: int) -> None:
 def atomic_symlink(link_target: str, link: Path) -> None:
     """Point `link` at `link_target`, replacing whatever was there in one rename."""
     link.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(link)
+    tmp = temp_beside(link)
     os.symlink(link_target, tmp)
     try:
         os.replace(tmp, link)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import calendar
 import contextlib
 import os
-import secrets
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
 from agentd import __version__
+from agentd.host import temp_beside
 
 _HELP = {
     "agentd_info": ("gauge", "agentd's version (always 1)"),
@@ -138,7 +138,7 @@ def write(path: Path, text: str) -> None:
     """Replace `path` in one rename, so the collector never reads half a file. No fsync: a
     metrics file lost in a power cut is written again within a cycle."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    tmp = temp_beside(path)
     try:
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w") as f:
             f.write(text)

@@ -576,6 +576,11 @@ class _Run:
         the_plan = _owed_restart(state, the_plan)
         the_plan, held = _gate(the_plan, state, _window(self.config, desired), moment)
         planned.plan = the_plan
+        from agentd.converge import sweep  # noqa: PLC0415
+
+        swept = sweep(host)
+        if swept:
+            _log().info("removed what an interrupted run left", action="sweep", paths=swept)
         before = _health_before(host, self.config, planned)
         try:
             report = converge(

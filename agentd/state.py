@@ -139,7 +139,8 @@ def load_state(paths: Paths) -> AgentState | None:
 
 def save_state(paths: Paths, state: AgentState) -> None:
     data = json.dumps(state.to_json(), indent=2, sort_keys=False).encode() + b"\n"
-    atomic_write(paths.state_file, data, 0o644)
+    # Only root reads what agentd did and what it installed (URLs are redacted, but still).
+    atomic_write(paths.state_file, data, 0o600)
 
 
 class StateLock:
@@ -157,7 +158,7 @@ class StateLock:
         return text or "unknown"
 
     def acquire(self, command: str, wait_s: float = 0.0) -> None:
-        self.paths.state_dir.mkdir(parents=True, exist_ok=True)
+        self.paths.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(self.paths.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + wait_s
         while True:

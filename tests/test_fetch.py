@@ -88,6 +88,14 @@ class _Handler(BaseHTTPRequestHandler):
             # Promises the whole blob, sends a tenth, closes.
             self._send(200, blob[: len(blob) // 10], {"Content-Length": str(len(blob))})
             self.close_connection = True
+        elif kind == "flaky":
+            # 503 for the first two requests of each name, then the blob: a server restarting.
+            with self.srv.lock:
+                n = self.srv.counts[f"/flaky/{name}"]
+            if n <= 2:
+                self._send(503, b"try later\n")
+            else:
+                self._send(200, blob)
         elif kind == "slow":
             self.srv.stop.wait(3)
             self._send(200, blob)
@@ -134,7 +142,10 @@ def server() -> Iterator[Server]:
 
 @pytest.fixture
 def cache(tmp_path: Path) -> ArtifactCache:
-    return ArtifactCache(tmp_path / "cache")
+    """One attempt per fetch: these tests are about a single transfer (retries have their own)."""
+    c = ArtifactCache(tmp_path / "cache")
+    c.attempts = 1
+    return c
 
 
 def closed_port() -> int:
@@ -361,3 +372,45 @@ def test_file_url_mismatch_and_missing(tmp_path: Path, cache: ArtifactCache) -> 
     with pytest.raises(DownloadError, match="local path"):
         cache.fetch("file://otherhost/k3s", sha(BLOBS["k3s"]))
     assert_nothing_kept(cache)
+
+
+def test_transient_failures_are_tried_again_with_a_growing_pause(
+    server: Server, tmp_path: Path
+) -> None:
+    cache = ArtifactCache(tmp_path / "cache")
+    cache.backoff_s = 0.05
+    name = next(iter(BLOBS))
+    url = server.url(f"/flaky/{name}")
+    result = cache.fetch(url, hashlib.sha256(BLOBS[name]).hexdigest())
+    assert result.downloaded
+    assert server.count(f"/flaky/{name}") == 3
+
+
+def test_a_permanent_failure_is_not_tried_again(server: Server, tmp_path: Path) -> None:
+    cache = ArtifactCache(tmp_path / "cache")
+    cache.backoff_s = 0.05
+    before = server.count("/status/404"), server.count("/status/500")
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        cache.fetch(server.url("/status/404"), "0" * 64)
+    assert server.count("/status/404") - before[0] == 1
+    with pytest.raises(DownloadError, match=r"HTTP 500 .*\(after 3 attempts\)"):
+        cache.fetch(server.url("/status/500"), "1" * 64)
+    assert server.count("/status/500") - before[1] == 3
+
+
+def test_a_stop_request_ends_the_pause_between_attempts(server: Server, tmp_path: Path) -> None:
+    from agentd.errors import Cancelled
+
+    cache = ArtifactCache(tmp_path / "cache")
+    cache.backoff_s = 30.0  # far longer than the test: only the stop can end it
+    calls = []
+
+    def progress() -> None:
+        calls.append(1)
+        if len(calls) > 3:
+            raise Cancelled("stop")
+
+    before = server.count("/status/503")
+    with pytest.raises(Cancelled):
+        cache.fetch(server.url("/status/503"), "2" * 64, progress=progress)
+    assert server.count("/status/503") - before == 1

@@ -26,8 +26,21 @@ def _read(path: Any) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _tls(args: argparse.Namespace) -> str:
+    """Whether TLS is verified, from the settings (a broken settings file: unknown)."""
+    from agentd.cli.main import agent_config  # noqa: PLC0415
+    from agentd.errors import AgentError  # noqa: PLC0415
+
+    try:
+        off = agent_config(args).tls.get("insecureSkipVerify")
+    except AgentError:
+        return "unknown (the settings do not load)"
+    return "OFF (tls.insecureSkipVerify: true)" if off else "on"
+
+
 def handle(args: argparse.Namespace) -> int:
     paths = Paths(args.root)
+    tls = _tls(args)
     state = load_state(paths)
     daemon = _read(paths.daemon_file)
     source = FleetStore(paths).status() or None
@@ -39,16 +52,19 @@ def handle(args: argparse.Namespace) -> int:
         return 1
     if args.json:
         doc: dict[str, Any] = state.to_json() if state else {"lastRun": None}
-        doc.update(daemon=daemon, source=source, suspendFile=suspended)
+        doc.update(daemon=daemon, source=source, suspendFile=suspended, tlsVerification=tls)
         print_json(doc)
         return 0
     out = sys.stdout.write
+    if tls != "on":
+        out(f"TLS verification: {tls}\n")
     if daemon is not None:
         out(f"daemon: {daemon.get('state')} (pid {daemon.get('pid')}): {daemon.get('status')}\n")
         settings = daemon.get("settings") or {}
         out(f"  settings: {settings.get('origin')}\n")
         if settings.get("error"):
             out(f"  settings error: {settings['error']}\n")
+
         if daemon.get("suspended"):
             out(f"  suspended: {daemon['suspended']}\n")
     elif suspended:
