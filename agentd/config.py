@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "nodeId": None,
     "metrics": {"enabled": True, "path": "/var/lib/prometheus/node-exporter/agentd.prom"},
     "tls": {"caFile": None, "insecureSkipVerify": False},
+    "downloads": {"timeout": 30.0, "attempts": 3, "backoff": 1.0, "maxMiB": 2048},
     "maintenanceWindow": None,
     "suspend": False,
     "health": {
@@ -107,6 +108,10 @@ class AgentConfig:
     @property
     def health(self) -> Mapping[str, Any]:
         return dict(self.raw.get("health") or DEFAULTS["health"])
+
+    @property
+    def downloads(self) -> Mapping[str, Any]:
+        return dict(self.raw.get("downloads") or DEFAULTS["downloads"])
 
     @property
     def maintenance(self) -> Optional[MaintenanceWindows]:

@@ -9,7 +9,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -423,6 +423,7 @@ def converge(
     *,
     cancel: Optional[Callable[[], None]] = None,
     tls_verify: Union[bool, str] = True,
+    downloads: Optional[Mapping[str, Any]] = None,
 ) -> RunReport:
     """Apply `plan`; on any failure put every target back and raise ConvergeError.
 
@@ -438,7 +439,7 @@ def converge(
     )
     run_dir.mkdir(parents=True)
     try:
-        _converge(host, report, state, generation, run_dir, cancel, tls_verify)
+        _converge(host, report, state, generation, run_dir, cancel, tls_verify, downloads or {})
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
         report.service_calls = list(host.services.calls)
@@ -455,9 +456,14 @@ def _converge(
     run_dir: Path,
     cancel: Optional[Callable[[], None]],
     tls_verify: Union[bool, str],
+    downloads: Mapping[str, Any],
 ) -> None:
     check = cancel or (lambda: None)
-    cache = ArtifactCache(host.paths.cache_dir, verify=tls_verify)
+    max_bytes = int(downloads.get("maxMiB") or 2048) << 20
+    cache = ArtifactCache(host.paths.cache_dir, verify=tls_verify, max_bytes=max_bytes)
+    cache.attempts = int(downloads.get("attempts") or 3)
+    cache.backoff_s = float(downloads.get("backoff", 1.0))
+    timeout = float(downloads.get("timeout") or 30.0)
     blobs: dict[int, FetchResult] = {}
     with _timed(report, "fetch"):
         for i, step in enumerate(report.steps):
@@ -466,7 +472,7 @@ def _converge(
                 continue
             try:
                 check()
-                blobs[i] = cache.fetch(art.url, art.sha256, progress=check)
+                blobs[i] = cache.fetch(art.url, art.sha256, timeout=timeout, progress=check)
             except Cancelled:
                 raise
             except AgentError as exc:

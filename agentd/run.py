@@ -590,6 +590,7 @@ class _Run:
                 desired.generation,
                 cancel=cancel,
                 tls_verify=tls_verify(self.config, host),
+                downloads=self.config.downloads,
             )
         except Cancelled as exc:
             result = _result(planned, started, t0, "cancelled")

@@ -148,6 +148,15 @@ class Backoff(StrictModel):
         return self
 
 
+class Downloads(StrictModel):
+    """How artifacts are fetched."""
+
+    timeout: Duration = 30.0  # to connect, and between two reads of the body
+    attempts: int = Field(default=3, ge=1, le=10)  # transient failures are tried again
+    backoff: Duration = 1.0  # the pause before the second attempt, doubling after
+    maxMiB: int = Field(default=2048, ge=1)  # no artifact is larger; a body beyond is cut off
+
+
 class Metrics(StrictModel):
     enabled: bool = True
     path: str = DEFAULT_METRICS_PATH
@@ -209,6 +218,7 @@ class Settings(StrictModel):
     nodeId: Optional[str] = Field(default=None, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,127}$")
     metrics: Metrics = Field(default_factory=Metrics)
     tls: Tls = Field(default_factory=Tls)
+    downloads: Downloads = Field(default_factory=Downloads)
     maintenanceWindow: Optional[MaintenanceWindowSpec] = None
     suspend: bool = False
     health: Health = Field(default_factory=Health)
