@@ -270,6 +270,20 @@ def make_plan(
     return Planned(loaded, facts, state, the_plan, timings, sources)
 
 
+def _without_urls(value: Any) -> Any:
+    """`value` with every artifact URL replaced by its redacted form."""
+    from agentd.redact import redact_url  # noqa: PLC0415
+
+    if isinstance(value, dict):
+        return {
+            k: redact_url(v) if k == "url" and isinstance(v, str) else _without_urls(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_without_urls(v) for v in value]
+    return value
+
+
 def _with_packages(host: Host, facts: Facts, desired: DesiredState) -> Facts:
     """The installed versions of the distribution packages the desired state names."""
     crun = desired.components.crun
@@ -570,7 +584,8 @@ class _Run:
             self.record(result)
             raise GenerationError(result["error"])
         if self.desired_file is None:
-            state.desired = desired.model_dump(mode="json")  # for the daemon's health checks
+            # For the daemon's health checks, which need no URL: none is kept (credentials).
+            state.desired = _without_urls(desired.model_dump(mode="json"))
         moment = now or datetime.now(timezone.utc)
         the_plan = _without_blocked(state, planned.plan, desired.generation)
         the_plan = _owed_restart(state, the_plan)

@@ -709,6 +709,8 @@ def _pull_git(config: SourceConfig, paths: Paths, store: FleetStore) -> tuple[Do
         "--quiet",
         "--no-tags",
         "--depth=1",
+        # FETCH_HEAD would keep the URL, credentials and all, in the state dir.
+        "--no-write-fetch-head",
         "--",
         config.url,
         f"+{config.ref}:refs/agentd/fetched",

@@ -44,11 +44,14 @@ def handle(args: argparse.Namespace) -> int:
         for w in planned.loaded.warnings:
             sys.stderr.write(w + "\n")
     if args.explain:
+        from agentd.redact import redact_text  # noqa: PLC0415
         from agentd.yamlload import load_merged, provenance  # noqa: PLC0415
 
         merged = load_merged(planned.sources.files, planned.sources.names)
         doc["explain"] = [
-            {"path": path, "value": value, "from": str(pos)}
+            # Values are shown as written, but a URL's credentials never are.
+            {"path": path, "value": redact_text(value) if isinstance(value, str) else value}
+            | {"from": str(pos)}
             for path, value, pos in provenance(merged)
         ]
     if args.json:

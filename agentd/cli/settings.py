@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 import yaml
 
@@ -11,10 +14,20 @@ from agentd.cli.main import print_json
 from agentd.config import load_config
 from agentd.errors import AgentError
 from agentd.paths import Paths
+from agentd.redact import redact_url
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+
+def _redacted(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings to show: credentials in the source URL masked (output ends up in logs)."""
+    shown = copy.deepcopy(dict(raw))
+    source = shown.get("source")
+    if isinstance(source, dict) and isinstance(source.get("url"), str):
+        source["url"] = redact_url(source["url"])
+    return shown
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -27,9 +40,10 @@ def handle(args: argparse.Namespace) -> int:
                 {"valid": False, "error": str(exc), "problems": getattr(exc, "problems", [])}
             )
         raise
+    shown = _redacted(config.raw)
     if args.json:
-        print_json({"valid": True, "origin": config.origin, "settings": dict(config.raw)})
+        print_json({"valid": True, "origin": config.origin, "settings": shown})
     else:
         sys.stdout.write(f"# effective settings, from {config.origin}\n")
-        sys.stdout.write(yaml.safe_dump(dict(config.raw), sort_keys=False))
+        sys.stdout.write(yaml.safe_dump(shown, sort_keys=False))
     return 0
