@@ -13,10 +13,12 @@ import contextlib
 import json
 import os
 import random
+import select
 import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,6 +187,31 @@ class Worker:
         return code, b"".join(chunks)
 
 
+class Wakeup:
+    """What wakes the daemon's loop: a byte down a non-blocking pipe. Unlike Event.set(), writing
+    it takes no lock, so a signal handler cannot deadlock on a lock the main thread it interrupted
+    holds (Event.wait() and clear() hold one; a SIGHUP landing there hung the daemon in the soak
+    test after a few hundred reloads)."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # Closed with the object, never before: a thread still holding it may yet call set(),
+        # and a write to a closed (and perhaps reused) descriptor would land in another file.
+        weakref.finalize(self, os.close, self._read)
+        weakref.finalize(self, os.close, self._write)
+
+    def set(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a full pipe wakes the loop anyway
+            os.write(self._write, b"\0")
+
+    def wait(self, timeout: float) -> None:
+        """Until set() or `timeout`; then forget every set() so far (the caller checks why)."""
+        select.select([self._read], [], [], max(0.0, timeout))
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._read, 4096):
+                pass
+
+
 class Daemon:
     """The reconcile loop. `run(stop, ready)` returns when `stop` is set; tests drive it with
     the two flags (and `request_converge`/`request_reload`) instead of sleeping."""
@@ -209,9 +236,9 @@ class Daemon:
         self.last: Optional[CycleResult] = None
         self.started_at = _now()
         self.cycles = 0
-        self._wake = threading.Event()
+        self._wake = Wakeup()
         self._stop = threading.Event()
-        self._reload = threading.Event()
+        self._reload = False
         self._lock = threading.Lock()
         self._observer: Any = None
         self._next_ping = 0.0
@@ -224,7 +251,8 @@ class Daemon:
         )
         self.status_text = "starting"
 
-    # --- triggers: safe to call from signal handlers and other threads ------------------------
+    # --- triggers: safe to call from other threads; request_reload and request_stop also from
+    # signal handlers (they take no lock the interrupted main thread may hold) -------------------
 
     def request_converge(self, why: str = "request") -> None:
         with self._lock:
@@ -233,7 +261,7 @@ class Daemon:
         self._wake.set()
 
     def request_reload(self) -> None:
-        self._reload.set()
+        self._reload = True
         self._wake.set()
 
     def request_stop(self) -> None:
@@ -264,12 +292,11 @@ class Daemon:
         try:
             while not self._stop.is_set():
                 self._wake.wait(self._sleep_time())
-                self._wake.clear()
                 if self._stop.is_set():
                     break
                 self._ping_if_due()
-                if self._reload.is_set():
-                    self._reload.clear()
+                if self._reload:
+                    self._reload = False  # a SIGHUP from here on reloads again: nothing is lost
                     self._do_reload()
                     continue
                 due = self._due()

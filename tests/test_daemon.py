@@ -724,6 +724,50 @@ def test_the_loop_in_process_is_driven_by_its_flags(
     assert json.loads(node.read("/var/lib/wasm-edge/daemon.json"))["state"] == "stopped"
 
 
+SIGNAL_STORM = """
+import signal, sys, time
+from pathlib import Path
+from agentd.daemon import Daemon
+daemon = Daemon(Path(sys.argv[1]))
+handler = {"HUP": daemon.request_reload, "TERM": daemon.request_stop}[sys.argv[2]]
+signal.signal(signal.SIGALRM, lambda signum, frame: handler())
+signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+loops, end = 0, time.monotonic() + 2
+while time.monotonic() < end:  # what the loop does between runs, as fast as it can
+    daemon._wake.wait(0)
+    daemon._reload = False
+    loops += 1
+signal.setitimer(signal.ITIMER_REAL, 0)
+print(loops)
+"""
+
+
+@pytest.mark.parametrize("signal_name", ["HUP", "TERM"])
+def test_a_signal_landing_anywhere_in_the_loop_never_hangs_it(
+    tmp_path: Path, signal_name: str
+) -> None:
+    """The handlers of SIGHUP and SIGTERM run on the main thread, between any two of its
+    bytecodes: one that takes a lock the loop holds at that moment (threading.Event.set() while
+    the loop is inside Event.wait() or clear()) blocks for ever. A timer signal every
+    millisecond for two seconds lands in every part of the loop's wait."""
+    root = tmp_path / "root"
+    root.mkdir()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", SIGNAL_STORM, str(root), signal_name],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the loop hung in a signal handler") from None
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) > 1000, done.stdout  # the loop really ran while the timer fired
+
+
 def test_consecutive_failures_back_off_exponentially_up_to_the_cap(
     in_process: Callable[[], InProcess], node: Node, desired: dict[str, Any], local: LocalFiles
 ) -> None:
