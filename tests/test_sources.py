@@ -576,6 +576,42 @@ def test_https_bad_ssh_signatures_are_refused_and_a_late_signature_is_picked_up(
     assert crun(node) == "crun version 1.15"
 
 
+def test_https_replay_of_an_older_validly_signed_document_is_refused(
+    node: Node,
+    site: Path,
+    https: MirrorServer,
+    ca: TestCA,
+    keys: Keys,
+    mirror: MirrorServer,
+    mirror_index: Mirror,
+    arch: str,
+) -> None:
+    """Whoever controls the origin (or sits in front of it) may serve yesterday's document and
+    its genuine signature again: the generation may only go up."""
+    allow(node, keys.alice)
+    https_settings(node, f"{https.url}/fleet.yaml", ca, SSH_VERIFY)
+    doc = publish(site, fleet_doc(mirror, mirror_index, arch, 1))
+    keys.alice.sign(doc)
+    old = (doc.read_bytes(), Path(f"{doc}.sig").read_bytes())
+    assert apply(node)[0] == 0
+    keys.alice.sign(publish(site, fleet_doc(mirror, mirror_index, arch, 2, crun="1.15")))
+    code, result = apply(node)
+    assert code == 0, result
+    assert crun(node) == "crun version 1.15"
+
+    doc.write_bytes(old[0])
+    Path(f"{doc}.sig").write_bytes(old[1])
+    code, pulled = pull(node)
+    assert code == 1
+    assert pulled["outcome"] == "rejected"
+    assert pulled["detail"].startswith("generation 1 is older than generation 2 already accepted")
+    code, result = apply(node)
+    assert code == 0, result
+    assert result["fleet"]["generation"] == 2
+    assert result["actions"] == []
+    assert crun(node) == "crun version 1.15"
+
+
 def test_https_gpg_detached_signatures(
     node: Node,
     site: Path,
