@@ -200,6 +200,13 @@ class Wakeup:
         weakref.finalize(self, os.close, self._read)
         weakref.finalize(self, os.close, self._write)
 
+    @property
+    def signal_fd(self) -> int:
+        """For signal.set_wakeup_fd(): the kernel may run a signal's C handler on any thread,
+        and then nothing interrupts the main thread's select() but this byte (the Python
+        handler runs once the main thread is awake again)."""
+        return self._write
+
     def set(self) -> None:
         with contextlib.suppress(BlockingIOError):  # a full pipe wakes the loop anyway
             os.write(self._write, b"\0")
@@ -250,6 +257,11 @@ class Daemon:
             root, self._ping_if_due, self._stop, log_format, until_heartbeat=self._until_ping
         )
         self.status_text = "starting"
+
+    @property
+    def signal_fd(self) -> int:
+        """The descriptor to give signal.set_wakeup_fd(), so any signal wakes the loop."""
+        return self._wake.signal_fd
 
     # --- triggers: safe to call from other threads; request_reload and request_stop also from
     # signal handlers (they take no lock the interrupted main thread may hold) -------------------

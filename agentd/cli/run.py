@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import signal
 import threading
 from types import FrameType
@@ -35,4 +36,10 @@ def handle(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_reload)
+    # The kernel hands a process's signal to any of its threads: one that lands on a watchdog
+    # thread would wait, unhandled, until the main thread next woke (an hour on a quiet node).
+    signal.set_wakeup_fd(daemon.signal_fd, warn_on_full_buffer=False)
+    # `kill -USR1` writes every thread's stack to stderr (the journal): what a daemon that seems
+    # stuck on a node nobody can reach is doing, without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     return daemon.run(stop, ready)

@@ -1,0 +1,145 @@
+"""Soak: the real daemon through thousands of reconcile cycles, alternating generations and
+with faults injected: its memory, its open files and what it leaves on disk stay flat."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.mirror import MirrorServer
+from tests.node import Node
+from tests.standins import Mirror, desired_document, write_yaml
+from tests.test_daemon import NotifySocket
+
+REPO = Path(__file__).resolve().parent.parent
+CYCLES = int(os.environ.get("AGENTD_SOAK_CYCLES", "10000"))
+FLIP_EVERY = 10  # a new generation (crun 1.14 <-> 1.15) every tenth cycle: a worker run
+FAULT_EVERY = 13  # the fleet origin answers 503 to the pull of every thirteenth cycle
+SAMPLE_EVERY = 250
+
+
+def _proc(pid: int, what: str) -> int:
+    if what == "rss":
+        status = Path(f"/proc/{pid}/status").read_text()
+        return int(status.split("VmRSS:")[1].split()[0])
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _leftovers(root: Path) -> list[str]:
+    found = [
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if ".agentd-" in p.name or p.name.endswith(".part")
+    ]
+    staging = root / "var/lib/wasm-edge/staging"
+    if staging.is_dir():
+        found += [str(p.relative_to(root)) for p in staging.iterdir()]
+    return found
+
+
+@pytest.mark.stress
+def test_thousands_of_cycles_leave_memory_files_and_disk_flat(
+    sandbox_root: Path, mirror: MirrorServer, mirror_index: Mirror, arch: str, tmp_path: Path
+) -> None:
+    node = Node(sandbox_root)
+    fleet = mirror.directory / f"soak-{os.getpid()}"
+    fleet.mkdir(exist_ok=True)
+    fleet_path = f"/{fleet.name}/desired.yaml"
+
+    def publish(generation: int) -> None:
+        crun = "1.15" if generation % 2 else "1.14"
+        doc = desired_document(
+            mirror.url, mirror_index, generation=generation, crun=crun, arches=(arch,)
+        )
+        write_yaml(fleet / "desired.yaml", doc)
+
+    publish(1)
+    write_yaml(
+        node.path("/etc/wasm-edge/agentd.yaml"),
+        {
+            "source": {"type": "https", "url": mirror.url + fleet_path, "allowInsecure": True},
+            "interval": "1h",
+            "healthInterval": "1h",
+            "backoff": {"initial": "1h", "max": "1h"},  # only the test starts cycles
+        },
+    )
+    notices = NotifySocket(tmp_path / "notify.sock")
+    env = {
+        **os.environ,
+        "NOTIFY_SOCKET": str(notices.path),
+        "AGENTD_ROOT": "",
+        "PYTHONPATH": str(REPO),
+    }
+    log = tmp_path / "daemon.stderr"
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agentd", f"--root={node.root}", "--log-format=json", "run"],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    notices.alive = lambda: proc.poll() is None
+    samples: list[tuple[int, int, int]] = []
+    outcomes: dict[str, int] = {}
+    generation = 1
+    started = time.monotonic()
+    try:
+        notices.ready()
+        for cycle in range(1, CYCLES + 1):
+            if cycle % FAULT_EVERY == 0:
+                mirror.fail(fleet_path, 503, times=1)
+            if cycle % FLIP_EVERY == 0:
+                generation += 1
+                publish(generation)
+            # SIGHUP: pull now and converge (a new generation runs a worker, an unchanged one
+            # is answered from the no-op digest); READY=1 says the cycle is over.
+            proc.send_signal(signal.SIGHUP)
+            try:
+                notices.next(lambda n: n.has("RELOADING"), "RELOADING=1")
+                ready = notices.next(lambda n: n.has("READY"), f"READY=1 after cycle {cycle}")
+            except AssertionError as exc:
+                proc.send_signal(signal.SIGUSR1)  # agentd run: every thread's stack to stderr
+                time.sleep(1)
+                tail = log.read_text(errors="replace")[-8000:]
+                raise AssertionError(f"cycle {cycle}: {exc}\n--- with stacks ---\n{tail}") from None
+            kind = ready.status.split(":")[0].split(" generation")[0]
+            outcomes[kind] = outcomes.get(kind, 0) + 1
+            if cycle % SAMPLE_EVERY == 0:
+                samples.append((cycle, _proc(proc.pid, "rss"), _proc(proc.pid, "fds")))
+        elapsed = time.monotonic() - started
+        state = json.loads(node.read("/var/lib/wasm-edge/state.json"))
+        assert state["lastAppliedGeneration"] == generation
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        notices.close()
+    assert code == 0
+    # Memory: after the first samples (caches and imports settle), growth stays under 5 MB.
+    warm = samples[min(2, len(samples) - 1)]
+    growth_kb = max(rss for _, rss, _ in samples) - warm[1]
+    fds = [n for _, _, n in samples]
+    report: dict[str, Any] = {
+        "cycles": CYCLES,
+        "seconds": round(elapsed, 1),
+        "generations": generation,
+        "outcomes": outcomes,
+        "rssKiB": [(c, r) for c, r, _ in samples],
+        "fds": fds,
+        "rssGrowthKiB": growth_kb,
+    }
+    (REPO / "build").mkdir(exist_ok=True)
+    (REPO / "build" / "soak.json").write_text(json.dumps(report, indent=1))
+    assert growth_kb < 5 * 1024, report
+    assert max(fds) - min(fds) <= 2, report
+    assert _leftovers(node.root) == []
+    assert outcomes.get("converged", 0) > CYCLES * 0.8, outcomes
