@@ -205,7 +205,7 @@ def read_configs(host: Host) -> dict[str, Optional[bytes]]:
 
 
 def node_arch() -> str:
-    from agentd.detect import host_arch  # noqa: PLC0415
+    from agentd.arch import host_arch  # noqa: PLC0415
 
     return host_arch()
 

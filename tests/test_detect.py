@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
+from agentd.arch import normalise_arch
 from agentd.detect import (
     VersionCache,
     detect,
     detect_components,
     detect_host,
-    normalise_arch,
     parse_crun_version,
     parse_k3s_version,
     parse_os_release,
@@ -504,7 +504,7 @@ def test_real_distribution_crun(tmp_path: Path) -> None:
 
 def test_a_32_bit_userland_on_a_64_bit_kernel_is_armv7(monkeypatch: pytest.MonkeyPatch) -> None:
     """Raspberry Pi OS 32-bit on a Pi 4: uname says aarch64, the userland is armhf."""
-    from agentd.detect import host_arch
+    from agentd.arch import host_arch
 
     monkeypatch.delenv("AGENTD_ARCH", raising=False)
     assert host_arch("aarch64", pointer_bytes=4) == "armv7"

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def handle(args: argparse.Namespace) -> int:
     arch: str | None = args.arch
     if arch is None:
-        from agentd.detect import host_arch  # noqa: PLC0415
+        from agentd.arch import host_arch  # noqa: PLC0415
 
         arch = host_arch()
     elif arch == "none":
