@@ -128,6 +128,7 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=float, default=60.0, help="5 min interval phase")
     parser.add_argument("--edits", type=int, default=10, help="drop-in edits timed")
     parser.add_argument("--keep", type=Path, help="copy the daemon's log here")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     arch = node_arch()
     with tempfile.TemporaryDirectory() as tmp:
@@ -191,8 +192,11 @@ def main() -> int:
                 write_yaml(etc / "agentd.yaml", settings)
                 proc.send_signal(1)
                 notify.wait_for(lambda m: "READY=1" in m, 60)
+                c2, cpu2, t2 = cycles(root), cpu_seconds(proc.pid), time.monotonic()
                 time.sleep(args.idle_seconds)
                 idle_rss, idle_hwm = rss_mb(proc.pid)
+                rested = time.monotonic() - t2
+                idle_cycles, idle_cpu_ms = cycles(root) - c2, (cpu_seconds(proc.pid) - cpu2) * 1000
             finally:
                 proc.terminate()
                 code = proc.wait(30)
@@ -221,7 +225,38 @@ def main() -> int:
         f"drop-in edit -> converged: median {statistics.median(to_end) * 1000:.0f} ms, "
         f"max {max(to_end) * 1000:.0f} ms"
     )
+    print(
+        f"CPU at rest: {idle_cpu_ms:.0f} ms in {args.idle_seconds:.0f} s ({idle_cycles} cycles, "
+        "timers and watchdog pings included)"
+    )
     print(f"daemon exit code on SIGTERM: {code}")
+    if args.json:
+        figures = {
+            "interpreter": "python -S" if flags else "python",
+            "interpreter_rss_mb": floor,
+            "busy_seconds": t1 - t0,
+            "busy_cycles": n,
+            "cpu_per_cycle_ms": per_cycle_ms,
+            "fleet_304": answers.count(304),
+            "fleet_200": answers.count(200),
+            "busy_rss_mb": busy_rss,
+            "busy_hwm_mb": busy_hwm,
+            "idle_seconds": rested,
+            "idle_rss_mb": idle_rss,
+            "idle_hwm_mb": idle_hwm,
+            "idle_cycles": idle_cycles,
+            "idle_cpu_ms": idle_cpu_ms,
+            "edit_to_start_ms": sorted(x * 1000 for x in to_start),
+            "edit_to_converged_ms": sorted(x * 1000 for x in to_end),
+            "exit_code": code,
+            "budgets": {
+                "rss_mb": RSS_BUDGET_MB,
+                "cpu_per_cycle_ms": CPU_BUDGET_MS,
+                "edit_latency_ms": LATENCY_BUDGET_S * 1000,
+            },
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=2))
     ok = (
         idle_rss <= RSS_BUDGET_MB
         and per_cycle_ms <= CPU_BUDGET_MS

@@ -51,6 +51,7 @@ def summary(name: str, samples: list[float]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=20, help="runs per variant")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -82,6 +83,19 @@ def main() -> int:
     median = statistics.median(memo)
     verdict = "within" if median <= BUDGET_MS else "OVER"
     print(f"budget {BUDGET_MS:.0f} ms: {verdict} (median {median:.1f} ms)")
+    if args.json:
+        variants = {
+            "python": bare,
+            "noop": memo,
+            "noop_planned": planned,
+            "noop_uncached": uncached,
+        }
+        figures = {
+            name: {"median": statistics.median(v), "low": min(v), "high": max(v), "n": len(v)}
+            for name, v in variants.items()
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"ms": figures, "budget_ms": BUDGET_MS}, indent=2))
     return 0 if median <= BUDGET_MS else 1
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`); the figures and how they were measured are in RESULTS.md."""
