@@ -24,6 +24,7 @@ LAYERS: tuple[frozenset[str], ...] = (
             "agentd.paths",
             "agentd.errors",
             "agentd.versions",
+            "agentd.arch",
             "agentd.redact",
             "agentd.host",
             "agentd.facts",
@@ -39,7 +40,6 @@ LAYERS: tuple[frozenset[str], ...] = (
             "agentd.metrics",
         }
     ),
-    # reading the world into data: detection, the desired state and its loading, the renderers
     # reading the world into data: detection, the desired state and the agent settings, their
     # loading, the pulled fleet document, the renderers
     frozenset(
