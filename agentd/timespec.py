@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -13,13 +14,18 @@ _SECONDS = (86400, 3600, 60, 1)
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _FULL_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _TIME_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+# Longer than any interval, backoff or window means anything on a node; past it, sleeps and
+# timedeltas overflow (`interval: 1e400` would crash the loop instead of being refused).
+MAX_DURATION = 366 * 86400
 
 
 def parse_duration(value: Union[int, float, str]) -> float:
     """Seconds from a number of seconds or a string such as "30s", "5m", "1h30m", "2d"."""
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or a string like 30s, 5m, 1h")
-    if isinstance(value, (int, float)):
+    if isinstance(value, int) and abs(value) > MAX_DURATION:
+        seconds = math.inf if value > 0 else -math.inf  # float() of 10**400 would raise
+    elif isinstance(value, (int, float)):
         seconds = float(value)
     else:
         text = value.strip().lower().replace(" ", "")
@@ -30,8 +36,12 @@ def parse_duration(value: Union[int, float, str]) -> float:
             if not text or not match or not any(match.groups()):
                 raise ValueError(f"not a duration: {value!r} (write e.g. 30s, 5m, 1h30m, 2d)")
             seconds = sum(float(g) * unit for g, unit in zip(match.groups(), _SECONDS) if g)
+    if math.isnan(seconds):
+        raise ValueError("a duration must be a number of seconds, not NaN")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
+    if seconds > MAX_DURATION:
+        raise ValueError("a duration cannot be longer than 366 days")
     return seconds
 
 

@@ -67,6 +67,11 @@ def _problem_error(problems: list[tuple[Pos, str]]) -> DesiredStateError:
     return DesiredStateError(lines[0] + more, lines)
 
 
+def _clip(text: str, limit: int = 40) -> str:
+    """`text`, cut to `limit` characters: a 5,000-digit number is no use in an error message."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _short_tag(tag: str) -> str:
     return "!!" + tag[len(_TAG) :] if tag.startswith(_TAG) else tag
 
@@ -131,10 +136,13 @@ class _Builder:
             return None
         try:
             return self.constructor.construct_object(node)
-        except (ValueError, KeyError):
-            # An explicit tag on text it cannot hold, such as `!!int abc`.
+        except (ValueError, KeyError, IndexError):
+            # An explicit tag on text it cannot hold, such as `!!int abc` (or `!!int ""`, which
+            # PyYAML's constructor indexes past the end of). PyYAML leaves the node marked as
+            # being built, so an alias to it would then fail as "recursive": unmark it.
+            self.constructor.recursive_objects.pop(node, None)
             self.problems.append(
-                (self.pos(node), f"{node.value!r} is not a valid {_short_tag(node.tag)}")
+                (self.pos(node), f"{_clip(node.value)!r} is not a valid {_short_tag(node.tag)}")
             )
             return None
 

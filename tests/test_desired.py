@@ -493,6 +493,17 @@ def test_keys_must_be_scalars_and_tags_are_safe() -> None:
     ]
 
 
+def test_scalars_pyyaml_cannot_build_are_located_even_through_an_alias() -> None:
+    # Found by tests/test_hostile.py: `!!int ""` raised IndexError out of PyYAML, and a number
+    # past Python's 4,300-digit limit, merged in through an alias, raised "recursive node".
+    huge = "9" * 5000
+    assert _load_errors(f'a: &x {{v: {huge}}}\nb: {{<<: *x}}\nc: !!int ""\n') == [
+        f"d.yaml:1:11: '{huge[:40]}... (5000 characters)' is not a valid !!int",
+        f"d.yaml:1:11: '{huge[:40]}... (5000 characters)' is not a valid !!int",
+        "d.yaml:3:4: '' is not a valid !!int",
+    ]
+
+
 def test_timestamps_stay_strings_and_scalars_follow_yaml_1_1() -> None:
     loaded = load_yaml(b"when: 2024-05-01\nmode: 0644\non: yes\nnothing: ~\n", "d.yaml")
     assert loaded.data == {"when": "2024-05-01", "mode": 0o644, True: True, "nothing": None}

@@ -37,7 +37,17 @@ def test_durations(text: int | float | str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "m", "5 minutes", "1m1h", "-5s", "5x", True, -1])
+@pytest.mark.parametrize(
+    "text",
+    # The last six: past any sensible duration, where float() or a sleep would overflow
+    # (found by tests/test_hostile.py: `interval: 1000...0` crashed the settings loader).
+    [
+        *("", "m", "5 minutes", "1m1h", "-5s", "5x", True, -1),
+        *("1e400", "367d", float("inf"), float("nan")),
+        pytest.param(10**400, id="10**400"),
+        pytest.param(-(10**400), id="-10**400"),
+    ],
+)
 def test_not_durations(text: int | str | bool) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
