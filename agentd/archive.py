@@ -22,7 +22,9 @@ _MAX_LINK_HOPS = 40
 _CHUNK = 1 << 20
 # What a damaged or non-tar file raises from tarfile and the decompressors underneath it (gzip's
 # BadGzipFile and bz2's "Invalid data stream" are OSErrors).
-_DECODE_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
+# ValueError too: tarfile raises it, not TarError, on a malformed GNU sparse PAX header (an int()
+# of the header's text), in tarfile.open() already.
+_DECODE_ERRORS = (tarfile.TarError, EOFError, OSError, ValueError, zlib.error, lzma.LZMAError)
 
 _DIR, _FILE, _SYMLINK = "directory", "file", "symlink"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -85,9 +86,13 @@ def wave_position(node_id: str, key: str) -> float:
 
 def in_wave(rollout: Mapping[str, Any], node: NodeIdentity) -> tuple[bool, str]:
     key = str(rollout.get("key", ""))
+    # Raw data, validated only later: a percent that is no finite number (a 400-digit int,
+    # .nan) puts the node in no wave, and validation then names its place.
     try:
         percent = float(rollout.get("percent", 100))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
+        percent = 0.0
+    if not math.isfinite(percent):
         percent = 0.0
     canary = rollout.get("canary")
     if isinstance(canary, Mapping) and canary:
