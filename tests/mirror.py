@@ -12,7 +12,7 @@ import ssl
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Optional, Union
@@ -26,6 +26,15 @@ class _Fault:
     throttle: float | None = None  # send the body at this many bytes per second
     location: str | None = None  # answer with a 302 redirect to this URL
     remaining: int | None = None  # requests left to affect; None until cleared
+    # Stall: send nothing (None) or the headers and this many body bytes, then wait for
+    # `release` (set by clear_faults() and stop()) and hang up without sending the rest.
+    stall_after: int | None = None
+    stalling: bool = False
+    release: threading.Event = field(default_factory=threading.Event)
+    hangup: bool = False  # close the connection without any answer
+    body: bytes | None = None  # answer 200 with these bytes instead of the file's
+    flood: int | None = None  # answer 200 with this many bytes of filler
+    announce: int | None = None  # the Content-Length sent with a flood (None: no header)
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,12 @@ class Response:
     path: str
     status: int
     body_bytes: int
+
+
+# A stalled request is released by clear_faults() or stop(); this only bounds how long its
+# thread can outlive a test that forgot both.
+_STALL_CAP_S = 300.0
+_FLOOD_CHUNK = 64 << 10
 
 
 def _decoded_path(path: str) -> str:
@@ -53,11 +68,19 @@ class _Server(http.server.ThreadingHTTPServer):
         self.log: list[tuple[str, str]] = []
         self.responses: list[Response] = []
         self.faults: dict[str, _Fault] = {}
+        self.arrivals: list[tuple[float, str]] = []  # (time.monotonic(), path) per request
+        self.stalls: list[threading.Event] = []
+
+    def release_stalls(self) -> None:
+        with self.lock:
+            for event in self.stalls:
+                event.set()
 
     def record(self, method: str, path: str) -> _Fault | None:
         """Log one request and return the fault to apply to it, if any."""
         with self.lock:
             self.log.append((method, path))
+            self.arrivals.append((time.monotonic(), path))
             fault = self.faults.get(path)
             if fault is None:
                 return None
@@ -116,6 +139,8 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
     def _answer(self, *, head: bool) -> None:
         fault = self.server.record(self.command, _decoded_path(self.path))
+        if fault is not None and self._misbehave(fault, head=head):
+            return
         if fault is not None and fault.status is not None:
             self.send_error(fault.status)
             return
@@ -146,6 +171,13 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
                 self.wfile.write(data)
                 self._sent = len(data)
                 self.close_connection = True
+            elif fault is not None and fault.stalling:
+                data = body.read(fault.stall_after or 0)
+                self.wfile.write(data)
+                self.wfile.flush()
+                self._sent = len(data)
+                fault.release.wait(_STALL_CAP_S)
+                self.close_connection = True
             elif fault is not None and fault.throttle is not None:
                 self._trickle(body, fault.throttle)
             else:
@@ -154,6 +186,47 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
                 self._sent = len(data)
         finally:
             body.close()
+
+    def _misbehave(self, fault: _Fault, *, head: bool) -> bool:
+        """The faults that are not a status, a redirect or a damaged file; True if applied."""
+        if fault.hangup:
+            self.close_connection = True
+            return True
+        if fault.stalling and fault.stall_after is None:
+            # Not even a status line: the client waits for a response that never comes.
+            fault.release.wait(_STALL_CAP_S)
+            self.close_connection = True
+            return True
+        if fault.body is not None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(fault.body)))
+            self.end_headers()
+            if not head:
+                self.wfile.write(fault.body)
+                self._sent = len(fault.body)
+            return True
+        if fault.flood is not None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            if fault.announce is not None:
+                self.send_header("Content-Length", str(fault.announce))
+            self.end_headers()
+            # HTTP/1.0 without a Content-Length: the body ends when the connection does.
+            self.close_connection = True
+            if not head:
+                self._pour(fault.flood)
+            return True
+        return False
+
+    def _pour(self, n_bytes: int) -> None:
+        # Filler in pieces, counted as it goes: a client that gives up ends it with a broken pipe,
+        # and _sent says how far it got.
+        chunk = bytes(range(256)) * (_FLOOD_CHUNK // 256)
+        while self._sent < n_bytes:
+            piece = chunk[: n_bytes - self._sent]
+            self.wfile.write(piece)
+            self._sent += len(piece)
 
     def _trickle(self, body: Any, rate: float) -> None:
         chunk = max(1, int(rate / 10))
@@ -219,6 +292,12 @@ class MirrorServer:
         with self._server.lock:
             return list(self._server.log)
 
+    def arrivals(self, path_suffix: str) -> list[float]:
+        """When each request for a path ending in `path_suffix` arrived (time.monotonic())."""
+        suffix = unquote(path_suffix)
+        with self._server.lock:
+            return [at for at, path in self._server.arrivals if path.endswith(suffix)]
+
     def count(self, path_suffix: str, method: str | None = None) -> int:
         """How many requests asked for a path ending in `path_suffix` (decoded like the log)."""
         suffix = unquote(path_suffix)
@@ -253,14 +332,50 @@ class MirrorServer:
         with self._server.lock:
             self._server.faults[self._key(path)] = _Fault(location=location, remaining=times)
 
+    def stall(self, path: str, after_bytes: int | None = None, *, times: int | None = None) -> None:
+        """Stop sending: nothing at all (`after_bytes` None), or the headers with the whole file's
+        Content-Length and `after_bytes` of the body; then wait until clear_faults() or stop()
+        and hang up. A client with a read timeout gives up first."""
+        with self._server.lock:
+            fault = _Fault(stall_after=after_bytes, stalling=True, remaining=times)
+            self._server.stalls.append(fault.release)
+            self._server.faults[self._key(path)] = fault
+
+    def hangup(self, path: str, *, times: int | None = None) -> None:
+        """Read the request, then close the connection without any answer."""
+        with self._server.lock:
+            self._server.faults[self._key(path)] = _Fault(hangup=True, remaining=times)
+
+    def serve_bytes(self, path: str, data: bytes, *, times: int | None = None) -> None:
+        """Answer 200 with `data` instead of the file (the wrong bytes, whatever the file is)."""
+        with self._server.lock:
+            self._server.faults[self._key(path)] = _Fault(body=data, remaining=times)
+
+    def flood(
+        self,
+        path: str,
+        n_bytes: int,
+        *,
+        content_length: int | None = None,
+        times: int | None = None,
+    ) -> None:
+        """Answer 200 with `n_bytes` of filler (a huge body for a small file), announcing
+        `content_length` (None: no Content-Length, the body ends when the connection closes)."""
+        with self._server.lock:
+            self._server.faults[self._key(path)] = _Fault(
+                flood=n_bytes, announce=content_length, remaining=times
+            )
+
     def clear_faults(self) -> None:
         with self._server.lock:
             self._server.faults.clear()
+        self._server.release_stalls()
 
     def clear_requests(self) -> None:
         with self._server.lock:
             self._server.log.clear()
             self._server.responses.clear()
+            self._server.arrivals.clear()
 
     def start(self) -> MirrorServer:
         if self._thread is None:
@@ -274,6 +389,7 @@ class MirrorServer:
         return self
 
     def stop(self) -> None:
+        self._server.release_stalls()
         if self._thread is not None:
             self._server.shutdown()
             self._thread.join()
