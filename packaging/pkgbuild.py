@@ -584,9 +584,11 @@ def run(argv: list[str], cwd: Path, env: Optional[dict[str, str]] = None) -> Non
         )
 
 
-def build_deb(arch: str, build: Path, dist: Path, cache: Path) -> Path:
+def build_deb(
+    arch: str, build: Path, dist: Path, cache: Path, version: Optional[str] = None
+) -> Path:
     deps = load_json(DEPS_FILE)
-    version, date = agentd_version(), build_date()
+    version, date = version or agentd_version(), build_date()
     tool("dh")
     work = build / "deb" / arch
     if work.exists():
@@ -618,9 +620,11 @@ def build_deb(arch: str, build: Path, dist: Path, cache: Path) -> Path:
     return dist / built.name
 
 
-def build_rpm(arch: str, build: Path, dist: Path, cache: Path) -> Path:
+def build_rpm(
+    arch: str, build: Path, dist: Path, cache: Path, version: Optional[str] = None
+) -> Path:
     deps = load_json(DEPS_FILE)
-    version, date = agentd_version(), build_date()
+    version, date = version or agentd_version(), build_date()
     rpmbuild = tool("rpmbuild")
     work = build / "rpm" / arch
     if work.exists():
@@ -660,6 +664,14 @@ def build_rpm(arch: str, build: Path, dist: Path, cache: Path) -> Path:
     return dist / built.name
 
 
+def _package_version(text: str) -> str:
+    # Upstream version rules both formats accept: no "-" (it separates the release), no "~"/":"
+    # (an epoch or a pre-release would sort below agentd's own version in one format only).
+    if not re.fullmatch(r"[0-9][0-9A-Za-z.+]*", text):
+        raise argparse.ArgumentTypeError(f"not a package version: {text!r} (digits, letters, . +)")
+    return text
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="pkgbuild", description=__doc__)
     parser.add_argument("command", choices=("deb", "rpm", "fetch", "lock", "render"))
@@ -671,6 +683,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         type=Path,
         default=Path(os.environ.get("WHEEL_CACHE") or ROOT / "build" / "wheels"),
         help="downloaded wheels (env WHEEL_CACHE; default build/wheels)",
+    )
+    parser.add_argument(
+        "--version",
+        type=_package_version,
+        help="the package's version instead of agentd's (e.g. a higher one to test an upgrade)",
     )
     args = parser.parse_args(argv)
     deps = load_json(DEPS_FILE)
@@ -694,7 +711,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             build = build_deb if args.command == "deb" else build_rpm
             for arch in args.arch or arches(deps, args.command):
                 print(
-                    build(arch, args.build.absolute(), args.dist.absolute(), args.cache.absolute())
+                    build(
+                        arch,
+                        args.build.absolute(),
+                        args.dist.absolute(),
+                        args.cache.absolute(),
+                        args.version,
+                    )
                 )
     except BuildError as exc:
         print(f"pkgbuild: error: {exc}", file=sys.stderr)

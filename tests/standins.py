@@ -160,6 +160,7 @@ def k3s_binary(
     go_version: str = "go1.22.5",
     arch: str = "amd64",
     kubectl: str | None = None,
+    python: str | None = None,
 ) -> bytes:
     """Stands in for the k3s release binary (`k3s`, `k3s-arm64`, `k3s-armhf`).
 
@@ -170,8 +171,17 @@ def k3s_binary(
     names one, the kubeconfig is /etc/rancher/k3s/k3s.yaml if it exists, else ~/.kube/k3s.yaml
     if that exists, else kubectl's own default (~/.kube/config, then localhost:8080). All of
     these are taken under the root the stand-in is installed in (`<root>/usr/local/bin/k3s`), and
-    HOME is the node's /root under that root, so kubectl's cache stays in the sandbox. Every
-    other invocation (server, agent, crictl, ...) says it is a stand-in on stderr and exits 1.
+    HOME is the node's /root under that root, so kubectl's cache stays in the sandbox.
+
+    Started by systemd as a service (INVOCATION_ID or NOTIFY_SOCKET in its environment, as
+    systemd sets them), `k3s server` and `k3s agent` stand in for k3s's server and agent
+    *process*, for end-to-end runs under a real systemd: the script execs `python` (default: the
+    node's `python3` on PATH) in its own PID, which sends `READY=1` to NOTIFY_SOCKET when there is
+    one (the unit agentd writes for a server is Type=notify, NotifyAccess=main: the message must
+    come from the main PID, as real k3s sends it once its API is up), says on stderr that it is a
+    stand-in, then idles until SIGTERM or SIGINT and exits 0. It serves no API, runs no
+    containerd and reads no config. Run by hand (neither variable set), they refuse like every
+    other invocation (crictl, ...): a stand-in on stderr, exit 1.
     """
     _check_version(version)
     if not _COMMIT_RE.match(commit):
@@ -218,11 +228,63 @@ def k3s_binary(
         "  fi\n"
         '  exec "$kubectl" "$@"\n'
         "fi\n"
-        "echo \"k3s stand-in (tests/standins.py): only 'k3s --version' and 'k3s kubectl' are "
-        'implemented, got: $*" >&2\n'
+        + _k3s_service_mode(python)
+        + "echo \"k3s stand-in (tests/standins.py): only 'k3s --version' and 'k3s kubectl' are "
+        'implemented (and server/agent as a systemd service), got: $*" >&2\n'
         "exit 1\n"
     )
     return _script(f"Stand-in for k3s {version} (release asset {asset}, linux/{arch}).", body)
+
+
+# What `k3s server` / `k3s agent` run as a systemd service: the sd_notify protocol spoken by hand
+# (a datagram to NOTIFY_SOCKET, "@" meaning the abstract namespace), from the service's main PID
+# (the shell script execs this interpreter), then nothing until SIGTERM. argv: ROLE [FLAGS...].
+_K3S_SERVICE = """\
+import os, signal, socket, sys
+role = sys.argv[1]
+tag = "k3s stand-in (tests/standins.py)"
+def stop(signum, frame):
+    pid = os.getpid()
+    sys.stderr.write("%s: k3s %s (pid %d) got signal %d, exiting\\n" % (tag, role, pid, signum))
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)
+address = os.environ.get("NOTIFY_SOCKET", "")
+if address:
+    if address.startswith("@"):
+        address = "\\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.sendall(b"READY=1\\n")
+sys.stderr.write(
+    "%s: k3s %s running as a service (pid %d, %s); it serves no API, idling until SIGTERM\\n"
+    % (tag, role, os.getpid(), "READY=1 sent" if address else "no NOTIFY_SOCKET")
+)
+sys.stderr.flush()
+while True:
+    signal.pause()
+"""
+
+
+def _k3s_service_mode(python: str | None) -> str:
+    """Shell: `k3s server|agent` under systemd execs the service program above, in this PID."""
+    if python is None:
+        find = "python=$(command -v python3 || true)\n"
+    else:
+        find = f"python={shlex.quote(python)}\n"
+    return (
+        'case "${1-}" in\n'
+        "  server|agent)\n"
+        '    if [ -n "${INVOCATION_ID-}" ] || [ -n "${NOTIFY_SOCKET-}" ]; then\n'
+        + "".join(f"      {line}\n" for line in find.splitlines())
+        + '      if [ -z "$python" ] || [ ! -x "$python" ]; then\n'
+        '        echo "k3s stand-in (tests/standins.py): k3s $1 as a service needs python3" >&2\n'
+        "        exit 1\n"
+        "      fi\n"
+        f'      exec "$python" -c {shlex.quote(_K3S_SERVICE)} "$@"\n'
+        "    fi ;;\n"
+        "esac\n"
+    )
 
 
 K3S_KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"

@@ -8,6 +8,8 @@ import io
 import os
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tarfile
@@ -121,6 +123,138 @@ def test_k3s_asset_names_match_upstream() -> None:
 def test_k3s_binary_refuses_a_version_that_would_break_the_script() -> None:
     with pytest.raises(ValueError, match="not a version"):
         k3s_binary("v1'; rm -rf /")
+
+
+# `k3s server` / `k3s agent` as a systemd service: the stand-in for k3s's process under a unit.
+
+SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _notify_socket(address: str) -> socket.socket:
+    """A socket like systemd's notify socket: datagrams, the sender's credentials attached."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    sock.settimeout(10)
+    return sock
+
+
+def _receive(sock: socket.socket) -> tuple[bytes, int]:
+    """One notification and the PID the kernel says sent it (what NotifyAccess=main checks)."""
+    data, ancillary, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(12))
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            pid, _uid, _gid = struct.unpack("3i", payload[:12])
+            return data, pid
+    raise AssertionError("no SCM_CREDENTIALS on the notification")
+
+
+def _start_service(k3s: Path, role: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as err:
+        return subprocess.Popen(
+            [str(k3s), role, "--write-kubeconfig-mode", "0644"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env={"PATH": SERVICE_PATH, "LC_ALL": "C", **env},
+        )
+
+
+def _wait_for(log: Path, text: str) -> str:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        content = log.read_text()
+        if text in content:
+            return content
+        time.sleep(0.02)
+    raise AssertionError(f"{text!r} never appeared in {log}: {log.read_text()!r}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("python", [None, sys.executable])
+def test_k3s_server_as_a_service_sends_ready_from_its_main_pid(
+    tmp_path: Path, python: str | None
+) -> None:
+    """Stands in for k3s's server process under k3s.service (Type=notify, NotifyAccess=main):
+    READY=1 arrives from the PID systemd started (the script execs the notifier), then it idles
+    until SIGTERM and exits 0. `python=None` finds the node's python3 on the unit's PATH."""
+    if python is None and not any(
+        os.access(Path(d) / "python3", os.X_OK) for d in SERVICE_PATH.split(":")
+    ):
+        pytest.skip("no python3 on the service PATH")
+    k3s = _install(tmp_path / "usr/local/bin/k3s", k3s_binary(python=python))
+    address = str(tmp_path / "notify")
+    log = tmp_path / "stderr"
+    with _notify_socket(address) as sock:
+        proc = _start_service(k3s, "server", {"NOTIFY_SOCKET": address}, log)
+        try:
+            message, sender = _receive(sock)
+            assert message == b"READY=1\n"
+            assert sender == proc.pid
+            text = _wait_for(log, "idling until SIGTERM")
+            assert "stand-in" in text
+            assert "serves no API" in text
+            time.sleep(0.2)
+            assert proc.poll() is None, "the service exited on its own"
+        finally:
+            code = _stop(proc)
+    assert code == 0
+    assert f"k3s server (pid {proc.pid}) got signal {int(signal.SIGTERM)}" in log.read_text()
+
+
+def test_k3s_server_notifies_an_abstract_socket(tmp_path: Path) -> None:
+    """systemd may hand out NOTIFY_SOCKET=@name (the abstract namespace)."""
+    k3s = _install(tmp_path / "usr/local/bin/k3s", k3s_binary(python=sys.executable))
+    name = f"agentd-test-notify-{os.getpid()}-{time.monotonic_ns()}"
+    with _notify_socket("\0" + name) as sock:
+        proc = _start_service(k3s, "server", {"NOTIFY_SOCKET": "@" + name}, tmp_path / "err")
+        try:
+            message, sender = _receive(sock)
+        finally:
+            code = _stop(proc)
+    assert (message, sender, code) == (b"READY=1\n", proc.pid, 0)
+
+
+def test_k3s_agent_as_a_service_runs_without_a_notify_socket(tmp_path: Path) -> None:
+    """k3s-agent.service is Type=exec: systemd gives no NOTIFY_SOCKET, only INVOCATION_ID. The
+    agent stand-in runs until SIGTERM and sends nothing."""
+    k3s = _install(tmp_path / "usr/local/bin/k3s", k3s_binary(python=sys.executable))
+    log = tmp_path / "stderr"
+    proc = _start_service(k3s, "agent", {"INVOCATION_ID": "0" * 32}, log)
+    try:
+        text = _wait_for(log, "idling until SIGTERM")
+        assert "k3s agent running as a service" in text
+        assert "no NOTIFY_SOCKET" in text
+        assert proc.poll() is None
+    finally:
+        code = _stop(proc)
+    assert code == 0
+
+
+@pytest.mark.parametrize("role", ["server", "agent"])
+def test_k3s_server_and_agent_by_hand_still_refuse(tmp_path: Path, role: str) -> None:
+    """Outside systemd the stand-in never pretends to be a running k3s."""
+    k3s = _install(tmp_path / "k3s", k3s_binary())
+    result = _run(k3s, role)
+    assert result.returncode == 1
+    assert "stand-in" in result.stderr
+    assert "as a systemd service" in result.stderr
+
+
+def test_k3s_service_without_python_says_so(tmp_path: Path) -> None:
+    k3s = _install(tmp_path / "k3s", k3s_binary(python=str(tmp_path / "no-python")))
+    result = _run(k3s, "server", env={"INVOCATION_ID": "1" * 32})
+    assert result.returncode == 1
+    assert "needs python3" in result.stderr
 
 
 # `k3s kubectl` runs the real kubectl; the API server is tests/fakekube.py's.
