@@ -1,0 +1,63 @@
+"""The hosts the end-to-end run can boot, by name (E2E_HOSTS)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# What every host is debootstrapped with (test-hosts.md): a bootable systemd, and python3, the
+# package's one dependency a minimal Debian lacks.
+BASE_INCLUDES = ("systemd", "systemd-sysv", "dbus", "python3")
+
+RPM_ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}
+QEMU = {"arm64": "qemu-aarch64"}
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """One booted host: a Debian suite and architecture, and which package goes in."""
+
+    name: str
+    suite: str
+    arch: str  # Debian's name: amd64, arm64
+    release: str  # "Debian 12", for the report
+    package: str = "deb"  # or "rpm", installed with Debian's rpm
+    # crun from the distribution (source: package) with apt-get, for real: needs Debian's
+    # package mirror (deb.debian.org) from inside the container.
+    package_source: bool = False
+    # Timeouts are multiplied by this (an emulated architecture runs everything 5-20x slower).
+    slow: float = 1.0
+    includes: tuple[str, ...] = BASE_INCLUDES
+
+    @property
+    def foreign(self) -> bool:
+        return self.arch != "amd64"
+
+    @property
+    def rpm_arch(self) -> str:
+        return RPM_ARCHES[self.arch]
+
+    @property
+    def package_arch(self) -> str:
+        return self.rpm_arch if self.package == "rpm" else self.arch
+
+
+HOSTS: dict[str, HostSpec] = {
+    spec.name: spec
+    for spec in (
+        HostSpec("bookworm-amd64", "bookworm", "amd64", "Debian 12", package_source=True),
+        HostSpec("bullseye-amd64", "bullseye", "amd64", "Debian 11"),
+        HostSpec("trixie-amd64", "trixie", "amd64", "Debian 13"),
+        HostSpec("bookworm-arm64", "bookworm", "arm64", "Debian 12 (qemu-user)", slow=20.0),
+        # The .rpm in a booted Debian: Debian's own rpm (4.18) is its package manager there.
+        HostSpec(
+            "bookworm-rpm",
+            "bookworm",
+            "amd64",
+            "Debian 12 + rpm",
+            package="rpm",
+            includes=(*BASE_INCLUDES, "rpm"),
+        ),
+    )
+}
+
+CI_HOSTS = ("bookworm-amd64",)
