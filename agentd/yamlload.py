@@ -204,6 +204,8 @@ class _Builder:
             finally:
                 positions, keys = self.positions, self.keys
                 self.positions, self.keys = kept_positions, kept_keys
+            if not isinstance(merged, dict):
+                continue  # a mapping under a tag agentd refuses (`!!str &base {...}`): reported
             added = {k for k in merged if k not in result}
             for k in added:
                 result[k] = merged[k]

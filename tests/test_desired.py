@@ -504,6 +504,15 @@ def test_scalars_pyyaml_cannot_build_are_located_even_through_an_alias() -> None
     ]
 
 
+def test_a_merge_of_a_mapping_under_a_refused_tag_is_located() -> None:
+    # Found by tests/test_hostile.py (stress): `<<: *base` of a `!!str`-tagged mapping raised
+    # TypeError instead of reporting the tag.
+    assert _load_errors("a: !!str &x {v: 1}\nb: {<<: *x, w: 2}\n") == [
+        "d.yaml:1:4: unsupported YAML tag !!str",
+        "d.yaml:1:4: unsupported YAML tag !!str",
+    ]
+
+
 def test_timestamps_stay_strings_and_scalars_follow_yaml_1_1() -> None:
     loaded = load_yaml(b"when: 2024-05-01\nmode: 0644\non: yes\nnothing: ~\n", "d.yaml")
     assert loaded.data == {"when": "2024-05-01", "mode": 0o644, True: True, "nothing": None}
