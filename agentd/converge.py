@@ -229,16 +229,19 @@ _WRITTEN_DIRS = (
 )
 
 
-def sweep(host: Host) -> list[str]:
+def sweep(host: Host, metrics_path: Optional[str]) -> list[str]:
     """Remove what a run killed half-way left (temp files beside targets, partial downloads,
     scratch dirs) and finish a kept-version swap it interrupted. The caller holds the state
     lock: no other agentd run is writing any of it. Returns what was removed, as node paths."""
     from agentd.host import sweep_temp_files  # noqa: PLC0415
 
     paths = host.paths
-    removed = [p for node_dir in _WRITTEN_DIRS for p in sweep_temp_files(paths.under(node_dir))]
-    removed += sweep_temp_files(paths.state_dir)
-    removed += sweep_temp_files(paths.source_dir)
+    written = [paths.under(d) for d in _WRITTEN_DIRS]
+    # The health probe's program, and the metrics file (written on every run, under the lock).
+    written += [paths.state_dir, paths.source_dir, paths.state_dir / "probe"]
+    if metrics_path is not None:
+        written.append(paths.under(metrics_path).parent)
+    removed = [p for directory in written for p in sweep_temp_files(directory)]
     for scratch in (paths.cache_dir / "tmp", paths.source_dir / "tmp", paths.staging_dir):
         if scratch.is_dir():
             for entry in scratch.iterdir():

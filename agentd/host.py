@@ -109,15 +109,17 @@ def temp_beside(target: Path) -> Path:
 
 
 def sweep_temp_files(directory: Path) -> list[Path]:
-    """Remove what a killed agentd left in `directory` (only its own temp files, by name); the
-    caller holds the state lock, so no run of its own is writing them."""
+    """Remove what a killed agentd left in `directory` (only its own temp files and symlinks,
+    by name); the caller holds the state lock, so no run of its own is writing them."""
     removed: list[Path] = []
     try:
         entries = list(os.scandir(directory))
     except OSError:
         return removed
     for entry in entries:
-        if TEMP_RE.match(entry.name) and entry.is_file(follow_symlinks=False):
+        # atomic_symlink's temp is a symlink: is_file() would follow it, or find it dangling.
+        temp = entry.is_symlink() or entry.is_file(follow_symlinks=False)
+        if TEMP_RE.match(entry.name) and temp:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))

@@ -593,7 +593,7 @@ class _Run:
         planned.plan = the_plan
         from agentd.converge import sweep  # noqa: PLC0415
 
-        swept = sweep(host)
+        swept = sweep(host, self.config.metrics_path)
         if swept:
             _log().info("removed what an interrupted run left", action="sweep", paths=swept)
         before = _health_before(host, self.config, planned)

@@ -418,6 +418,33 @@ def test_failure_midway_undoes_the_whole_run(
     assert status["crun"] == "failed"
 
 
+def test_sweep_removes_temp_symlinks_and_the_probe_and_metrics_temps(sandbox_root: Path) -> None:
+    from agentd.converge import sweep
+    from agentd.host import Host
+
+    node = Node(sandbox_root)
+    metrics = "/var/lib/prometheus/node-exporter/agentd.prom"
+    links = {
+        "/usr/local/lib/.libwasmedge.so.agentd-0123abcd": "libwasmedge.so.0",
+        "/usr/local/bin/.kubectl.agentd-89abcdef": "k3s",  # dangling: k3s is not there
+    }
+    files = [
+        "/var/lib/wasm-edge/probe/.agentd-probe.wasm.agentd-00ff00ff",
+        "/var/lib/prometheus/node-exporter/.agentd.prom.agentd-11ee11ee",
+    ]
+    others = ["/var/lib/prometheus/node-exporter/node.prom", "/usr/local/lib/libwasmedge.so.0"]
+    for path in [*files, *others]:
+        node.path(path).parent.mkdir(parents=True, exist_ok=True)
+        node.path(path).write_bytes(b"x")
+    for path, target in links.items():
+        node.path(path).parent.mkdir(parents=True, exist_ok=True)
+        node.path(path).symlink_to(target)
+    swept = sweep(Host.at(sandbox_root), metrics)
+    assert sorted(swept) == sorted([*links, *files])
+    assert not [p for p in [*links, *files] if os.path.lexists(node.path(p))]
+    assert all(node.path(p).exists() for p in others)
+
+
 def test_lower_generation_is_refused(
     node: Node, mirror: MirrorServer, mirror_index: Mirror, arch: str
 ) -> None:
