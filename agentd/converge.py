@@ -36,10 +36,11 @@ from agentd.paths import (
     USR_LOCAL_BIN,
     USR_LOCAL_INCLUDE,
     USR_LOCAL_LIB,
+    Paths,
 )
 from agentd.plan import PLUGIN_PREFIX, Action, Plan
 from agentd.redact import redact_text, redact_url
-from agentd.state import AgentState, InventoryEntry
+from agentd.state import AgentState, InventoryEntry, save_state
 from agentd.versions import upstream_version
 
 K3S_LINKS = ("kubectl", "crictl", "ctr")
@@ -84,6 +85,19 @@ class _Saved:
     link: Optional[str] = None
     mode: int = 0o644
 
+    def to_json(self, paths: Paths) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": self.path, "kind": self.kind, "mode": self.mode}
+        if self.backup is not None:
+            out["backup"] = paths.host_view(self.backup)
+        if self.link is not None:
+            out["link"] = self.link
+        return out
+
+    @classmethod
+    def from_json(cls, paths: Paths, component: str, data: Mapping[str, Any]) -> _Saved:
+        backup = paths.under(data["backup"]) if data.get("backup") else None
+        return cls(component, data["path"], data["kind"], backup, data.get("link"), data["mode"])
+
 
 class Journal:
     """Saves each target's previous state before the first change to it, so a run can be undone."""
@@ -93,6 +107,11 @@ class Journal:
         self.backup_dir = backup_dir
         self.saved: list[_Saved] = []
         self._seen: set[str] = set()
+        self._touched: set[str] = set()
+
+    def save(self, component: str, node_path: str) -> None:
+        """Save `node_path` now, ahead of its change (the intent records the saved state)."""
+        self._save(component, node_path)
 
     def _save(self, component: str, node_path: str) -> None:
         if node_path in self._seen:
@@ -120,6 +139,7 @@ class Journal:
 
     def apply(self, component: str, op: Op) -> None:
         self._save(component, op.path)
+        self._touched.add(op.path)
         target = self.host.paths.under(op.path)
         if op.kind == "copy":
             assert op.source is not None
@@ -139,6 +159,8 @@ class Journal:
         """Put every saved path back, newest first; returns what could not be restored."""
         failures = []
         for entry in reversed(self.saved):
+            if entry.path not in self._touched:
+                continue  # saved ahead, never changed
             try:
                 _restore(self.host, entry)
             except OSError as exc:
@@ -229,10 +251,11 @@ _WRITTEN_DIRS = (
 )
 
 
-def sweep(host: Host, metrics_path: Optional[str]) -> list[str]:
+def sweep(host: Host, state: AgentState, metrics_path: Optional[str]) -> list[str]:
     """Remove what a run killed half-way left (temp files beside targets, partial downloads,
-    scratch dirs) and finish a kept-version swap it interrupted. The caller holds the state
-    lock: no other agentd run is writing any of it. Returns what was removed, as node paths."""
+    scratch dirs, backups no interrupted install needs) and finish a kept-version swap it
+    interrupted. The caller holds the state lock: no other agentd run is writing any of it.
+    Returns what was removed, as node paths."""
     from agentd.host import sweep_temp_files  # noqa: PLC0415
 
     paths = host.paths
@@ -250,6 +273,7 @@ def sweep(host: Host, metrics_path: Optional[str]) -> list[str]:
                 else:
                     entry.unlink(missing_ok=True)
                 removed.append(entry)
+    removed += _prune_backups(host, state)
     removed += _recover_kept(host)
     return [paths.host_view(p) for p in removed]
 
@@ -268,6 +292,93 @@ def _recover_kept(host: Host) -> list[Path]:
             path.rename(final)  # the swap's second rename, done now
             continue
         shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+# --- the write-ahead intent -----------------------------------------------------------------
+
+# A run killed between replacing a target and writing state.json leaves new (or half old, half
+# new) files and the old inventory: the next run's detection reads the new version, plans
+# nothing, and rollback would put back the wrong thing. So before a component's first target is
+# touched, state.json records what it becomes and what it replaced (the `installing` intent);
+# the next run installs every component still in it again, whatever detection reads, and
+# records it as a clean run would, keeping what the node had before the killed run.
+
+
+def _backups_dir(host: Host) -> Path:
+    """The journal's backups: what each target was before this run (or an interrupted one)."""
+    return host.paths.state_dir / "replaced"
+
+
+def _write_ahead(
+    host: Host,
+    state: AgentState,
+    journal: Journal,
+    step: Step,
+    earlier: dict[str, Any] | None,
+    generation: int,
+) -> None:
+    """Save `step`'s targets and persist its intent entry, before any of them is changed.
+    `earlier` is the intent a killed run left, as this run found it."""
+    a = step.action
+    if a.action == "restart":
+        return
+    for op in step.ops:
+        journal.save(a.component, op.path)
+    old = state.inventory.get(a.component)
+    after = _inventory_after(step)
+    entry: dict[str, Any] = {
+        "action": a.action,
+        "from": a.from_version,
+        "to": a.to_version,
+        "inventoryBefore": old.to_json() if old else None,
+        "inventoryAfter": after.to_json() if after else None,
+        "replaced": [e.to_json(host.paths) for e in journal.saved if e.component == a.component],
+    }
+    prior = ((earlier or {}).get("components") or {}).get(a.component)
+    if prior is not None:
+        # The files found now are the killed run's work: what rollback must put back is what
+        # the node had before that run.
+        seen = {r["path"] for r in prior["replaced"]}
+        entry["replaced"] = prior["replaced"] + [
+            r for r in entry["replaced"] if r["path"] not in seen
+        ]
+        for key in ("action", "from", "inventoryBefore"):
+            entry[key] = prior[key]
+    components = dict((state.installing or {}).get("components") or {})
+    components[a.component] = entry
+    state.installing = {"generation": generation, "components": components}
+    save_state(host.paths, state)
+
+
+def _settle_intent(host: Host, state: AgentState, installing: dict[str, Any] | None) -> None:
+    """Make `installing` the intent on disk, then drop the backups it no longer names."""
+    state.installing = installing
+    save_state(host.paths, state)
+    _prune_backups(host, state)
+
+
+def _prune_backups(host: Host, state: AgentState) -> list[Path]:
+    """Remove the backups of runs that no intent names (recorded, undone, or killed before
+    writing theirs); the kept versions hold their own links to the same files."""
+    root = _backups_dir(host)
+    if not root.is_dir():
+        return []
+    needed = {
+        host.paths.under(r["backup"]).parent
+        for entry in ((state.installing or {}).get("components") or {}).values()
+        for r in entry["replaced"]
+        if r.get("backup")
+    }
+    removed = []
+    for path in sorted(root.iterdir()):
+        if path in needed:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
         removed.append(path)
     return removed
 
@@ -432,7 +543,8 @@ def converge(
 
     `cancel` is called while downloading and before the first target is touched; it raises
     Cancelled to stop there (once installing has begun, the run finishes). `state.inventory` is
-    updated in place only when the whole run succeeded.
+    updated in place only when the whole run succeeded. state.json is written here too: ahead
+    of each component (the intent), and with the new inventory once all are done.
     """
     report = RunReport(steps=[Step(a) for a in plan.actions])
     if plan.empty:
@@ -503,10 +615,14 @@ def _converge(
                 step.status = "failed"
                 raise _fail(report, step, exc, "nothing was changed") from exc
     check()  # the last point at which stopping leaves the node exactly as it was
-    journal = Journal(host, run_dir / "backup")
+    # The backups outlive a killed run (the intent names them): not in the swept staging dir.
+    journal = Journal(host, _backups_dir(host) / run_dir.name)
+    earlier = state.installing
     try:
         with _timed(report, "install"):
             for step in report.steps:
+                step.status = "running"
+                _write_ahead(host, state, journal, step, earlier, generation)
                 _run_step(host, journal, step)
                 if step.action.component == "wasmedge":
                     # /usr/local/lib is found through the loader's cache only: refresh it now, so
@@ -519,6 +635,10 @@ def _converge(
         if failed:
             failed.status = "failed"
         report.undo_failures = journal.undo()
+        if not report.undo_failures:
+            # Undone: only what an earlier killed run left half-done is still to be done again.
+            # An undo that failed leaves files of unknown versions: this run's intent stays.
+            _settle_intent(host, state, earlier)
         kept = [s for s in report.steps if s.status == "done" and s.action.package]
         for s in report.steps:
             if s.status == "done" and not s.action.package:
@@ -532,12 +652,11 @@ def _converge(
         if report.undo_failures:
             suffix = "undo FAILED for: " + "; ".join(report.undo_failures)
         raise _fail(report, failed, exc, suffix) from exc
-    _commit(host, report, state, journal, generation)
+    _commit(host, report, state, generation)
 
 
 def _run_step(host: Host, journal: Journal, step: Step) -> None:
     start = time.perf_counter()
-    step.status = "running"
     a = step.action
     if a.action == "remove" and a.component == "k3s":
         host.services.disable_now(a.target or render.k3s_unit_name("server"))
@@ -675,46 +794,56 @@ def _fail(report: RunReport, step: Step | None, exc: BaseException, outcome: str
     return err
 
 
-def _commit(
-    host: Host, report: RunReport, state: AgentState, journal: Journal, generation: int
-) -> None:
-    """Record the new inventory and keep what each component replaced, for rollback."""
+def _commit(host: Host, report: RunReport, state: AgentState, generation: int) -> None:
+    """Do what the intent says for each component of the run: keep what it replaced (for
+    rollback) and record its new inventory; the intent goes in the same write of state.json."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    for step in report.steps:
-        a = step.action
-        if a.action == "restart":
-            continue
-        old = state.inventory.get(a.component)
-        saved = [e for e in journal.saved if e.component == a.component]
-        if saved:
+    done = dict.fromkeys(s.action.component for s in report.steps if s.action.action != "restart")
+    if not done:
+        return  # a restart alone: nothing was written ahead, nothing is to be recorded
+    assert state.installing is not None  # written ahead of each component
+    intent = dict(state.installing["components"])
+    for component in done:
+        entry = intent.pop(component)
+        replaced = [_Saved.from_json(host.paths, component, r) for r in entry["replaced"]]
+        before = entry["inventoryBefore"]
+        if replaced:
             _keep(
                 host,
-                a.component,
-                saved,
-                old,
+                component,
+                replaced,
+                InventoryEntry.from_json(before) if before else None,
                 {
-                    "version": a.from_version,
-                    "replacedBy": a.to_version,
+                    "version": entry["from"],
+                    "replacedBy": entry["to"],
                     "replacedAt": stamp,
                     "generation": generation,
-                    "action": a.action,
+                    "action": entry["action"],
                 },
             )
-        if a.action == "remove":
-            state.inventory.pop(a.component, None)
-        elif a.action == "configure":
-            if a.content is None:
-                state.inventory.pop(a.component, None)
-            else:
-                digest = hashlib.sha256(a.content).hexdigest()
-                state.inventory[a.component] = InventoryEntry(None, digest, [a.target or ""])
-        elif a.package is not None and step.package_version is not None:
-            # The package manager owns its files: nothing for agentd to keep or roll back.
-            version = upstream_version(step.package_version)
-            state.inventory[a.component] = InventoryEntry(version, None, [])
+        after = entry["inventoryAfter"]
+        if after is None:
+            state.inventory.pop(component, None)
         else:
-            files = sorted({op.path for op in step.ops if op.kind != "remove"})
-            state.inventory[a.component] = InventoryEntry(a.to_version, step.sha256, files)
+            state.inventory[component] = InventoryEntry.from_json(after)
+    # What an earlier killed run left and this one did not plan (a component no longer
+    # desired, a k3s upgrade held for the window) stays to be done again.
+    _settle_intent(host, state, {**state.installing, "components": intent} if intent else None)
+
+
+def _inventory_after(step: Step) -> InventoryEntry | None:
+    """What the inventory records for a component once `step` is done (None: nothing)."""
+    a = step.action
+    if a.action == "remove" or (a.action == "configure" and a.content is None):
+        return None
+    if a.action == "configure":
+        assert a.content is not None
+        return InventoryEntry(None, hashlib.sha256(a.content).hexdigest(), [a.target or ""])
+    if a.package is not None and step.package_version is not None:
+        # The package manager owns its files: nothing for agentd to keep or roll back.
+        return InventoryEntry(upstream_version(step.package_version), None, [])
+    files = sorted({op.path for op in step.ops if op.kind != "remove"})
+    return InventoryEntry(a.to_version, step.sha256, files)
 
 
 # --- rollback ----------------------------------------------------------------------------------

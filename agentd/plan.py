@@ -98,8 +98,8 @@ class _Builder:
     arch: str
     actions: list[Action] = field(default_factory=list)
     unchanged: list[Unchanged] = field(default_factory=list)
-    # Components to install again although their version is the desired one, and why (a health
-    # check found them broken).
+    # Components to install (write, remove) again although detection finds them done, and why:
+    # a health check found them broken, or a killed run left them half-done.
     force: Mapping[str, str] = field(default_factory=dict)
 
     def act(self, action: Action) -> None:
@@ -141,7 +141,7 @@ def plan(
     """What converging `facts` to `desired` takes. Pure: reads nothing, runs nothing.
 
     `configs` holds the current content (None: absent) of every file in `config_paths()`.
-    `force` names components to install again although their version is right, with why.
+    `force` names components to change again although they look done, with why.
     """
     b = _Builder(facts.host.arch, force=dict(force or {}))
     comps = desired.components
@@ -203,6 +203,8 @@ def _plan_binary(
                     phase=phase,
                 )
             )
+        elif name in b.force:
+            _finish_removal(b, name, phase=phase, target=target)
         elif found.installed:
             b.keep(
                 name,
@@ -358,6 +360,10 @@ def _plan_wasmedge(
         # Plugins first: they are useless without the runtime and live in its library dir.
         for plugin in found.plugins:
             _remove_plugin(b, plugin, "WasmEdge is to be removed")
+        gone = {PLUGIN_PREFIX + p.name for p in found.plugins}
+        for component in sorted(b.force):
+            if component.startswith(PLUGIN_PREFIX) and component not in gone:
+                _finish_removal(b, component)
         if found.installed and found.managed:
             b.act(
                 Action(
@@ -367,6 +373,8 @@ def _plan_wasmedge(
                     from_version=found.version,
                 )
             )
+        elif "wasmedge" in b.force:
+            _finish_removal(b, "wasmedge")
         elif found.installed:
             b.keep(
                 "wasmedge",
@@ -435,6 +443,8 @@ def _plan_plugins(
         if plugin.state == "absent":
             if fact is not None:
                 _remove_plugin(b, fact, "state: absent")
+            elif component in b.force:
+                _finish_removal(b, component)
             else:
                 b.keep(component, "state: absent and not installed")
             continue
@@ -496,6 +506,22 @@ def _plugin_action(
     )
 
 
+def _finish_removal(
+    b: _Builder, component: str, phase: str = "runtime", target: str | None = None
+) -> None:
+    """A removal that a killed run began: agentd's files of `component` are gone (or some are
+    left), but its record and kept version were not written. Removing again does both."""
+    b.act(
+        Action(
+            component,
+            "remove",
+            f"state: absent; {b.force[component]}: finishing the removal",
+            target=target,
+            phase=phase,
+        )
+    )
+
+
 def _remove_plugin(b: _Builder, plugin: PluginFact, why: str) -> None:
     b.act(
         Action(
@@ -525,10 +551,14 @@ def _configure(
     what: str,
 ) -> bool:
     current = configs.get(target)
-    if current == content:
-        b.keep(component, f"{target} is up to date" if content else f"{target} is absent")
+    status = f"{target} is up to date" if content else f"{target} is absent"
+    if current == content and component not in b.force:
+        b.keep(component, status)
         return False
-    if content is None:
+    if current == content:
+        again = "writing it again" if content else "removing it again"
+        reason = f"{status} but {b.force[component]}; {again}"
+    elif content is None:
         reason = f"{what} is no longer wanted; removing {target}"
     elif current is None:
         reason = f"writing {what} to {target}"

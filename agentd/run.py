@@ -258,6 +258,8 @@ def make_plan(
         sources = desired_sources(host, desired_file, fleet_file=candidate)
     if state is None:
         state = load_state(host.paths) or AgentState()
+    # What a killed run was installing is installed again, whatever detection reads.
+    force = {**state.interrupted(), **(force or {})}
     facts = detect(host.paths, state.recorded_plugins())
     timings["detect"] = _ms(t0)
     t1 = time.perf_counter()
@@ -501,7 +503,8 @@ def _unchanged_result(
     extra: dict[str, Any],
 ) -> Optional[dict[str, Any]]:
     """The memoised result of the last empty plan, recorded again, while its inputs hold."""
-    idle = not state.deferred and not state.pending_restart
+    # A killed run's intent is not among the digest's inputs, and it needs a plan.
+    idle = not state.deferred and not state.pending_restart and not state.installing
     if not (idle and state.noop and state.noop.get("digest") == digest):
         return None
     result = {**state.noop["result"], "startedAt": started, "cached": True, **extra}
@@ -593,7 +596,7 @@ class _Run:
         planned.plan = the_plan
         from agentd.converge import sweep  # noqa: PLC0415
 
-        swept = sweep(host, self.config.metrics_path)
+        swept = sweep(host, state, self.config.metrics_path)
         if swept:
             _log().info("removed what an interrupted run left", action="sweep", paths=swept)
         before = _health_before(host, self.config, planned)

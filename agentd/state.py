@@ -60,6 +60,24 @@ class AgentState:
     # The desired state the last run planned with (as JSON), for the daemon's health checks.
     desired: dict[str, Any] | None = None
     counters: dict[str, dict[str, int]] = field(default_factory=dict)
+    # The write-ahead record of the run installing now (agentd.converge writes it before the
+    # first target is touched, and drops it with the inventory it becomes): still here at the
+    # start of a run, that run was killed half-way and the inventory is not what is installed.
+    installing: dict[str, Any] | None = None
+
+    def interrupted(self) -> dict[str, str]:
+        """The components a killed run was changing, each with why it is done again: its files
+        may be half old, half new, whatever version detection reads."""
+        out = {}
+        for component, entry in ((self.installing or {}).get("components") or {}).items():
+            if entry.get("inventoryAfter") is None:
+                doing = "removing it"
+            elif entry.get("to"):
+                doing = f"installing {entry['to']}"
+            else:
+                doing = "writing it"  # a config file: no version
+            out[component] = f"an earlier run was interrupted while {doing}"
+        return out
 
     def recorded_plugins(self) -> dict[str, list[str]]:
         prefix = "wasmedge/plugins/"
@@ -99,6 +117,7 @@ class AgentState:
             "blocked": self.blocked,
             "desired": self.desired,
             "counters": self.counters,
+            "installing": self.installing,
         }
 
 
@@ -130,6 +149,7 @@ def load_state(paths: Paths) -> AgentState | None:
             blocked=dict(data.get("blocked") or {}),
             desired=data.get("desired"),
             counters={k: dict(v) for k, v in (data.get("counters") or {}).items()},
+            installing=data.get("installing"),
         )
     except (ValueError, AttributeError, TypeError) as exc:
         raise StateError(

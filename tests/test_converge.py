@@ -418,9 +418,68 @@ def test_failure_midway_undoes_the_whole_run(
     assert status["crun"] == "failed"
 
 
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing in agentd catches it, so nothing is undone or recorded."""
+
+
+def test_a_run_killed_after_replacing_crun_is_installed_again_and_recorded(
+    node: Node,
+    mirror: MirrorServer,
+    mirror_index: Mirror,
+    arch: str,
+    on_crun_114: tuple[dict[str, Any], dict[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Killed between replacing /usr/local/bin/crun and writing state.json: crun is 1.15 but
+    the inventory and the kept version are generation 1's. The intent written ahead makes the
+    next apply install crun again and record it, so rollback puts back 1.14, not nothing."""
+    from agentd import converge
+    from agentd.host import Host
+    from agentd.run import apply
+
+    upgrade = doc_for(mirror, mirror_index, arch, crun="1.15", k3s=None, wasmedge=None)
+    upgrade["generation"] = 2
+
+    def killed(host: Host, step: converge.Step) -> None:
+        raise _Killed
+
+    monkeypatch.setattr(converge, "_read_back", killed)
+    with pytest.raises(_Killed):
+        apply(Host.at(node.root), node.desired(upgrade))
+    monkeypatch.undo()
+    assert node.version_of("/usr/local/bin/crun") == "crun version 1.15"
+    state = node.state()
+    assert state["inventory"]["crun"]["version"] == "1.14"
+    intent = state["installing"]["components"]["crun"]
+    assert (intent["from"], intent["to"]) == ("1.14", "1.15")
+    assert intent["inventoryAfter"]["version"] == "1.15"
+    assert [r["path"] for r in intent["replaced"]] == ["/usr/local/bin/crun"]
+
+    plan = node.agentd("plan", "--desired", str(node.desired(upgrade)), "--json").json()
+    reasons = {a["component"]: (a["action"], a["reason"]) for a in plan["actions"]}
+    verb, why = reasons["crun"]
+    assert verb == "reinstall"
+    assert "an earlier run was interrupted while installing 1.15" in why
+
+    res = node.apply(upgrade)
+    assert res.code == 0, res.stderr
+    assert actions(res.json()) == [("crun", "reinstall")]
+    state = node.state()
+    assert state["installing"] is None
+    assert state["inventory"]["crun"]["version"] == "1.15"
+    assert list(node.path("/var/lib/wasm-edge/replaced").iterdir()) == []  # in the kept version
+    assert node.apply(upgrade).json()["actions"] == []
+
+    res = node.agentd("rollback", "crun", "--json")
+    assert res.code == 0, res.stderr
+    assert res.json()["rollback"]["restoredVersion"] == "1.14"
+    assert node.version_of("/usr/local/bin/crun") == "crun version 1.14"
+
+
 def test_sweep_removes_temp_symlinks_and_the_probe_and_metrics_temps(sandbox_root: Path) -> None:
     from agentd.converge import sweep
     from agentd.host import Host
+    from agentd.state import AgentState
 
     node = Node(sandbox_root)
     metrics = "/var/lib/prometheus/node-exporter/agentd.prom"
@@ -439,7 +498,7 @@ def test_sweep_removes_temp_symlinks_and_the_probe_and_metrics_temps(sandbox_roo
     for path, target in links.items():
         node.path(path).parent.mkdir(parents=True, exist_ok=True)
         node.path(path).symlink_to(target)
-    swept = sweep(Host.at(sandbox_root), metrics)
+    swept = sweep(Host.at(sandbox_root), AgentState(), metrics)
     assert sorted(swept) == sorted([*links, *files])
     assert not [p for p in [*links, *files] if os.path.lexists(node.path(p))]
     assert all(node.path(p).exists() for p in others)
