@@ -851,6 +851,13 @@ def _inventory_after(step: Step) -> InventoryEntry | None:
 
 def rollback(host: Host, state: AgentState, component: str) -> dict[str, Any]:
     """Put back what the last change to `component` replaced; the replaced state is kept in turn."""
+    interrupted = state.interrupted().get(component)
+    if interrupted is not None:
+        # The kept version is from the change before the killed one: putting it back would
+        # skip a generation (or delete what the killed run was replacing).
+        raise RollbackError(
+            f"{component}: {interrupted}; `agentd apply` installs and records it first"
+        )
     manifest = kept_manifest(host, component)
     if manifest is None:
         raise RollbackError(

@@ -455,6 +455,11 @@ def test_a_run_killed_after_replacing_crun_is_installed_again_and_recorded(
     assert intent["inventoryAfter"]["version"] == "1.15"
     assert [r["path"] for r in intent["replaced"]] == ["/usr/local/bin/crun"]
 
+    refused = node.agentd("rollback", "crun")  # kept: from before 1.14, when there was no crun
+    assert refused.code == 1
+    assert "interrupted while installing 1.15" in refused.stderr
+    assert node.version_of("/usr/local/bin/crun") == "crun version 1.15"
+
     plan = node.agentd("plan", "--desired", str(node.desired(upgrade)), "--json").json()
     reasons = {a["component"]: (a["action"], a["reason"]) for a in plan["actions"]}
     verb, why = reasons["crun"]
