@@ -277,13 +277,24 @@ def load_yaml(text: bytes, filename: str, *, allow_empty: bool = False) -> Loade
             [(Pos(filename, 1, 1), f"document larger than {MAX_DOCUMENT_BYTES} bytes (1 MiB)")]
         )
     try:
-        root = yaml.compose(text, Loader=_BoundedLoader)
+        loader = _BoundedLoader(text)  # decodes the text: a ReaderError comes from here
     except yaml.YAMLError as exc:
         raise _problem_error([_yaml_error_pos(exc, text, filename)]) from None
+    try:
+        root = loader.get_single_node()
+    except yaml.YAMLError as exc:
+        raise _problem_error([_yaml_error_pos(exc, text, filename)]) from None
+    except ValueError:
+        # PyYAML's scanner lets chr()'s ValueError out for an escape past U+10FFFF ("\U1001F600").
+        mark = loader.get_mark()
+        where = Pos(filename, mark.line + 1, mark.column + 1)
+        raise _problem_error([(where, "an escape names no Unicode character")]) from None
     except RecursionError:
         raise _problem_error(
             [(Pos(filename, 1, 1), "document nested too deeply to parse")]
         ) from None
+    finally:
+        loader.dispose()
     if root is None or (isinstance(root, yaml.ScalarNode) and root.tag == _TAG + "null"):
         if allow_empty:
             return Loaded(None, {})

@@ -513,6 +513,13 @@ def test_a_merge_of_a_mapping_under_a_refused_tag_is_located() -> None:
     ]
 
 
+def test_an_escape_past_the_last_unicode_character_is_located() -> None:
+    # Found by tests/test_hostile.py (stress): PyYAML's scanner raised chr()'s ValueError.
+    assert _load_errors('a: 1\nb: ["x", "\\U00110000"]\n') == [
+        "d.yaml:2:13: an escape names no Unicode character"
+    ]
+
+
 def test_timestamps_stay_strings_and_scalars_follow_yaml_1_1() -> None:
     loaded = load_yaml(b"when: 2024-05-01\nmode: 0644\non: yes\nnothing: ~\n", "d.yaml")
     assert loaded.data == {"when": "2024-05-01", "mode": 0o644, True: True, "nothing": None}
