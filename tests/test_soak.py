@@ -3,6 +3,7 @@ with faults injected: its memory, its open files and what it leaves on disk stay
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 CYCLES = int(os.environ.get("AGENTD_SOAK_CYCLES", "10000"))
 FLIP_EVERY = 10  # a new generation (crun 1.14 <-> 1.15) every tenth cycle: a worker run
 FAULT_EVERY = 13  # the fleet origin answers 503 to the pull of every thirteenth cycle
-SAMPLE_EVERY = 250
+SAMPLE_EVERY = int(os.environ.get("AGENTD_SOAK_SAMPLE_EVERY", "250"))
 
 
 def _proc(pid: int, what: str) -> int:
@@ -31,6 +32,38 @@ def _proc(pid: int, what: str) -> int:
         status = Path(f"/proc/{pid}/status").read_text()
         return int(status.split("VmRSS:")[1].split()[0])
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _children(pid: int) -> list[str]:
+    out: list[str] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError):
+            out += Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+    return out
+
+
+def _busy(pid: int) -> bool:
+    # A child (a health check's program, with its pipes) or the state lock open (state being
+    # written): work the cycle set off after its READY=1, holding fds for a moment.
+    return bool(_children(pid)) or any(
+        t.endswith("/var/lib/wasm-edge/lock") for t in _fd_targets(pid)
+    )
+
+
+def _at_rest(pid: int, timeout: float = 30.0) -> None:
+    """Wait until the daemon is at rest, so that open fds are compared between like moments."""
+    deadline = time.monotonic() + timeout
+    while _busy(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _fd_targets(pid: int) -> list[str]:
+    """What each open fd of `pid` is (a file's path, socket:[inode], pipe:[inode], ...)."""
+    out = []
+    for fd in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
+        with contextlib.suppress(FileNotFoundError):
+            out.append(f"{fd} -> {os.readlink(f'/proc/{pid}/fd/{fd}')}")
+    return out
 
 
 def _leftovers(root: Path) -> list[str]:
@@ -115,7 +148,10 @@ def test_thousands_of_cycles_leave_memory_files_and_disk_flat(
             kind = ready.status.split(":")[0].split(" generation")[0]
             outcomes[kind] = outcomes.get(kind, 0) + 1
             if cycle % SAMPLE_EVERY == 0:
+                _at_rest(proc.pid)
                 samples.append((cycle, _proc(proc.pid, "rss"), _proc(proc.pid, "fds")))
+                if os.environ.get("AGENTD_SOAK_FD_DEBUG"):
+                    print(cycle, _fd_targets(proc.pid), flush=True)
         elapsed = time.monotonic() - started
         state = json.loads(node.read("/var/lib/wasm-edge/state.json"))
         assert state["lastAppliedGeneration"] == generation
