@@ -27,7 +27,7 @@ from agentd.host import (
     atomic_write,
     remove_path,
 )
-from agentd.log import get_logger
+from agentd.log import get_logger, log_fields
 from agentd.paths import (
     CRUN_BIN,
     K3S_BIN,
@@ -554,7 +554,10 @@ def converge(
     )
     run_dir.mkdir(parents=True)
     try:
-        _converge(host, report, state, generation, run_dir, cancel, tls_verify, downloads or {})
+        # Every line the run logs carries its generation: `journalctl AGENTD_GENERATION=12`
+        # lists what generation 12 changed.
+        with log_fields(generation=generation):
+            _converge(host, report, state, generation, run_dir, cancel, tls_verify, downloads or {})
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
         report.service_calls = list(host.services.calls)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from agentd.redact import redact_text
@@ -104,6 +105,7 @@ def _setup() -> None:
 
         fmt = "journal" if under_journal() else "console" if sys.stderr.isatty() else "json"
     processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -138,6 +140,15 @@ def _setup() -> None:
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
+
+
+@contextlib.contextmanager
+def log_fields(**fields: Any) -> Iterator[None]:
+    """Add `fields` to every line logged inside the block (this thread's, or this task's)."""
+    import structlog.contextvars  # noqa: PLC0415
+
+    with structlog.contextvars.bound_contextvars(**fields):
+        yield
 
 
 def get_logger() -> Any:

@@ -270,6 +270,22 @@ def test_wrong_sha256_installs_nothing(
     assert leftovers == []
 
 
+def test_every_line_a_run_logs_carries_its_generation(
+    node: Node, mirror: MirrorServer, mirror_index: Mirror, arch: str
+) -> None:
+    # `journalctl AGENTD_GENERATION=7` must list what generation 7 changed, step by step (the
+    # e2e found the per-action lines without it). The JSON lines are what the journal gets.
+    res = node.apply(
+        doc_for(mirror, mirror_index, arch, crun="1.15", k3s=None, wasmedge=None)
+        | {"generation": 7}
+    )
+    assert res.code == 0, res.stderr
+    lines = [json.loads(line) for line in res.stderr.splitlines() if line.startswith("{")]
+    done = [line for line in lines if line.get("event") == "action done"]
+    assert [line["component"] for line in done] == ["crun"]
+    assert all(line.get("generation") == 7 for line in done), done
+
+
 def test_an_artifact_of_another_release_is_not_installed(
     node: Node,
     arch: str,

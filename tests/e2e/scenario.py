@@ -480,12 +480,12 @@ class Scenario:
                 f"entries with all three: {len(all_three)} "
                 f"({sorted({(e['AGENTD_COMPONENT'], e['AGENTD_ACTION']) for e in all_three})})"
             )
-            if untagged:
-                self.observe(
-                    f"{len(untagged)} of {len(installs)} per-action journal entries (AGENTD_ACTION="
-                    "install) carry no AGENTD_GENERATION: `journalctl AGENTD_GENERATION=1` does "
-                    "not list what generation 1 installed"
-                )
+            # `journalctl AGENTD_GENERATION=1` must list what generation 1 installed.
+            self.check(
+                bool(installs) and not untagged,
+                f"{len(untagged)} of {len(installs)} per-action journal entries "
+                "(AGENTD_ACTION=install) carry no AGENTD_GENERATION",
+            )
             health = self.status().get("health") or {}
             codes = sorted(str(f.get("code")) for f in health.get("findings") or [])
             self.observe(f"health after generation 1 (stand-ins): {codes}")
