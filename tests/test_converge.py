@@ -471,6 +471,12 @@ def test_a_run_killed_after_replacing_crun_is_installed_again_and_recorded(
     assert intent["inventoryAfter"]["version"] == "1.15"
     assert [r["path"] for r in intent["replaced"]] == ["/usr/local/bin/crun"]
 
+    status = node.agentd("status")
+    assert (
+        "crun: unfinished: an earlier run was interrupted while installing 1.15, unless a run is "
+        "going on now; the next apply installs it again\n"
+    ) in status.stdout
+
     refused = node.agentd("rollback", "crun")  # kept: from before 1.14, when there was no crun
     assert refused.code == 1
     assert "interrupted while installing 1.15" in refused.stderr

@@ -92,6 +92,10 @@ def handle(args: argparse.Namespace) -> int:
         out(f"waiting for the maintenance window ({d.get('window')}), opens {d.get('until')}:\n")
         for a in d.get("actions", []):
             out(f"  {a.get('action')} {a.get('component')}: {a.get('reason')}\n")
+    # The write-ahead record: a run is changing these now, or was killed while it did.
+    for component, why in sorted(state.interrupted().items()):
+        out(f"{component}: unfinished: {why}, unless a run is going on now; ")
+        out("the next apply installs it again\n")
     if state.pending_restart:
         p = state.pending_restart
         out(f"k3s restart owed since {p.get('since')}: {p.get('causes')}\n")
