@@ -468,7 +468,6 @@ class Daemon:
 
     def _cycle(self, reason: str) -> None:
         t0 = time.perf_counter()
-        self.cycles += 1
         suspended = suspend_reason(self.paths, self.config)
         if suspended:
             result = CycleResult("suspended", reason, detail=suspended)
@@ -481,6 +480,9 @@ class Daemon:
         self._reschedule(result)
         self.status_text = self._status_line(result)
         self._publish_to_cluster()
+        # Counted once the cycle's outcome is all in place: whoever sees the count go up finds
+        # the schedule, `last` and the status of this cycle, not of a cycle half done.
+        self.cycles += 1
         # daemon.json first: whoever reads it on seeing the STATUS finds this cycle there.
         self._write_status()
         self.notifier.status(self.status_text)
