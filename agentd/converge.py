@@ -477,6 +477,14 @@ class _Stager:
             Op("copy", f"{PLUGIN_DIR}/{Path(m).name}", source=dest / m, mode=0o644) for m in libs
         ]
 
+    def replaced_by_package(self, action: Action) -> list[Op]:
+        """What agentd installed from artifacts for a component its package now provides:
+        removed (journaled, so undone on failure, and kept for rollback), as the plan says."""
+        recorded = self.state.inventory.get(action.component)
+        if recorded is None or not recorded.files:
+            return []
+        return [Op("remove", p) for p in recorded.files]
+
     def _installed_files(self, action: Action) -> list[str]:
         recorded = self.state.inventory.get(action.component)
         if recorded and recorded.files:
@@ -612,6 +620,7 @@ def _converge(
             try:
                 if step.action.package is not None:
                     step.package_version = _choose_package(host, step.action)
+                    step.ops = stager.replaced_by_package(step.action)
                 else:
                     step.ops = stager.ops(step.action, blobs.get(i))
             except (AgentError, OSError, PackageError) as exc:

@@ -151,7 +151,9 @@ def plan(
         unit = _k3s_unit_on_node(comps.k3s.role, configs)
         _plan_binary(b, "k3s", comps.k3s, k3s_found, K3S_BIN, phase="stop", target=unit)
     _plan_wasmedge(b, comps.wasmedge, facts.component("wasmedge"), inventory)
-    crun_path = _plan_crun(b, comps.crun, facts.component("crun"), facts.packages)
+    crun_path = _plan_crun(
+        b, comps.crun, facts.component("crun"), facts.packages, inventory.get("crun")
+    )
     if comps.k3s is not None and comps.k3s.state == "present":
         _plan_binary(b, "k3s", comps.k3s, k3s_found, K3S_BIN, phase="k3s")
     elif comps.k3s is None:
@@ -290,14 +292,18 @@ def _plan_binary(
 
 
 def _plan_crun(
-    b: _Builder, want: Crun | None, found: ComponentFacts, packages: Mapping[str, str | None]
+    b: _Builder,
+    want: Crun | None,
+    found: ComponentFacts,
+    packages: Mapping[str, str | None],
+    recorded: InventoryEntry | None,
 ) -> str | None:
     """Plan crun; return the crun binary the containerd template should name (None: no crun)."""
     if want is None:
         b.keep("crun", "not in the desired state" + _found_note(found))
         return found.path if found.installed else None
     if want.source == "package":
-        return _plan_package(b, want, packages.get(want.package))
+        return _plan_package(b, want, packages.get(want.package), recorded)
     _plan_binary(b, "crun", want, found, CRUN_BIN, phase="runtime")
     if want.state == "absent":
         return None
@@ -307,10 +313,23 @@ def _plan_crun(
     return CRUN_BIN
 
 
-def _plan_package(b: _Builder, want: Crun, installed: str | None) -> str | None:
+def _plan_package(
+    b: _Builder, want: Crun, installed: str | None, recorded: InventoryEntry | None
+) -> str | None:
     """crun from the distribution: install (or upgrade) its package when the installed one does
-    not meet the constraint. Which version the repositories offer is found out when converging."""
+    not meet the constraint. Which version the repositories offer is found out when converging.
+
+    A crun agentd installed from artifacts before (recorded with its files) goes in the same
+    action: left in /usr/local/bin it would come first on PATH, and once the inventory names the
+    package, nothing would track it any more."""
     binary = f"/usr/bin/{want.package}"
+    artifact = list(recorded.files) if recorded is not None and recorded.files else []
+    replacing = (
+        f"; agentd's crun {recorded.version or ''} at {', '.join(artifact)} is removed (kept for "
+        "rollback)"
+        if recorded is not None and artifact
+        else ""
+    )
     if want.state == "absent":
         b.keep(
             "crun",
@@ -321,11 +340,14 @@ def _plan_package(b: _Builder, want: Crun, installed: str | None) -> str | None:
     assert want.version is not None
     constraint = want.version
     meets = installed is not None and satisfies(upstream_version(installed), constraint)
-    if meets and "crun" not in b.force:
+    if meets and "crun" not in b.force and not artifact:
         b.keep("crun", f"package {want.package} {installed} meets {constraint}")
         return binary
     source = "from the distribution's repositories"
-    if meets:
+    if meets and "crun" not in b.force:
+        verb = "install"  # apt/dnf keep a package that already meets it; the artifact goes
+        reason = f"package {want.package} {installed} meets {constraint}"
+    elif meets:
         verb = "reinstall"
         why = b.force["crun"]
         reason = f"package {want.package} {installed} is installed but {why}; reinstalling it"
@@ -338,7 +360,7 @@ def _plan_package(b: _Builder, want: Crun, installed: str | None) -> str | None:
         Action(
             "crun",
             verb,
-            f"{reason} {source}",
+            f"{reason} {source}{replacing}",
             from_version=upstream_version(installed) if installed else None,
             to_version=constraint,
             package=want.package,

@@ -16,8 +16,9 @@ from agentd.versions import (
     satisfies,
     upstream_version,
 )
+from tests.mirror import MirrorServer
 from tests.node import Node
-from tests.standins import write_yaml
+from tests.standins import Mirror, desired_document, write_yaml
 
 APT = system_packages()
 HOST = HostFacts("amd64", "debian 12", "6.1.0", 2, 4 << 30, 50 << 30, True, 100 << 30)
@@ -105,6 +106,45 @@ def test_the_error_says_what_the_repositories_offer_and_what_was_asked(tmp_path:
     assert result["actions"][0]["package"] == "crun"
     # The containerd template names the package's binary, not /usr/local/bin/crun.
     assert node.state()["inventory"]["crun"]["version"] == upstream_version(newest)
+
+
+@needs_apt_crun
+def test_switching_to_the_package_removes_agentds_own_crun_and_keeps_it_for_rollback(
+    sandbox_root: Path, mirror: MirrorServer, mirror_index: Mirror, arch: str
+) -> None:
+    """Found by the e2e: after `source: package`, the crun agentd had installed from artifacts
+    stayed in /usr/local/bin (first on PATH), tracked by nothing once the inventory named the
+    package. It goes in the same action, and `agentd rollback crun` brings it back."""
+    assert isinstance(APT, AptPackages)
+    node = Node(sandbox_root)
+    first = node.apply(
+        desired_document(mirror.url, mirror_index, arches=(arch,), k3s=None, wasmedge=None)
+    )
+    assert first.code == 0, first.stderr
+    assert node.version_of("/usr/local/bin/crun") == "crun version 1.15"
+    offered = min({upstream_version(v) for v in APT.available("crun")})
+    package = doc(f">={offered}")
+    package["generation"] = 2
+    plan = node.agentd("plan", "--desired", str(node.desired(package)), "--json").json()
+    [action] = [a for a in plan["actions"] if a["component"] == "crun"]
+    assert action["package"] == "crun"
+    assert (
+        "agentd's crun 1.15 at /usr/local/bin/crun is removed (kept for rollback)"
+        in (action["reason"])
+    )
+    res = node.apply(package)
+    assert res.code == 0, res.stderr
+    assert not node.path("/usr/local/bin/crun").exists()
+    recorded = node.state()["inventory"]["crun"]
+    assert recorded["files"] == []  # the package manager's, not agentd's
+    # Nothing of agentd's is left to remove (under --root the package itself is only recorded,
+    # not installed, so the plan may still install it).
+    again = node.agentd("plan", "--desired", str(node.desired(package)), "--json").json()
+    assert not any("is removed" in a["reason"] for a in again["actions"]), again["actions"]
+    back = node.agentd("rollback", "crun", "--json")
+    assert back.code == 0, back.stderr
+    assert node.version_of("/usr/local/bin/crun") == "crun version 1.15"
+    assert node.state()["inventory"]["crun"]["files"] == ["/usr/local/bin/crun"]
 
 
 @needs_apt_crun

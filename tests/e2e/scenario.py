@@ -600,10 +600,13 @@ class Scenario:
                 'BinaryName = "/usr/bin/crun"' in binary,
                 f"the containerd template does not name the package's crun: {binary}",
             )
-            inventory = sorted((self.status().get("inventory") or {}).keys())
-            self.observe(
-                f"after source: package: the containerd template says {binary}; agentd's "
-                f"artifact /usr/local/bin/crun stays ({local!r}); inventory {inventory}"
+            # agentd's own crun from artifacts would come first on PATH and be tracked by
+            # nothing: the package's install removes it (kept for rollback).
+            self.check(local == "absent", f"agentd's /usr/local/bin/crun stays: {local!r}")
+            recorded = (self.status().get("inventory") or {}).get("crun") or {}
+            self.check(
+                recorded.get("files") == [],
+                f"the inventory's crun is not the package's: {recorded}",
             )
 
     def upgrade(self) -> None:
