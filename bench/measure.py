@@ -190,3 +190,17 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "arch": platform.machine(),
     }
+
+
+def save_figures(path: Optional[Path], figures: Mapping[str, Any]) -> None:
+    """Write a benchmark's figures as JSON where `--json` asked (bench/all.py reads them)."""
+    if path is not None:
+        import json  # noqa: PLC0415
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(figures, indent=2))
+
+
+def goals_exit(goals: Mapping[str, Mapping[str, Any]]) -> int:
+    """The exit code of a benchmark with goals: 0 when every one was met."""
+    return 0 if all(g["met"] for g in goals.values()) else 1

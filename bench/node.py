@@ -32,10 +32,9 @@ def agentd_argv() -> list[str]:
     return [sys.executable, "-m", "agentd"]
 
 
-def apply_argv(root: Path, desired: Path) -> list[str]:
-    """One `agentd apply` of `desired` on the sandbox `root`, its result as JSON on stdout."""
+def apply_args(root: Path, desired: Path) -> list[str]:
+    """The arguments of one `agentd apply` of `desired` on the sandbox `root` (JSON result)."""
     return [
-        *agentd_argv(),
         "--root",
         str(root),
         "--log-format",
@@ -45,6 +44,11 @@ def apply_argv(root: Path, desired: Path) -> list[str]:
         str(desired),
         "--json",
     ]
+
+
+def apply_argv(root: Path, desired: Path) -> list[str]:
+    """One `agentd apply` of `desired` on the sandbox `root`, its result as JSON on stdout."""
+    return [*agentd_argv(), *apply_args(root, desired)]
 
 
 def forget_noop(root: Path) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.node import ARCH, forget_noop  # noqa: E402
+from bench.node import ARCH, apply_args, forget_noop  # noqa: E402
 from bench.throughput import random_file, start_server  # noqa: E402
 from tests.mirror import MirrorServer  # noqa: E402
 from tests.standins import build_mirror, desired_document, write_yaml  # noqa: E402
@@ -93,15 +93,7 @@ def main() -> int:
         with MirrorServer(mirror.root) as server:
             doc = desired_document(server.url, mirror, arches=(ARCH,))
             desired = write_yaml(work / "desired.yaml", doc)
-            apply = [
-                "--root",
-                str(root),
-                "--log-format",
-                "json",
-                "apply",
-                "--desired",
-                str(desired),
-            ]
+            apply = apply_args(root, desired)
             # A warm-up convergence: the bytecode caches and the page cache as in the benchmarks.
             subprocess.run(
                 [sys.executable, "-m", "agentd", *apply], capture_output=True, check=True

@@ -25,7 +25,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.measure import Spread, Usage, machine, run_measured  # noqa: E402
+from bench.measure import Spread, Usage, machine, run_measured, save_figures  # noqa: E402
 from bench.node import ARCH, apply_argv  # noqa: E402
 from tests.mirror import MirrorServer  # noqa: E402
 from tests.standins import (  # noqa: E402
@@ -123,9 +123,7 @@ def main() -> int:
                     f"{entry['noop']['wall_s']['median'] * 1000:6.1f} ms",
                     flush=True,
                 )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+    save_figures(args.json, results)
     return 0
 
 

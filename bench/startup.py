@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -12,7 +11,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.measure import Spread, Usage, machine, run_measured  # noqa: E402
+from bench.measure import (  # noqa: E402
+    Spread,
+    Usage,
+    goals_exit,
+    machine,
+    run_measured,
+    save_figures,
+)
 from bench.node import ARCH, agentd_argv  # noqa: E402
 from tests.standins import build_mirror, desired_document, write_yaml  # noqa: E402
 
@@ -68,10 +74,8 @@ def main() -> int:
         results["goals"][name] = {"value": value, "goal": goal, "met": value <= goal}
         verdict = "met" if value <= goal else "MISSED"
         print(f"goal {name}: {value:.1f} ms (goal <= {goal:.0f} ms) {verdict}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
-    return 0 if all(g["met"] for g in results["goals"].values()) else 1
+    save_figures(args.json, results)
+    return goals_exit(results["goals"])
 
 
 if __name__ == "__main__":

@@ -27,7 +27,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.measure import Spread, Usage, machine, run_measured  # noqa: E402
+from bench.measure import (  # noqa: E402
+    Spread,
+    Usage,
+    goals_exit,
+    machine,
+    run_measured,
+    save_figures,
+)
 
 MIB = 1 << 20
 THROUGHPUT_GOAL = 0.5  # agentd's download+verify at least half as fast as sha256sum
@@ -174,10 +181,8 @@ def main() -> int:
             f"goal {name}: {goal['value']:.2f} (goal {goal['goal']}) "
             f"{'met' if goal['met'] else 'MISSED'}"
         )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
-    return 0 if all(g["met"] for g in results["goals"].values()) else 1
+    save_figures(args.json, results)
+    return goals_exit(results["goals"])
 
 
 if __name__ == "__main__":

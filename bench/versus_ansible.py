@@ -25,7 +25,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.measure import Spread, Usage, machine, run_measured  # noqa: E402
+from bench.measure import (  # noqa: E402
+    Spread,
+    Usage,
+    goals_exit,
+    machine,
+    run_measured,
+    save_figures,
+)
 from bench.node import (  # noqa: E402
     AGENTD_OWN,
     ANSIBLE_OWN,
@@ -258,10 +265,8 @@ def main() -> int:
     for name, goal in results["goals"].items():
         verdict = "met" if goal["met"] else "MISSED"
         print(f"goal {name}: {goal['value']:.2f} (goal {goal['goal']}) {verdict}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
-    return 0 if all(g["met"] for g in results["goals"].values()) else 1
+    save_figures(args.json, results)
+    return goals_exit(results["goals"])
 
 
 if __name__ == "__main__":
