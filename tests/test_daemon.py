@@ -216,6 +216,36 @@ def node(sandbox_root: Path) -> Node:
     return Node(sandbox_root)
 
 
+def launch_daemon(
+    node: Node, notify_path: Path, stderr_path: Path, watchdog_usec: Optional[int] = None
+) -> RunningDaemon:
+    """`agentd run` on `node` as systemd starts it: a notify socket (and a watchdog when
+    `watchdog_usec` is given), stderr to a file, in a process group of its own."""
+    notices = NotifySocket(notify_path)
+    env = {
+        **child_environment(os.environ),
+        "NOTIFY_SOCKET": str(notices.path),
+        "AGENTD_ROOT": "",
+        "PYTHONPATH": str(REPO),
+    }
+    if watchdog_usec is not None:
+        env["WATCHDOG_USEC"] = str(watchdog_usec)
+    with stderr_path.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agentd", "--root", str(node.root), *AGENTD_RUN],
+            env=env,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    daemon = RunningDaemon(node, proc, notices, stderr_path)
+    notices.alive = lambda: proc.poll() is None
+    notices.context = daemon.stderr
+    return daemon
+
+
 @pytest.fixture
 def start_daemon(tmp_path: Path, node: Node) -> Iterator[StartDaemon]:
     """Starts `agentd run` on the sandbox root as systemd would (NOTIFY_SOCKET, WATCHDOG_USEC);
@@ -228,28 +258,9 @@ def start_daemon(tmp_path: Path, node: Node) -> Iterator[StartDaemon]:
         if settings is not None:
             write_yaml(node.path(SETTINGS), settings)
         n = len(started)
-        notices = NotifySocket(tmp_path / f"notify{n}.sock")
-        env = {
-            **child_environment(os.environ),
-            "NOTIFY_SOCKET": str(notices.path),
-            "WATCHDOG_USEC": str(watchdog_usec),
-            "AGENTD_ROOT": "",
-            "PYTHONPATH": str(REPO),
-        }
-        stderr_path = tmp_path / f"daemon{n}.stderr"
-        with stderr_path.open("wb") as stderr:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "agentd", "--root", str(node.root), *AGENTD_RUN],
-                env=env,
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                start_new_session=True,
-            )
-        daemon = RunningDaemon(node, proc, notices, stderr_path)
-        notices.alive = lambda: proc.poll() is None
-        notices.context = daemon.stderr
+        daemon = launch_daemon(
+            node, tmp_path / f"notify{n}.sock", tmp_path / f"daemon{n}.stderr", watchdog_usec
+        )
         started.append(daemon)
         return daemon
 

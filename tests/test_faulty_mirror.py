@@ -12,11 +12,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +21,10 @@ from typing import Any, Callable, Optional
 
 import pytest
 
-from agentd.notify import child_environment
 from tests.mirror import MirrorServer
 from tests.node import Node, Result
 from tests.standins import Mirror, desired_document, node_arch, write_yaml
-from tests.test_daemon import REPO, NotifySocket, RunningDaemon, wait_until
+from tests.test_daemon import RunningDaemon, launch_daemon, wait_until
 
 SETTINGS = "/etc/wasm-edge/agentd.yaml"
 USERINFO = "user:secret@"
@@ -365,28 +361,9 @@ def daemon(tmp_path: Path, scene: Scene) -> Iterator[RunningDaemon]:
             "downloads": FAST,
         },
     )
-    notices = NotifySocket(tmp_path / "notify.sock")
-    env = {
-        **child_environment(os.environ),
-        "NOTIFY_SOCKET": str(notices.path),
-        "WATCHDOG_USEC": "2000000",
-        "AGENTD_ROOT": "",
-        "PYTHONPATH": str(REPO),
-    }
-    stderr_path = tmp_path / "daemon.stderr"
-    with stderr_path.open("wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "agentd", "--root", str(scene.node.root), "run"],
-            env=env,
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            start_new_session=True,
-        )
-    running = RunningDaemon(scene.node, proc, notices, stderr_path)
-    notices.alive = lambda: proc.poll() is None
-    notices.context = running.stderr
+    running = launch_daemon(
+        scene.node, tmp_path / "notify.sock", tmp_path / "daemon.stderr", watchdog_usec=2_000_000
+    )
     try:
         yield running
     finally:

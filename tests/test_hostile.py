@@ -795,8 +795,7 @@ def test_apply_with_a_non_finite_download_timeout_fails_cleanly(
 def test_the_daemon_survives_a_non_finite_backoff(
     tmp_path: Path, sandbox_root: Path, value: str
 ) -> None:
-    from agentd.notify import child_environment
-    from tests.test_daemon import NotifySocket
+    from tests.test_daemon import launch_daemon
 
     node = Node(sandbox_root)
     write_yaml(
@@ -809,34 +808,15 @@ def test_the_daemon_survives_a_non_finite_backoff(
     )
     # A desired state that cannot be read: the first cycle fails and schedules a retry.
     node.path("/etc/wasm-edge/desired.yaml").write_text("generation: [\n")
-    notices = NotifySocket(tmp_path / "notify.sock")
-    env = {
-        **child_environment(os.environ),
-        "NOTIFY_SOCKET": str(notices.path),
-        "AGENTD_ROOT": "",
-        "PYTHONPATH": str(REPO),
-    }
-    stderr_path = tmp_path / "daemon.stderr"
-    with stderr_path.open("wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "agentd", "--root", str(node.root), "run"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            start_new_session=True,
-        )
-    notices.alive = lambda: proc.poll() is None
-    notices.context = lambda: stderr_path.read_text(errors="replace")
+    daemon = launch_daemon(node, tmp_path / "notify.sock", tmp_path / "daemon.stderr")
     try:
-        failed = notices.next(lambda n: n.fields.get("STATUS", "").startswith("failed:"), "failed:")
+        failed = daemon.notices.next(
+            lambda n: n.fields.get("STATUS", "").startswith("failed:"), "failed:"
+        )
         assert "desired.yaml:2:1" in failed.fields["STATUS"]
-        assert proc.poll() is None
+        assert daemon.proc.poll() is None
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-        notices.close()
+        daemon.kill()
 
 
 # --- archives: setuid bits, bombs, 100,000 members ------------------------------------------------

@@ -7,8 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ import pytest
 from tests.mirror import MirrorServer
 from tests.node import Node
 from tests.standins import Mirror, desired_document, write_yaml
-from tests.test_daemon import NotifySocket
+from tests.test_daemon import launch_daemon
 
 REPO = Path(__file__).resolve().parent.parent
 CYCLES = int(os.environ.get("AGENTD_SOAK_CYCLES", "10000"))
@@ -104,24 +102,9 @@ def test_thousands_of_cycles_leave_memory_files_and_disk_flat(
             "backoff": {"initial": "1h", "max": "1h"},  # only the test starts cycles
         },
     )
-    notices = NotifySocket(tmp_path / "notify.sock")
-    env = {
-        **os.environ,
-        "NOTIFY_SOCKET": str(notices.path),
-        "AGENTD_ROOT": "",
-        "PYTHONPATH": str(REPO),
-    }
     log = tmp_path / "daemon.stderr"
-    with log.open("wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "agentd", f"--root={node.root}", "--log-format=json", "run"],
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            start_new_session=True,
-        )
-    notices.alive = lambda: proc.poll() is None
+    daemon = launch_daemon(node, tmp_path / "notify.sock", log)
+    notices, proc = daemon.notices, daemon.proc
     samples: list[tuple[int, int, int]] = []
     outcomes: dict[str, int] = {}
     generation = 1
