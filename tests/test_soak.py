@@ -144,6 +144,7 @@ def test_thousands_of_cycles_leave_memory_files_and_disk_flat(
         notices.close()
     assert code == 0
     # Memory: after the first samples (caches and imports settle), growth stays under 5 MB.
+    assert samples, f"no samples: {CYCLES} cycles, one sample every {SAMPLE_EVERY} (lower it)"
     warm = samples[min(2, len(samples) - 1)]
     growth_kb = max(rss for _, rss, _ in samples) - warm[1]
     fds = [n for _, _, n in samples]
