@@ -10,25 +10,26 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from agentd.config import AgentConfig
-from agentd.errors import (
+from agentd.core.errors import (
     AgentError,
     Cancelled,
     DesiredStateError,
     GenerationError,
     NoDesiredState,
 )
-from agentd.host import Host, read_bytes_limited
-from agentd.paths import MANAGED_CONFIG_PATHS
-from agentd.sources import FleetStore, fleet_document
-from agentd.state import AgentState, StateLock, load_state, save_state
+from agentd.core.paths import MANAGED_CONFIG_PATHS
+from agentd.settings.snapshot import AgentConfig
+from agentd.sources.pull import FleetStore, fleet_document
+from agentd.state.store import AgentState, StateLock, load_state, save_state
+from agentd.system.files import read_bytes_limited
+from agentd.system.host import Host
 
 if TYPE_CHECKING:
-    from agentd.desired import DesiredState
-    from agentd.facts import Facts
-    from agentd.plan import Action, Plan
-    from agentd.targeting import NodeIdentity, Targeting
-    from agentd.timespec import MaintenanceWindows
+    from agentd.core.timespec import MaintenanceWindows
+    from agentd.desired.model import DesiredState
+    from agentd.desired.targeting import NodeIdentity, Targeting
+    from agentd.facts.model import Facts
+    from agentd.plan.diff import Action, Plan
 
 # pydantic, yaml and the planner are imported only when a plan is really needed: an unchanged
 # node answers from the no-op digest without them (start-up time matters on a Raspberry Pi).
@@ -110,8 +111,8 @@ class Loaded:
 
 def node_identity(host: Host, config: Optional[AgentConfig] = None) -> NodeIdentity:
     """This node as fleet selectors see it (settings first, then the machine)."""
-    from agentd.detect import _os_name  # noqa: PLC0415
-    from agentd.targeting import NodeIdentity  # noqa: PLC0415
+    from agentd.desired.targeting import NodeIdentity  # noqa: PLC0415
+    from agentd.facts.detect import _os_name  # noqa: PLC0415
 
     config = config or AgentConfig()
     node_id = config.node_id
@@ -130,7 +131,7 @@ def node_identity(host: Host, config: Optional[AgentConfig] = None) -> NodeIdent
 
 
 def load_desired(sources: Sources, arch: str, node: Optional[NodeIdentity] = None) -> Loaded:
-    from agentd.validation import load_and_validate  # noqa: PLC0415
+    from agentd.desired.validate import load_and_validate  # noqa: PLC0415
 
     report = load_and_validate(sources.files, arch, merge_all=True, names=sources.names, node=node)
     if report.errors or report.state is None:
@@ -151,7 +152,7 @@ def settle_candidate(host: Host, *, promote: bool) -> Optional[Path]:
     store = FleetStore(host.paths)
     if not store.candidate.is_file():
         return None
-    from agentd.validation import load_and_validate  # noqa: PLC0415
+    from agentd.desired.validate import load_and_validate  # noqa: PLC0415
 
     arch = node_arch()
     with_new = desired_sources(host, None, fleet_file=store.candidate)
@@ -205,20 +206,20 @@ def read_configs(host: Host) -> dict[str, Optional[bytes]]:
 
 
 def node_arch() -> str:
-    from agentd.arch import host_arch  # noqa: PLC0415
+    from agentd.core.arch import host_arch  # noqa: PLC0415
 
     return host_arch()
 
 
 def _digest(host: Host, sources: Sources, state: AgentState) -> str:
-    from agentd.fingerprint import planning_inputs_digest  # noqa: PLC0415
+    from agentd.facts.digest import planning_inputs_digest  # noqa: PLC0415
 
     inventory = {k: v.to_json() for k, v in sorted(state.inventory.items())}
     return planning_inputs_digest(host.paths, sources.files, node_arch(), inventory)
 
 
 def _log() -> Any:
-    from agentd.log import get_logger  # noqa: PLC0415
+    from agentd.system.log import get_logger  # noqa: PLC0415
 
     return get_logger()
 
@@ -248,8 +249,8 @@ def make_plan(
 
     Without `sources`, a pulled fleet document that is waiting to be judged is planned with
     when it is valid (as apply would accept it first)."""
-    from agentd.detect import detect  # noqa: PLC0415
-    from agentd.plan import plan  # noqa: PLC0415
+    from agentd.facts.detect import detect  # noqa: PLC0415
+    from agentd.plan.diff import plan  # noqa: PLC0415
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -274,7 +275,7 @@ def make_plan(
 
 def _without_urls(value: Any) -> Any:
     """`value` with every artifact URL replaced by its redacted form."""
-    from agentd.redact import redact_url  # noqa: PLC0415
+    from agentd.core.redact import redact_url  # noqa: PLC0415
 
     if isinstance(value, dict):
         return {
@@ -310,7 +311,7 @@ def _owed_restart(state: AgentState, plan: Plan) -> Plan:
     owed = state.pending_restart
     if not owed or any(a.action == "restart" for a in plan.actions):
         return plan
-    from agentd.plan import Action  # noqa: PLC0415
+    from agentd.plan.diff import Action  # noqa: PLC0415
 
     restart = Action(
         "k3s",
@@ -358,7 +359,7 @@ def _without_blocked(state: AgentState, plan: Plan, generation: int) -> Plan:
     state.blocked = {c: b for c, b in state.blocked.items() if b.get("generation") == generation}
     if not state.blocked:
         return plan
-    from agentd.plan import Unchanged  # noqa: PLC0415
+    from agentd.plan.diff import Unchanged  # noqa: PLC0415
 
     kept, notes = [], []
     for a in plan.actions:
@@ -383,8 +384,8 @@ _CHANGES = ("install", "upgrade", "downgrade", "reinstall")
 def _health_before(host: Host, config: AgentConfig, planned: Planned) -> Optional[set[str]]:
     """The components that are unhealthy now, checked just before a change to a watched one
     (None when no such change is planned): only what was healthy is rolled back."""
-    from agentd import health  # noqa: PLC0415
-    from agentd.checks import run_checks  # noqa: PLC0415
+    from agentd.health import run as health  # noqa: PLC0415
+    from agentd.health.checks import run_checks  # noqa: PLC0415
 
     changing = [
         a
@@ -415,7 +416,7 @@ def _watch_changes(
         a = step.action
         if step.status != "done" or a.action not in _CHANGES or not a.from_version:
             continue
-        from agentd.health import watched  # noqa: PLC0415
+        from agentd.health.run import watched  # noqa: PLC0415
 
         if not watched(a.component):
             continue
@@ -430,7 +431,7 @@ def _watch_changes(
 
 
 def publish(host: Host, config: AgentConfig, state: AgentState) -> None:
-    from agentd.health import publish as write_metrics  # noqa: PLC0415
+    from agentd.health.run import publish as write_metrics  # noqa: PLC0415
 
     write_metrics(host, config, state)
 
@@ -473,7 +474,7 @@ def apply(
         pulled = None
         source = config.source
         if pull and desired_file is None and source is not None:
-            from agentd.sources import pull as pull_source  # noqa: PLC0415
+            from agentd.sources.pull import pull as pull_source  # noqa: PLC0415
 
             pulled = pull_source(source, host.paths).to_json()
         if desired_file is None:
@@ -557,7 +558,7 @@ class _Run:
     def apply(
         self, digest: str, cancel: Optional[Callable[[], None]], now: Optional[datetime]
     ) -> dict[str, Any]:
-        from agentd.converge import converge  # noqa: PLC0415
+        from agentd.converge.install import converge  # noqa: PLC0415
 
         host, started, t0 = self.host, self.started, self.t0
         try:
@@ -594,7 +595,7 @@ class _Run:
         the_plan = _owed_restart(state, the_plan)
         the_plan, held = _gate(the_plan, state, _window(self.config, desired), moment)
         planned.plan = the_plan
-        from agentd.converge import sweep  # noqa: PLC0415
+        from agentd.converge.install import sweep  # noqa: PLC0415
 
         swept = sweep(host, state, self.config.metrics_path)
         if swept:

@@ -19,8 +19,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.mirror import MirrorServer  # noqa: E402
-from tests.standins import build_mirror, desired_document, node_arch, write_yaml  # noqa: E402
+from tests.support.mirror import MirrorServer  # noqa: E402
+from tests.support.standins import build_mirror, desired_document, node_arch, write_yaml  # noqa: E402
 
 RSS_BUDGET_MB = 35.0
 CPU_BUDGET_MS = 50.0

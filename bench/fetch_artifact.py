@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from agentd.fetch import ArtifactCache
+from agentd.converge.fetch import ArtifactCache
 
 
 def main() -> int:

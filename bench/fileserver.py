@@ -1,6 +1,7 @@
 """A static file server on 127.0.0.1 that streams bodies with sendfile(2), for big artifacts.
 
-tests/mirror.py reads a whole file into memory and hashes it for its ETag on every request, which
+tests/support/mirror.py reads a whole file into memory and hashes it for its ETag on every
+request, which
 is right for small stand-ins and wrong for a 512 MiB artifact: the server would then be what the
 throughput benchmark measures. This one sends straight from the page cache.
 """

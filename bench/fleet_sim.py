@@ -24,11 +24,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from agentd.paths import Paths  # noqa: E402
-from agentd.sources import SourceConfig, pull  # noqa: E402
-from agentd.targeting import wave_position  # noqa: E402
-from tests.fleet import FleetRepo, GitDaemon  # noqa: E402
-from tests.standins import build_mirror, desired_document, node_arch, write_yaml  # noqa: E402
+from agentd.core.paths import Paths  # noqa: E402
+from agentd.desired.targeting import wave_position  # noqa: E402
+from agentd.sources.pull import SourceConfig, pull  # noqa: E402
+from tests.support.fleet import FleetRepo, GitDaemon  # noqa: E402
+from tests.support.standins import build_mirror, desired_document, node_arch, write_yaml  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 NGINX_CONF = """daemon off;

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.standins import node_arch  # noqa: E402
+from tests.support.standins import node_arch  # noqa: E402
 
 ARCH = node_arch()
 STATE_DIR = "var/lib/wasm-edge"

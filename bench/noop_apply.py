@@ -15,8 +15,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.mirror import MirrorServer  # noqa: E402
-from tests.standins import build_mirror, desired_document, node_arch, write_yaml  # noqa: E402
+from tests.support.mirror import MirrorServer  # noqa: E402
+from tests.support.standins import build_mirror, desired_document, node_arch, write_yaml  # noqa: E402
 
 BUDGET_MS = 150.0
 

@@ -21,8 +21,8 @@ sys.path.insert(0, str(REPO))
 
 from bench.node import ARCH, apply_args, forget_noop  # noqa: E402
 from bench.throughput import random_file, start_server  # noqa: E402
-from tests.mirror import MirrorServer  # noqa: E402
-from tests.standins import build_mirror, desired_document, write_yaml  # noqa: E402
+from tests.support.mirror import MirrorServer  # noqa: E402
+from tests.support.standins import build_mirror, desired_document, write_yaml  # noqa: E402
 
 
 def pyinstrument(args: list[str], out: Path, *, target: tuple[str, ...] = ("-m", "agentd")) -> None:

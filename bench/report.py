@@ -150,7 +150,8 @@ SETUP = """\
 ## The two tools
 
 - **agentd** converges its sandbox root with `agentd --root ROOT apply --desired desired.yaml
-  --json`: the benchmark desired state of `tests/standins.py` (`desired_document`): crun 1.15,
+  --json`: the benchmark desired state of `tests/support/standins.py` (`desired_document`):
+  crun 1.15,
   k3s v1.30.4+k3s1 (server, a `config:` entry and a token file), WasmEdge 0.14.1 with the
   wasi_nn-ggml plugin, the `crun-wasm` RuntimeClass. agentd writes the k3s config, the k3s unit,
   the containerd template and the RuntimeClass manifest, and reads the versions back.
@@ -160,8 +161,9 @@ SETUP = """\
   `command` for the three versions and an `assert` on them. It is set up to cost Ansible as little
   as an experienced user would make it: no fact gathering, pipelining on, the interpreter given
   (bench/ansible/ansible.cfg).
-- Both download the same stand-in artifacts (tests/standins.py: the real names and layouts) from
-  the same server on 127.0.0.1 (tests/mirror.py), run on the same interpreter, in a virtualenv
+- Both download the same stand-in artifacts (tests/support/standins.py: the real names and
+  layouts) from the same server on 127.0.0.1 (tests/support/mirror.py), run on the same
+  interpreter, in a virtualenv
   without this machine's site hooks (build/bench-venv), agentd as byte-compiled modules as a node
   has them. Neither touches a service: under `--root`, agentd records the ldconfig and systemctl
   calls a node would make, and the playbook has no service tasks.
@@ -451,7 +453,8 @@ def render(out: Path) -> str:
     )
     add("")
     add(
-        "Served by bench/fileserver.py (sendfile from the page cache; tests/mirror.py reads a "
+        "Served by bench/fileserver.py (sendfile from the page cache; tests/support/mirror.py "
+        "reads a "
         "whole file into memory for each answer, right for the small stand-ins only). "
         "agentd's figure includes writing the artifact to disk and fsyncing it."
     )

@@ -27,8 +27,8 @@ sys.path.insert(0, str(REPO))
 
 from bench.measure import Spread, Usage, machine, run_measured, save_figures  # noqa: E402
 from bench.node import ARCH, apply_argv  # noqa: E402
-from tests.mirror import MirrorServer  # noqa: E402
-from tests.standins import (  # noqa: E402
+from tests.support.mirror import MirrorServer  # noqa: E402
+from tests.support.standins import (  # noqa: E402
     FIXED_MTIME,
     build_mirror,
     desired_document,

@@ -20,7 +20,7 @@ from bench.measure import (  # noqa: E402
     save_figures,
 )
 from bench.node import ARCH, agentd_argv  # noqa: E402
-from tests.standins import build_mirror, desired_document, write_yaml  # noqa: E402
+from tests.support.standins import build_mirror, desired_document, write_yaml  # noqa: E402
 
 # The goals, on the median wall time.
 GOALS_MS = {"version": 150.0, "validate": 300.0}

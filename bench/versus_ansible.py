@@ -42,8 +42,8 @@ from bench.node import (  # noqa: E402
     differences,
     node_files,
 )
-from tests.mirror import MirrorServer  # noqa: E402
-from tests.standins import build_mirror, desired_document, write_yaml  # noqa: E402
+from tests.support.mirror import MirrorServer  # noqa: E402
+from tests.support.standins import build_mirror, desired_document, write_yaml  # noqa: E402
 
 PLAYBOOK = REPO / "bench" / "ansible" / "converge.yml"
 ANSIBLE_CFG = REPO / "bench" / "ansible" / "ansible.cfg"

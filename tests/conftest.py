@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.mirror import MirrorServer
-from tests.standins import Mirror, build_mirror, node_arch
+from tests.support.mirror import MirrorServer
+from tests.support.standins import Mirror, build_mirror, node_arch
 
 __all__ = ["node_arch"]
 

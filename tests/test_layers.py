@@ -13,61 +13,33 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "agentd"
 
-# The import contract (STYLE.md: "cli > daemon > converge > plan > facts > host"), low to high.
-# A module may import from its own layer and the layers below it, never from a layer above.
-# Every module of agentd must be listed here: a new module has to be given its place.
+# The import contract, per package, low to high: a module may import from its own package and
+# from the packages of lower layers, never from a higher one. Every package of agentd must be
+# listed here (a new package has to be given its place); `agentd` itself holds only __version__.
 LAYERS: tuple[frozenset[str], ...] = (
-    # host level: plain data, the one Host boundary, and leaf helpers with no agentd logic
-    frozenset(
-        {
-            "agentd",  # the package itself: __version__
-            "agentd.paths",
-            "agentd.errors",
-            "agentd.versions",
-            "agentd.arch",
-            "agentd.redact",
-            "agentd.host",
-            "agentd.facts",
-            "agentd.state",
-            "agentd.fingerprint",
-            "agentd.archive",
-            "agentd.fetch",
-            "agentd.log",
-            "agentd.notify",
-            "agentd.journal",
-            "agentd.timespec",
-            "agentd.wasmprobe",
-            "agentd.metrics",
-        }
-    ),
-    # reading the world into data: detection, the desired state and the agent settings, their
-    # loading, the pulled fleet document, the renderers
-    frozenset(
-        {
-            "agentd.detect",
-            "agentd.desired",
-            "agentd.yamlload",
-            "agentd.validation",
-            "agentd.render",
-            "agentd.settings",
-            "agentd.sources",
-            "agentd.config",
-            "agentd.checks",
-            "agentd.targeting",
-        }
-    ),
-    frozenset({"agentd.plan"}),  # pure: desired + facts -> plan
-    frozenset({"agentd.converge"}),  # plan + host -> result
-    # one run, one health run, and what the fleet sees of them
-    frozenset({"agentd.run", "agentd.health", "agentd.remedy", "agentd.fleet"}),
-    frozenset({"agentd.daemon"}),  # the loop that schedules runs
+    frozenset({"agentd.core"}),  # paths, errors, versions, durations, redaction, arch: stdlib only
+    frozenset({"agentd.system"}),  # commands, files, services, packages, notify, journald, logs
+    frozenset({"agentd.schema"}),  # YAML with positions, validation, shared model types
+    # what the node has, what agentd recorded, what the fleet publishes
+    frozenset({"agentd.facts", "agentd.state", "agentd.sources"}),
+    frozenset({"agentd.settings"}),  # this node's agentd.yaml (its source is a sources input)
+    frozenset({"agentd.desired"}),  # the desired state: model, targeting, loading, identity
+    frozenset({"agentd.plan"}),  # the pure diff, its renderers and the policies after it
+    frozenset({"agentd.converge"}),  # plan + host -> installed, undoable, recorded
+    frozenset({"agentd.report"}),  # metrics, this node's status in the cluster
+    frozenset({"agentd.health"}),  # the checks, the health run, remedies (through converge)
+    frozenset({"agentd.run"}),  # one apply, orchestrating only
+    frozenset({"agentd.daemon"}),  # the loop that schedules runs and workers
+    frozenset({"agentd.cli", "agentd.__main__"}),  # the commands
 )
-CLI_PACKAGE = "agentd.cli"  # every module under it, and agentd.__main__, is the top layer
-TOP = len(LAYERS)
+TOP = len(LAYERS) - 1
+STDLIB_ONLY = "agentd.core"
 
 # Known violations of the layering: module -> why. Each becomes a strict xfail, so fixing the
 # code makes its test pass and forces this entry to go.
-KNOWN_VIOLATIONS: dict[str, str] = {}
+KNOWN_VIOLATIONS: dict[str, str] = {
+    "agentd.health.remedy": "loads the desired state through agentd.run (to move to desired/)",
+}
 
 
 def module_name(path: Path) -> str:
@@ -84,11 +56,18 @@ def modules() -> dict[str, Path]:
 MODULES = modules()
 
 
+def package_of(module: str) -> str:
+    """`agentd.plan.diff` -> `agentd.plan`; a top-level module (`agentd.run`) is its own."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
 def layer_of(module: str) -> int | None:
-    if module == CLI_PACKAGE or module.startswith(CLI_PACKAGE + ".") or module == "agentd.__main__":
-        return TOP
+    if module == "agentd":
+        return 0  # the package itself: __version__ only
+    package = package_of(module)
     for i, layer in enumerate(LAYERS):
-        if module in layer:
+        if package in layer:
             return i
     return None
 
@@ -142,12 +121,12 @@ def violations(module: str, tree: ast.AST) -> list[str]:
 
 
 def test_every_module_has_a_layer() -> None:
-    assert "agentd.plan" in MODULES
+    assert "agentd.plan.diff" in MODULES
     assert "agentd.cli.main" in MODULES
     assert [m for m in MODULES if layer_of(m) is None] == []
 
 
-def test_the_layer_table_names_only_real_modules() -> None:
+def test_the_layer_table_names_only_real_packages() -> None:
     listed = set().union(*LAYERS)
     assert listed - set(MODULES) == set()
 
@@ -155,18 +134,53 @@ def test_the_layer_table_names_only_real_modules() -> None:
 def test_the_checker_sees_upward_imports_anywhere() -> None:
     source = (
         "from typing import TYPE_CHECKING\n"
-        "from agentd.versions import compare\n"
-        "from agentd import render\n"
+        "from agentd.core.versions import compare\n"
+        "from agentd.plan import render\n"
         "if TYPE_CHECKING:\n"
-        "    from agentd.converge import converge\n"
+        "    from agentd.converge.install import converge\n"
         "def later() -> None:\n"
         "    import agentd.cli.main\n"
     )
-    assert violations("agentd.plan", ast.parse(source)) == [
-        "agentd.plan:5 imports agentd.converge (layer 3 > 2)",
-        f"agentd.plan:7 imports agentd.cli.main (layer {TOP} > 2)",
+    plan, converge = layer_of("agentd.plan.diff"), layer_of("agentd.converge.install")
+    assert violations("agentd.plan.diff", ast.parse(source)) == [
+        f"agentd.plan.diff:5 imports agentd.converge.install (layer {converge} > {plan})",
+        f"agentd.plan.diff:7 imports agentd.cli.main (layer {TOP} > {plan})",
     ]
     assert violations("agentd.cli.apply", ast.parse(source)) == []
+
+
+def test_package_init_files_are_empty() -> None:
+    # An __init__ that imports would hide a module's real package from the layer check, and
+    # load code on every import of any module under it (the fast path counts).
+    inits = [p for p in PACKAGE.rglob("__init__.py") if p.parent != PACKAGE]
+    assert inits
+    assert [str(p) for p in inits if p.read_text(encoding="utf-8").strip()] == []
+
+
+def test_core_uses_the_standard_library_only() -> None:
+    allowed = set(sys.stdlib_module_names) | {"agentd"}
+    found = [
+        f"{module}:{line} imports {name}"
+        for module, path in MODULES.items()
+        if package_of(module) == STDLIB_ONLY
+        for line, name in imported_modules(parse(path))
+        if name.split(".")[0] not in allowed
+        or (name.startswith("agentd.") and package_of(name) != STDLIB_ONLY)
+    ]
+    assert found == []
+
+
+def test_the_daemon_starts_the_cli_worker_by_name_only() -> None:
+    # The one deliberate upward edge: the daemon runs `agentd apply` in a worker process, which
+    # imports agentd.cli.main there, never in the daemon's own process (its memory stays small).
+    from agentd.daemon import loop
+
+    assert "from agentd.cli.main import main" in loop.WORKER_BOOT
+    assert not any(
+        package_of(name) == "agentd.cli"
+        for path in (PACKAGE / "daemon").glob("*.py")
+        for _, name in imported_modules(parse(path))
+    )
 
 
 def test_agentd_uses_absolute_imports_only() -> None:
@@ -184,11 +198,11 @@ def test_agentd_uses_absolute_imports_only() -> None:
 
 
 def test_only_host_runs_commands() -> None:
-    assert top_level_users("subprocess") == {"agentd.host"}
+    assert top_level_users("subprocess") == {"agentd.system.commands"}
 
 
 def test_only_fetch_uses_requests() -> None:
-    assert top_level_users("requests") == {"agentd.fetch"}
+    assert top_level_users("requests") == {"agentd.converge.fetch"}
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.mirror import MirrorServer  # noqa: E402
-from tests.standins import build_mirror  # noqa: E402
+from tests.support.mirror import MirrorServer  # noqa: E402
+from tests.support.standins import build_mirror  # noqa: E402
 
 TEMPLATE = REPO / "config" / "demo-desired.yaml"
 

@@ -12,9 +12,9 @@ from typing import Optional
 
 from agentd.cli.main import agent_config, print_json
 from agentd.cli.output import format_plan, format_run
-from agentd.errors import AgentError, Cancelled
-from agentd.host import Host
+from agentd.core.errors import AgentError, Cancelled
 from agentd.run import apply
+from agentd.system.host import Host
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

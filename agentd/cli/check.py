@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from agentd.cli.main import agent_config, print_json
-from agentd.config import suspend_reason
-from agentd.host import Host
-from agentd.remedy import check
+from agentd.health.remedy import check
+from agentd.settings.snapshot import suspend_reason
+from agentd.system.host import Host
 
 EXIT_UNHEALTHY = 2
 MARKERS = {"critical": "!!", "error": "x ", "warning": "! ", "info": "i "}

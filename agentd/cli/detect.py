@@ -6,10 +6,10 @@ import argparse
 import sys
 
 from agentd.cli.main import print_json
-from agentd.detect import detect
-from agentd.facts import COMPONENTS, Facts
-from agentd.paths import Paths
-from agentd.state import load_state
+from agentd.core.paths import Paths
+from agentd.facts.detect import detect
+from agentd.facts.model import COMPONENTS, Facts
+from agentd.state.store import load_state
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

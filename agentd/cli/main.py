@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from agentd import __version__
-from agentd.config import AgentConfig, load_config
-from agentd.errors import AgentError
-from agentd.paths import Paths
+from agentd.core.errors import AgentError
+from agentd.core.paths import Paths
+from agentd.settings.snapshot import AgentConfig, load_config
 
 # Subcommand modules are imported only when used: start-up cost matters on a Raspberry Pi.
 COMMANDS = {
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(_selected(args_list)).parse_args(args_list)
     root = getattr(args, "root", None) or Path(os.environ.get("AGENTD_ROOT") or "/")
     args.root = root.absolute()
-    from agentd import log  # noqa: PLC0415
+    from agentd.system import log  # noqa: PLC0415
 
     log.configure(getattr(args, "log_format", "auto"), getattr(args, "verbose", False))
     try:
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # pragma: no cover - a bug; say so plainly, with its own code
-        from agentd.redact import redact_text  # noqa: PLC0415
+        from agentd.core.redact import redact_text  # noqa: PLC0415
 
         sys.stderr.write(f"agentd: internal error: {type(exc).__name__}: {redact_text(str(exc))}\n")
         return EXIT_INTERNAL

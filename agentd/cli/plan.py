@@ -9,8 +9,8 @@ from pathlib import Path
 
 from agentd.cli.main import agent_config, print_json
 from agentd.cli.output import format_plan
-from agentd.host import Host
 from agentd.run import make_plan
+from agentd.system.host import Host
 
 EXIT_CHANGES = 2
 
@@ -44,8 +44,8 @@ def handle(args: argparse.Namespace) -> int:
         for w in planned.loaded.warnings:
             sys.stderr.write(w + "\n")
     if args.explain:
-        from agentd.redact import redact_text  # noqa: PLC0415
-        from agentd.yamlload import load_merged, provenance  # noqa: PLC0415
+        from agentd.core.redact import redact_text  # noqa: PLC0415
+        from agentd.schema.yamlload import load_merged, provenance  # noqa: PLC0415
 
         merged = load_merged(planned.sources.files, planned.sources.names)
         doc["explain"] = [

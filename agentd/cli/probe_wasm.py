@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from agentd.wasmprobe import PROBE_OUTPUT, probe_module
+from agentd.health.probe import PROBE_OUTPUT, probe_module
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

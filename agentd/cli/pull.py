@@ -6,11 +6,11 @@ import argparse
 import sys
 
 from agentd.cli.main import agent_config, print_json
-from agentd.errors import AgentError
-from agentd.host import Host
+from agentd.core.errors import AgentError
 from agentd.run import settle_candidate
-from agentd.sources import FleetStore, pull
-from agentd.state import StateLock
+from agentd.sources.pull import FleetStore, pull
+from agentd.state.store import StateLock
+from agentd.system.host import Host
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

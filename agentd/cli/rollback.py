@@ -8,9 +8,9 @@ import time
 from typing import Any
 
 from agentd.cli.main import print_json
-from agentd.converge import rollback
-from agentd.host import Host
-from agentd.state import AgentState, StateLock, load_state, save_state
+from agentd.converge.install import rollback
+from agentd.state.store import AgentState, StateLock, load_state, save_state
+from agentd.system.host import Host
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

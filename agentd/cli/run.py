@@ -9,7 +9,7 @@ import threading
 from types import FrameType
 from typing import Optional
 
-from agentd.daemon import Daemon
+from agentd.daemon.loop import Daemon
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

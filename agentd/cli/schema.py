@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from agentd.cli.main import print_json
-from agentd.desired import json_schema
+from agentd.desired.model import json_schema
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

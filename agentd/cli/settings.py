@@ -11,10 +11,10 @@ from typing import Any
 import yaml
 
 from agentd.cli.main import print_json
-from agentd.config import load_config
-from agentd.errors import AgentError
-from agentd.paths import Paths
-from agentd.redact import redact_url
+from agentd.core.errors import AgentError
+from agentd.core.paths import Paths
+from agentd.core.redact import redact_url
+from agentd.settings.snapshot import load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,9 +9,9 @@ from typing import Any
 
 from agentd.cli.main import print_json
 from agentd.cli.output import format_run
-from agentd.paths import Paths
-from agentd.sources import FleetStore
-from agentd.state import load_state
+from agentd.core.paths import Paths
+from agentd.sources.pull import FleetStore
+from agentd.state.store import load_state
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def _read(path: Any) -> dict[str, Any] | None:
 def _tls(args: argparse.Namespace) -> str:
     """Whether TLS is verified, from the settings (a broken settings file: unknown)."""
     from agentd.cli.main import agent_config  # noqa: PLC0415
-    from agentd.errors import AgentError  # noqa: PLC0415
+    from agentd.core.errors import AgentError  # noqa: PLC0415
 
     try:
         off = agent_config(args).tls.get("insecureSkipVerify")

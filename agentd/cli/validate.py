@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from agentd.desired import ARCHES
-from agentd.host import Host
+from agentd.desired.model import ARCHES
+from agentd.desired.validate import load_and_validate
 from agentd.run import desired_sources
-from agentd.validation import load_and_validate
+from agentd.system.host import Host
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def handle(args: argparse.Namespace) -> int:
     arch: str | None = args.arch
     if arch is None:
-        from agentd.arch import host_arch  # noqa: PLC0415
+        from agentd.core.arch import host_arch  # noqa: PLC0415
 
         arch = host_arch()
     elif arch == "none":

@@ -20,8 +20,8 @@ from tests.e2e.container import Container, ContainerError
 from tests.e2e.hosts import CI_HOSTS, HOSTS, HostSpec
 from tests.e2e.packages import REPO, Built, PackageBuildError, build
 from tests.e2e.scenario import MIRROR_VERSIONS, E2EFailure, HostResult, Scenario
-from tests.mirror import MirrorServer
-from tests.standins import Mirror, build_mirror
+from tests.support.mirror import MirrorServer
+from tests.support.standins import Mirror, build_mirror
 
 
 def say(text: str) -> None:

@@ -17,7 +17,7 @@ import yaml
 from tests.e2e.container import Container, ContainerError
 from tests.e2e.hosts import HostSpec
 from tests.e2e.packages import Built
-from tests.standins import Mirror, desired_document
+from tests.support.standins import Mirror, desired_document
 
 UNIT = "wasm-edge-agentd.service"
 K3S_UNIT = "k3s.service"

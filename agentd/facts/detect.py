@@ -1,0 +1,368 @@
+"""Detection: what the node has, read from its binaries' `--version` output and the host."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from agentd.core.arch import host_arch
+from agentd.core.paths import Paths
+from agentd.core.versions import is_k3s_version
+from agentd.facts.model import NOT_INSTALLED, ComponentFacts, Facts, HostFacts, PluginFact
+from agentd.system.commands import CommandResult, run_command
+from agentd.system.files import atomic_write
+
+# --- pure parsers --------------------------------------------------------------------------------
+
+_K3S_LINE_RE = re.compile(r"^k3s version (\S+)(?:\s+\(([^()\s]+)\))?$")
+_CRUN_LINE_RE = re.compile(r"^crun version (\d+(?:\.\d+)+(?:[-+~][0-9A-Za-z.+~-]+)?)$")
+_CRUN_COMMIT_RE = re.compile(r"^commit:\s*(\S+)$")
+_FEATURE_TOKEN_RE = re.compile(r"^[+-][A-Za-z0-9_]+(?::[A-Za-z0-9_.-]+)?$")
+# argv[0] comes first and may be a full path (possibly with spaces under a sandbox root).
+_WASMEDGE_LINE_RE = re.compile(
+    r"^(?:.*/)?wasmedge version (\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.+-]+)?)$"
+)
+_WASMEDGE_PLUGIN_RE = re.compile(r'^.+ \(plugin "([^"]+)"\) version (\d+(?:\.\d+)*)$')
+
+_PLUGIN_FILE_PREFIX = "libwasmedgePlugin"
+_PLUGIN_NAMES = {
+    "WasiNN": "wasi_nn",
+    "WasiCrypto": "wasi_crypto",
+    "WasiLogging": "wasi_logging",
+    "WasmEdgeImage": "wasmedge_image",
+    "WasmEdgeTensorflow": "wasmedge_tensorflow",
+    "WasmEdgeTensorflowLite": "wasmedge_tensorflowlite",
+    "WasmBpf": "wasm_bpf",
+    "WasmEdgeRustls": "wasmedge_rustls",
+    "WasmEdgeProcess": "wasmedge_process",
+    "WasmEdgeFFmpeg": "wasmedge_ffmpeg",
+    "WasmEdgeZlib": "wasmedge_zlib",
+    "WasmEdgeOCR": "wasmedge_ocr",
+}
+
+
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def parse_k3s_version(text: str) -> tuple[str, str | None] | None:
+    """(version, short commit) from `k3s --version`, or None when it is not k3s's output."""
+    match = _K3S_LINE_RE.match(_first_line(text))
+    if not match or not is_k3s_version(match.group(1)):
+        return None
+    return match.group(1), match.group(2)
+
+
+def parse_crun_version(text: str) -> tuple[str, str | None, tuple[str, ...]] | None:
+    """(version, commit, enabled feature tokens without '+') from `crun --version`."""
+    lines = [line.strip() for line in text.strip().splitlines()]
+    if not lines:
+        return None
+    match = _CRUN_LINE_RE.match(lines[0])
+    if not match:
+        return None
+    commit: str | None = None
+    features: tuple[str, ...] | None = None
+    for line in lines[1:]:
+        commit_match = _CRUN_COMMIT_RE.match(line)
+        if commit_match:
+            commit = commit_match.group(1)
+            continue
+        tokens = line.split()
+        if tokens and all(_FEATURE_TOKEN_RE.match(t) for t in tokens):
+            features = tuple(t[1:] for t in tokens if t.startswith("+"))
+    # crun always prints its feature line; without it the output is cut short, and an empty
+    # feature list would wrongly read as "no Wasm support".
+    if features is None:
+        return None
+    return match.group(1), commit, features
+
+
+def parse_wasmedge_version(text: str) -> str | None:
+    """The runtime version from line 1 of `wasmedge --version` (later lines are plugins)."""
+    match = _WASMEDGE_LINE_RE.match(_first_line(text))
+    return match.group(1) if match else None
+
+
+def parse_wasmedge_plugin_lines(text: str) -> dict[str, str]:
+    """Plugin name → version from the lines WasmEdge 0.14+ adds for each loaded plugin."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        match = _WASMEDGE_PLUGIN_RE.match(line.strip())
+        if match:
+            found[match.group(1)] = match.group(2)
+    return found
+
+
+def plugin_name_for_file(filename: str) -> str:
+    """The upstream plugin name for a plugin library file, else the file's stem."""
+    name = Path(filename).name
+    stem = name[: -len(".so")] if name.endswith(".so") else Path(name).stem
+    if stem.startswith(_PLUGIN_FILE_PREFIX):
+        known = _PLUGIN_NAMES.get(stem[len(_PLUGIN_FILE_PREFIX) :])
+        if known:
+            return known
+    return stem
+
+
+def _unquote_os_release(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        value = value[1:-1]
+        if value and value[0] != "'":
+            # os-release(5) follows shell double-quote rules: these are the escapable characters.
+            value = re.sub(r'\\([\\"$`])', r"\1", value)
+    return value.strip()
+
+
+def parse_os_release(text: str) -> str:
+    """ "<ID> <VERSION_ID>" from os-release text ("debian 12"); "unknown" without an ID."""
+    values: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        if re.fullmatch(r"[A-Z_][A-Z0-9_]*", key):
+            values[key] = _unquote_os_release(value.strip())
+    os_id = values.get("ID", "")
+    if not os_id or not re.fullmatch(r"[0-9a-z._-]+", os_id):
+        return "unknown"
+    version_id = values.get("VERSION_ID", "")
+    return f"{os_id} {version_id}" if version_id and " " not in version_id else os_id
+
+
+# --- the version cache ---------------------------------------------------------------------------
+
+_CACHE_FORMAT = 1
+
+
+def _fingerprint(path: Path) -> list[Any]:
+    st = path.stat()
+    return [str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+class VersionCache:
+    """`--version` output per binary, reused while the binary (and what it reads) is unchanged.
+
+    Running k3s, crun and wasmedge costs far more than the 150 ms a no-op apply may take, so a
+    binary whose stat fingerprint has not changed is not run again.
+    """
+
+    def __init__(self, entries: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        self._entries: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (entries or {}).items()}
+        self.changed = False
+        self.runs = 0  # commands actually run through this cache (for tests and benchmarks)
+
+    @classmethod
+    def load(cls, path: Path) -> VersionCache:
+        """The cache stored at `path`; empty when it is missing or unreadable."""
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return cls()
+        if not isinstance(doc, dict) or doc.get("format") != _CACHE_FORMAT:
+            return cls()
+        entries = doc.get("entries")
+        if not isinstance(entries, dict):
+            return cls()
+        return cls(
+            {
+                k: v
+                for k, v in entries.items()
+                if isinstance(v, dict) and isinstance(v.get("stdout"), str)
+            }
+        )
+
+    def save(self, path: Path) -> None:
+        """Write the cache if anything changed; failures are ignored (it is only a cache)."""
+        if not self.changed:
+            return
+        data = json.dumps(
+            {"format": _CACHE_FORMAT, "entries": self._entries}, indent=1, sort_keys=True
+        )
+        try:
+            atomic_write(path, data.encode("utf-8"))
+        except OSError:
+            return
+        self.changed = False
+
+    def version_output(self, binary: Path, depends_on: Sequence[Path] = ()) -> CommandResult:
+        """`<binary> --version`, from the cache when the binary and `depends_on` are unchanged."""
+        argv = [str(binary), "--version"]
+        # Stat before running: a binary replaced in between is stored under its old
+        # fingerprint, so the next run sees the difference and runs it again.
+        try:
+            key = [_fingerprint(binary), *(_fingerprint(p) for p in depends_on)]
+        except OSError:
+            key = None
+        if key is not None:
+            entry = self._entries.get(str(binary))
+            if entry is not None and entry.get("key") == key:
+                return CommandResult(tuple(argv), 0, str(entry["stdout"]), "")
+        self.runs += 1
+        result = run_command(argv)
+        if key is not None and result.ok:
+            self._entries[str(binary)] = {"key": key, "stdout": result.stdout}
+            self.changed = True
+        elif self._entries.pop(str(binary), None) is not None:
+            self.changed = True
+        return result
+
+
+# --- detectors -----------------------------------------------------------------------------------
+
+
+def _os_name(paths: Paths) -> str:
+    candidates = [
+        paths.os_release,
+        paths.under("/usr/lib/os-release"),
+        Path("/etc/os-release"),
+        Path("/usr/lib/os-release"),
+    ]
+    for candidate in candidates:
+        try:
+            return parse_os_release(candidate.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            continue
+    return "unknown"
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path("/")
+
+
+def _memory_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError):
+        return 0
+
+
+def detect_host(paths: Paths) -> HostFacts:
+    """Architecture, OS, kernel, CPUs, memory, free disk and cgroup version of this host.
+
+    The standard library suffices (os.sysconf, os.statvfs): psutil would cost the daemon a
+    compiled module and memory for three numbers."""
+    uname = os.uname()
+    arch = host_arch(uname.machine)
+    # The file system agentd and k3s fill: the state dir's (k3s keeps /var/lib/rancher beside it).
+    try:
+        st = os.statvfs(_nearest_existing(paths.state_dir))
+        disk_free, disk_total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+    except OSError:
+        disk_free = disk_total = 0
+    return HostFacts(
+        arch=arch,
+        os=_os_name(paths),
+        kernel=uname.release,
+        cpus=len(os.sched_getaffinity(0)) or os.cpu_count() or 1,
+        memory_bytes=_memory_bytes(),
+        disk_free_bytes=disk_free,
+        cgroup_v2=Path("/sys/fs/cgroup/cgroup.controllers").exists(),
+        disk_total_bytes=disk_total,
+    )
+
+
+def _version_error(result: CommandResult) -> str:
+    first = _first_line(result.stdout) or _first_line(result.stderr)
+    shown = repr(first[:120]) if first else "no output"
+    return (
+        f"could not read the version: `{' '.join(result.argv)}` exited {result.returncode}: {shown}"
+    )
+
+
+def _plugin_files(paths: Paths) -> list[Path]:
+    try:
+        return sorted(p for p in paths.plugin_dir.iterdir() if p.suffix == ".so" and p.is_file())
+    except OSError:
+        return []
+
+
+def _wasmedge_depends_on(paths: Paths, binary: Path) -> list[Path]:
+    # The version line comes from libwasmedge and the plugin lines from the plugin directory,
+    # so a new library or plugin must invalidate the cached output of an unchanged binary.
+    found: list[Path] = []
+    for libdir in (binary.parent.parent / "lib", binary.parent.parent / "lib64"):
+        try:
+            found.extend(sorted(libdir.glob("libwasmedge.so*")))
+        except OSError:
+            continue
+    return [*found, *_plugin_files(paths)]
+
+
+def _detect_plugins(
+    paths: Paths, recorded: Mapping[str, Sequence[str]], versions: Mapping[str, str]
+) -> tuple[PluginFact, ...]:
+    recorded_by_path = {path: name for name, files in recorded.items() for path in files}
+    plugins: list[PluginFact] = []
+    for file in _plugin_files(paths):
+        node_path = paths.host_view(file)
+        recorded_name = recorded_by_path.get(node_path)
+        name = recorded_name or plugin_name_for_file(file.name)
+        # A backend variant (wasi_nn-ggml) loads as its base plugin (wasi_nn).
+        version = versions.get(name) or versions.get(name.split("-", 1)[0])
+        plugins.append(PluginFact(name, node_path, recorded_name is not None, version))
+    return tuple(sorted(plugins, key=lambda p: (p.name, p.path)))
+
+
+def _detect_one(
+    name: str, paths: Paths, recorded_plugins: Mapping[str, Sequence[str]], cache: VersionCache
+) -> ComponentFacts:
+    binary = paths.find_binary(name)
+    if binary is None:
+        return NOT_INSTALLED
+    node_path = paths.host_view(binary)
+    managed = node_path.startswith("/usr/local/")
+    depends_on = _wasmedge_depends_on(paths, binary) if name == "wasmedge" else []
+    result = cache.version_output(binary, depends_on)
+    stdout = result.stdout if result.ok else ""
+    base = ComponentFacts(installed=True, path=node_path, managed=managed)
+
+    if name == "k3s":
+        k3s = parse_k3s_version(stdout)
+        if k3s is None:
+            return replace(base, error=_version_error(result))
+        return replace(base, version=k3s[0], commit=k3s[1])
+    if name == "crun":
+        crun = parse_crun_version(stdout)
+        if crun is None:
+            return replace(base, error=_version_error(result))
+        return replace(base, version=crun[0], commit=crun[1], features=crun[2])
+    plugins = _detect_plugins(paths, recorded_plugins, parse_wasmedge_plugin_lines(stdout))
+    version = parse_wasmedge_version(stdout)
+    if version is None:
+        return replace(base, plugins=plugins, error=_version_error(result))
+    return replace(base, version=version, plugins=plugins)
+
+
+def detect_components(
+    paths: Paths,
+    recorded_plugins: Mapping[str, Sequence[str]] | None = None,
+    cache: VersionCache | None = None,
+) -> dict[str, ComponentFacts]:
+    """k3s, crun and wasmedge as found in the fixed search dirs under the root."""
+    recorded = recorded_plugins or {}
+    version_cache = cache if cache is not None else VersionCache()
+    return {
+        name: _detect_one(name, paths, recorded, version_cache)
+        for name in ("k3s", "crun", "wasmedge")
+    }
+
+
+def detect(paths: Paths, recorded_plugins: Mapping[str, Sequence[str]] | None = None) -> Facts:
+    """Host and component facts, reusing `--version` output of unchanged binaries."""
+    cache = VersionCache.load(paths.facts_cache_file)
+    facts = Facts(
+        host=detect_host(paths), components=detect_components(paths, recorded_plugins, cache)
+    )
+    cache.save(paths.facts_cache_file)
+    return facts

@@ -1,0 +1,78 @@
+"""A digest of everything `plan()` reads, so an unchanged node skips loading and planning."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import agentd
+from agentd.core.paths import BIN_SEARCH_DIRS, MANAGED_CONFIG_PATHS, Paths
+
+# The packages whose code decides the plan: editing any module in them (even without a version
+# bump) must invalidate every stored digest. Their modules are listed from the file system, so a
+# module added or moved within them is covered without editing this list.
+_PLANNING_PACKAGES = ("core", "schema", "settings", "facts", "state", "desired", "plan")
+_COMPONENT_BINARIES = ("k3s", "crun", "wasmedge")
+
+
+def _stat(path: Path) -> list[Any] | None:
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return [st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _listing(directory: Path, pattern: str) -> list[Any]:
+    try:
+        return [[p.name, _stat(p)] for p in sorted(directory.glob(pattern))]
+    except OSError:
+        return []
+
+
+def _content(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def planning_modules(package: Path) -> list[Path]:
+    """Every module of the packages the plan depends on, in a stable order."""
+    return sorted(m for name in _PLANNING_PACKAGES for m in (package / name).glob("*.py"))
+
+
+def planning_inputs_digest(
+    paths: Paths, sources: Sequence[Path], arch: str, state_inputs: Any
+) -> str:
+    """sha256 over the plan's inputs: desired-state bytes, binaries, plugin and library files
+    (by stat), the managed config files (by content), agentd's inventory and its own code.
+
+    Stat fingerprints include ctime, which no user-space write can set back, so a binary
+    replaced in place changes the digest even if its mtime and size are forged.
+    """
+    package = Path(agentd.__file__).parent
+    code = [[str(m.relative_to(package)), _stat(m)] for m in planning_modules(package)]
+    doc = {
+        "agentd": [agentd.__version__, code],
+        "arch": arch,
+        "sources": [[str(p), _content(p)] for p in sources],
+        "binaries": [
+            [name, d, _stat(paths.under(d) / name)]
+            for name in _COMPONENT_BINARIES
+            for d in BIN_SEARCH_DIRS
+        ],
+        "libs": [
+            _listing(paths.usr_local_lib, "libwasmedge.so*"),
+            _listing(paths.under("/usr/local/lib64"), "libwasmedge.so*"),
+            _listing(paths.plugin_dir, "*"),
+        ],
+        "configs": [[p, _content(paths.under(p))] for p in MANAGED_CONFIG_PATHS],
+        "state": state_inputs,
+        "env": os.environ.get("AGENTD_ARCH"),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()

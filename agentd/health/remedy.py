@@ -1,0 +1,157 @@
+"""Acting on health findings: roll back a change that broke a component, apply known fixes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+from agentd.core.errors import AgentError
+from agentd.core.paths import K3S_UNITS, SYSTEMD_DIR
+from agentd.health.run import HealthRun, examine, note_remediation, record
+from agentd.settings.snapshot import AgentConfig
+from agentd.state.store import AgentState, StateLock, load_state, save_state
+from agentd.system.host import Host
+from agentd.system.services import ServiceError
+
+LOCK_WAIT_S = 120.0
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _log() -> Any:
+    from agentd.system.log import get_logger  # noqa: PLC0415
+
+    return get_logger()
+
+
+def current_desired(host: Host, state: AgentState, config: AgentConfig) -> Optional[dict[str, Any]]:
+    """The desired state as it stands in the files now (validated), else the last run's."""
+    from agentd.run import desired_sources, load_desired, node_arch, node_identity  # noqa: PLC0415
+
+    try:
+        sources = desired_sources(host, None)
+        loaded = load_desired(sources, node_arch(), node_identity(host, config))
+    except AgentError:
+        return state.desired
+    return loaded.desired.model_dump(mode="json")
+
+
+def check(host: Host, config: AgentConfig, *, act: bool, suspended: bool) -> HealthRun:
+    """`agentd check`: the checks now, recorded; with `act`, the due rollbacks and fixes too
+    (not while convergence is suspended: those change the node)."""
+    with StateLock(host.paths).held("check", LOCK_WAIT_S):
+        state = load_state(host.paths) or AgentState()
+        desired = current_desired(host, state, config)
+        run = examine(host, config, desired, state)
+        record(host, config, state, run)
+    if act and not suspended and (run.due_rollbacks or run.due_fixes):
+        run.acted = _act(host, config, run)
+        with StateLock(host.paths).held("check", LOCK_WAIT_S):
+            state = load_state(host.paths) or AgentState()
+            state.health = run.to_json()
+            record(host, config, state, run, prune=False)
+    return run
+
+
+def _act(host: Host, config: AgentConfig, run: HealthRun) -> list[dict[str, Any]]:
+    acted: list[dict[str, Any]] = []
+    rolled_back: set[str] = set()
+    for component, reasons in sorted(run.due_rollbacks.items()):
+        acted.append(_roll_back(host, component, reasons))
+        rolled_back.add(component)
+    backoff = float(config.health.get("remediationBackoff") or 600.0)
+    for finding in run.due_fixes:
+        if finding.component in rolled_back:
+            continue  # the rollback was the fix
+        acted.append(_fix(host, config, finding, backoff))
+    return acted
+
+
+def _roll_back(host: Host, component: str, reasons: list[str]) -> dict[str, Any]:
+    """Put back the version kept before the change, and block that change for its generation."""
+    from agentd.converge.install import rollback  # noqa: PLC0415
+    from agentd.state.store import count  # noqa: PLC0415
+
+    why = "; ".join(reasons)[:500]
+    with StateLock(host.paths).held("rollback", LOCK_WAIT_S):
+        state = load_state(host.paths) or AgentState()
+        watch = state.watch.pop(component, {})
+        try:
+            done = rollback(host, state, component)
+        except AgentError as exc:
+            save_state(host.paths, state)
+            _log().error("rollback failed", component=component, action="rollback", error=str(exc))
+            return {"rollback": component, "ok": False, "error": str(exc)}
+        state.blocked[component] = {
+            "generation": watch.get("generation"),
+            "version": watch.get("to"),
+            "restored": done.get("restoredVersion"),
+            "reason": why,
+            "at": _now(),
+        }
+        # The installed version changed under the no-op digest's feet: plan again next time.
+        state.noop = None
+        count(state.counters, "rollbacks", [component])
+        save_state(host.paths, state)
+    _log().error(
+        "rolled back",
+        component=component,
+        action="rollback",
+        generation=watch.get("generation"),
+        replaced=watch.get("to"),
+        restored=done.get("restoredVersion"),
+        reason=why,
+    )
+    return {
+        "rollback": component,
+        "ok": True,
+        "from": watch.get("to"),
+        "to": done.get("restoredVersion"),
+        "reason": why,
+        "serviceCalls": list(host.services.calls),
+    }
+
+
+def _fix(host: Host, config: AgentConfig, finding: Any, backoff: float) -> dict[str, Any]:
+    """Apply one finding's fix; whatever happens, the next attempt waits for its backoff."""
+    fix = str(finding.fix)
+    ok, detail = False, ""
+    try:
+        if fix == "restart:k3s":
+            unit = _k3s_unit(host)
+            host.services.restart(unit)
+            ok, detail = True, f"restarted {unit}"
+        elif fix == "ldconfig":
+            host.services.ldconfig()
+            ok, detail = True, "ran ldconfig"
+        elif fix == "converge" or fix.startswith("reinstall:"):
+            from agentd.run import apply  # noqa: PLC0415
+
+            force = {}
+            if fix.startswith("reinstall:"):
+                force[fix.split(":", 1)[1]] = f"the health check found: {finding.message}"
+            result = apply(host, None, config=config, force=force, lock_wait_s=LOCK_WAIT_S)
+            ok = result.get("outcome") in ("converged", "deferred")
+            detail = f"apply {result.get('outcome')} ({len(result.get('actions') or [])} actions)"
+        else:
+            detail = f"no such fix {fix!r}"
+    except (AgentError, ServiceError, OSError) as exc:
+        detail = str(exc)
+    with StateLock(host.paths).held("remediate", LOCK_WAIT_S):
+        state = load_state(host.paths) or AgentState()
+        note_remediation(state, finding, backoff, ok)
+        save_state(host.paths, state)
+    level = "info" if ok else "error"
+    getattr(_log(), level)(
+        "remediation", component=finding.component, action=fix, code=finding.code, detail=detail
+    )
+    return {"fix": fix, "code": finding.code, "ok": ok, "detail": detail, "at": time.time()}
+
+
+def _k3s_unit(host: Host) -> str:
+    agent = K3S_UNITS["agent"]
+    if host.paths.under(f"{SYSTEMD_DIR}/{agent}").exists():
+        return agent
+    return K3S_UNITS["server"]

@@ -1,0 +1,84 @@
+"""The no-op digest: an unchanged node skips planning, and any change to a plan input replans."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.mirror import MirrorServer
+from tests.support.node import Node
+from tests.support.standins import Mirror, crun_binary, desired_document
+
+
+@pytest.fixture
+def converged(sandbox_root: Path, mirror: MirrorServer, mirror_index: Mirror, arch: str) -> Node:
+    node = Node(sandbox_root)
+    doc = desired_document(mirror.url, mirror_index, arches=(arch,))
+    assert node.apply(doc).code == 0
+    second = node.apply(doc).json()  # a full plan that finds nothing: stores the digest
+    assert second["actions"] == []
+    assert "cached" not in second
+    third = node.apply(doc).json()
+    assert third["cached"] is True
+    assert third["unchanged"] == second["unchanged"]  # the same reasons, without planning
+    return node
+
+
+def again(node: Node) -> dict[str, Any]:
+    res = node.agentd("apply", "--desired", str(node.root.parent / "desired.yaml"), "--json")
+    assert res.code == 0, res.stderr
+    result: dict[str, Any] = res.json()
+    return result
+
+
+def test_a_config_edited_by_hand_is_put_back(converged: Node) -> None:
+    config = converged.path("/etc/rancher/k3s/config.yaml")
+    original = config.read_text()
+    config.write_text(original + "disable: traefik\n")
+    result = again(converged)
+    assert "cached" not in result
+    assert [(a["component"], a["action"]) for a in result["actions"]] == [
+        ("k3s/config", "configure"),
+        ("k3s", "restart"),
+    ]
+    assert config.read_text() == original
+
+
+def test_a_binary_replaced_behind_agentds_back_is_reinstalled(converged: Node) -> None:
+    crun = converged.path("/usr/local/bin/crun")
+    crun.write_bytes(crun_binary("1.14"))
+    result = again(converged)
+    assert ("crun", "downgrade") not in [(a["component"], a["action"]) for a in result["actions"]]
+    assert ("crun", "upgrade") in [(a["component"], a["action"]) for a in result["actions"]]
+    assert converged.version_of("/usr/local/bin/crun") == "crun version 1.15"
+
+
+def test_a_deleted_plugin_is_reinstalled(converged: Node) -> None:
+    os.unlink(converged.path("/usr/local/lib/wasmedge/libwasmedgePluginWasiNN.so"))
+    result = again(converged)
+    assert [(a["component"], a["action"]) for a in result["actions"]] == [
+        ("wasmedge/plugins/wasi_nn-ggml", "install")
+    ]
+
+
+def test_a_new_desired_document_is_planned(converged: Node) -> None:
+    desired = converged.root.parent / "desired.yaml"
+    desired.write_text(desired.read_text().replace("generation: 1", "generation: 2"))
+    result = again(converged)
+    assert "cached" not in result
+    assert result["generation"] == 2
+    assert converged.state()["lastAppliedGeneration"] == 2
+
+
+def test_a_distribution_crun_appearing_is_noticed(converged: Node) -> None:
+    distro = converged.path("/usr/bin/crun")
+    distro.parent.mkdir(parents=True, exist_ok=True)
+    distro.write_bytes(crun_binary("1.8.1", wasm=False))
+    distro.chmod(0o755)
+    result = again(converged)
+    # /usr/local/bin comes first in the search order, so nothing changes, but it was looked at
+    assert "cached" not in result
+    assert result["actions"] == []
