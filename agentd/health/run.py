@@ -8,7 +8,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from agentd.health.checks import CheckInput, Finding, Kube, healthy, run_checks, wasm_ready
+from agentd.health.checks import run_checks
+from agentd.health.findings import CheckInput, Finding, healthy, wasm_ready
+from agentd.health.kube import Kube
 from agentd.report.node import node_name
 from agentd.settings.snapshot import AgentConfig, suspend_reason
 from agentd.sources.pull import FleetStore

@@ -1,0 +1,75 @@
+"""The WasmEdge checks: plugins it does not load, and what breaks DNS in Wasm guests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agentd.health.wasmedge import check_dns, check_wasmedge
+from tests.support.standins import plugin_tarball
+from tests.unit.health.sandbox import codes, inputs, install, k3s_node, unpack_wasmedge
+
+
+def test_a_plugin_built_for_another_wasmedge_is_not_loaded(tmp_path: Path) -> None:
+    unpack_wasmedge(tmp_path, "0.14.1")
+    import io
+    import tarfile
+
+    for version, name in (("0.14.1", "wasi_crypto"), ("0.13.5", "wasi_nn-ggml")):
+        blob = plugin_tarball(name, version)
+        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+            for member in tar.getmembers():
+                if member.isfile():
+                    data = tar.extractfile(member)
+                    assert data is not None
+                    install(
+                        tmp_path,
+                        f"/usr/local/lib/wasmedge/{Path(member.name).name}",
+                        data.read(),
+                        0o644,
+                    )
+    desired = {
+        "components": {"wasmedge": {"state": "present", "plugins": [{"name": "wasi_nn-ggml"}]}}
+    }
+    found = [
+        f for f in check_wasmedge(inputs(tmp_path, desired)) if f.code.startswith("wasmedge.plugin")
+    ]
+    assert [(f.code, f.component, f.fix) for f in found] == [
+        (
+            "wasmedge.plugin-not-loaded",
+            "wasmedge/plugins/wasi_nn",
+            None,
+        )
+    ]
+    assert "skipped without a word" in found[0].message
+
+
+def test_wasmedge_missing_only_matters_when_desired(tmp_path: Path) -> None:
+    assert check_wasmedge(inputs(tmp_path)) == []
+    wanted = {"components": {"wasmedge": {"state": "present"}}}
+    assert codes(check_wasmedge(inputs(tmp_path, wanted))) == ["wasmedge.missing"]
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [("0.9.1", ["dns.wasmedge-too-old"]), ("0.12.0", ["dns.wasmedge-0.12.0"]), ("0.13.5", [])],
+)
+def test_dns_causes_on_the_wasmedge_side(tmp_path: Path, version: str, expected: list[str]) -> None:
+    unpack_wasmedge(tmp_path, version)
+    found = check_dns(inputs(tmp_path))
+    assert codes(found) == expected
+    for f in found:
+        assert "There is no WasmEdge socket plugin to install" in f.remedy
+
+
+def test_dns_needs_a_resolv_conf_for_the_sandbox(tmp_path: Path) -> None:
+    k3s_node(tmp_path)
+    found = check_dns(inputs(tmp_path))
+    assert [(f.code, f.severity) for f in found] == [("dns.no-resolv-conf", "error")]
+    assert "/etc/resolv.conf does not exist" in found[0].message
+    install(tmp_path, "/etc/resolv.conf", b"nameserver 10.0.0.53\n", 0o644)
+    assert check_dns(inputs(tmp_path)) == []
+    # k3s's own resolv-conf setting names the file the kubelet hands to pods.
+    install(tmp_path, "/etc/rancher/k3s/config.yaml", b"resolv-conf: /run/k3s-resolv.conf\n", 0o644)
+    assert "/run/k3s-resolv.conf does not exist" in check_dns(inputs(tmp_path))[0].message
