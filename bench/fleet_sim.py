@@ -26,7 +26,8 @@ sys.path.insert(0, str(REPO))
 
 from agentd.core.paths import Paths  # noqa: E402
 from agentd.desired.targeting import wave_position  # noqa: E402
-from agentd.sources.pull import SourceConfig, pull  # noqa: E402
+from agentd.sources.document import SourceConfig  # noqa: E402
+from agentd.sources.pull import pull  # noqa: E402
 from tests.support.fleet import FleetRepo, GitDaemon  # noqa: E402
 from tests.support.standins import build_mirror, desired_document, node_arch, write_yaml  # noqa: E402
 

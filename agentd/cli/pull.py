@@ -7,8 +7,9 @@ import sys
 
 from agentd.cli.main import agent_config, print_json
 from agentd.core.errors import AgentError
-from agentd.run import settle_candidate
-from agentd.sources.pull import FleetStore, pull
+from agentd.desired.load import settle_candidate
+from agentd.sources.pull import pull
+from agentd.sources.store import FleetStore
 from agentd.state.store import StateLock
 from agentd.system.host import Host
 

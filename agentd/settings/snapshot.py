@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,13 +12,12 @@ from agentd import __version__
 from agentd.core.errors import AgentError
 from agentd.core.paths import Paths
 from agentd.core.timespec import MaintenanceWindows, windows_from_json
-from agentd.sources.pull import SourceConfig
-from agentd.system.files import atomic_write, read_bytes_limited
+from agentd.sources.document import SourceConfig
+from agentd.system.files import JsonFileError, read_bytes_limited, read_json, write_json
 
 MAX_SETTINGS_BYTES = 1 << 20
-# Must equal the pydantic model's defaults (tests/unit/settings/test_settings.py compares them): a
-# node with no
-# settings file runs on these without loading pydantic at all.
+# Must equal the pydantic model's defaults (tests/unit/settings/test_settings.py compares them):
+# a node with no settings file runs on these without loading pydantic at all.
 DEFAULTS: dict[str, Any] = {
     "apiVersion": "agentd/v1",
     "kind": "AgentSettings",
@@ -46,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
         "probe": {"image": None, "namespace": "default", "timeout": 60.0},
     },
 }
+DEFAULT_ORIGIN = "defaults (no settings file)"
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ class AgentConfig:
     """Validated settings (`settings_json` output) with typed access; `origin` says from where."""
 
     raw: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULTS))
-    origin: str = "defaults (no settings file)"
+    origin: str = DEFAULT_ORIGIN
 
     @property
     def source(self) -> Optional[SourceConfig]:
@@ -151,8 +150,8 @@ def load_config(
     key = _snapshot_key(data)
     shown = paths.host_view(path)
     snapshot = read_snapshot(paths)
-    if snapshot is not None and snapshot.get("key") == key:
-        return AgentConfig(snapshot["settings"], shown if data is not None else DEFAULT_ORIGIN)
+    if snapshot is not None and snapshot.key == key:
+        return AgentConfig(snapshot.settings, shown if data is not None else DEFAULT_ORIGIN)
     if data is None:
         return AgentConfig(dict(DEFAULTS), DEFAULT_ORIGIN)
     if not validate:
@@ -160,28 +159,42 @@ def load_config(
     from agentd.settings.model import load_settings, settings_json  # noqa: PLC0415
 
     raw = settings_json(load_settings(path, shown))
-    write_snapshot(paths, key, raw, shown)
+    write_snapshot(paths, SettingsSnapshot(key, shown, raw))
     return AgentConfig(raw, shown)
 
 
-DEFAULT_ORIGIN = "defaults (no settings file)"
+@dataclass(frozen=True)
+class SettingsSnapshot:
+    """The last settings that validated on this node; `key` names the bytes they came from."""
+
+    key: str  # agentd's version and the file's sha256: a new agentd validates again
+    origin: str  # the settings file, as the messages show it
+    settings: Mapping[str, Any]  # `settings_json` output
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "origin": self.origin, "settings": dict(self.settings)}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Optional[SettingsSnapshot]:
+        """None for a document that holds no settings (then the file is validated again)."""
+        settings = doc.get("settings")
+        if not isinstance(settings, dict):
+            return None
+        return cls(str(doc.get("key")), str(doc.get("origin")), settings)
 
 
-def read_snapshot(paths: Paths) -> Optional[dict[str, Any]]:
-    """The last settings that validated on this node, with the key of the bytes they came from."""
+def read_snapshot(paths: Paths) -> Optional[SettingsSnapshot]:
+    """The snapshot, or None when there is none that can be used (the file is validated again)."""
     try:
-        data = json.loads(paths.settings_snapshot.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        doc = read_json(paths.settings_snapshot)
+    except (OSError, JsonFileError):
         return None
-    if not isinstance(data, dict) or not isinstance(data.get("settings"), dict):
-        return None
-    return data
+    return SettingsSnapshot.from_json(doc) if doc is not None else None
 
 
-def write_snapshot(paths: Paths, key: str, raw: Mapping[str, Any], origin: str) -> None:
-    doc = {"key": key, "origin": origin, "settings": raw}
+def write_snapshot(paths: Paths, snapshot: SettingsSnapshot) -> None:
     try:
-        atomic_write(paths.settings_snapshot, json.dumps(doc, indent=1).encode(), 0o600)
+        write_json(paths.settings_snapshot, snapshot.to_json(), 0o600)
     except OSError:
         return  # only a cache: the next load validates again
 
@@ -191,7 +204,7 @@ def last_good_config(paths: Paths) -> Optional[AgentConfig]:
     snapshot = read_snapshot(paths)
     if snapshot is None:
         return None
-    return AgentConfig(snapshot["settings"], f"{snapshot.get('origin')} (last good)")
+    return AgentConfig(snapshot.settings, f"{snapshot.origin} (last good)")
 
 
 def suspend_reason(paths: Paths, config: AgentConfig) -> Optional[str]:
