@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from agentd.cli.main import print_json
-from agentd.converge.install import rollback
+from agentd.converge.rollback import rollback
 from agentd.state.store import AgentState, StateLock, load_state, save_state
 from agentd.system.host import Host
 

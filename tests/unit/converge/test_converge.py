@@ -504,7 +504,7 @@ def test_a_run_killed_after_replacing_crun_is_installed_again_and_recorded(
 
 
 def test_sweep_removes_temp_symlinks_and_the_probe_and_metrics_temps(sandbox_root: Path) -> None:
-    from agentd.converge.install import sweep
+    from agentd.converge.sweep import sweep
     from agentd.state.store import AgentState
     from agentd.system.host import Host
 

@@ -1,0 +1,98 @@
+"""Rollback: put back the kept version of a component, through the undo journal."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import time
+from typing import Any
+
+from agentd.converge.kept import keep, kept_dir, kept_manifest
+from agentd.converge.undo import Journal, Op
+from agentd.core.components import PLUGIN_PREFIX, restarts_k3s
+from agentd.core.errors import RollbackError
+from agentd.core.paths import SYSTEMD_DIR
+from agentd.core.redact import redact_text
+from agentd.plan import render
+from agentd.state.store import AgentState, InventoryEntry
+from agentd.system.host import Host
+from agentd.system.services import ServiceError
+
+
+def rollback(host: Host, state: AgentState, component: str) -> dict[str, Any]:
+    """Put back what the last change to `component` replaced; the replaced state is kept in turn."""
+    interrupted = state.interrupted().get(component)
+    if interrupted is not None:
+        # The kept version is from the change before the killed one: putting it back would
+        # skip a generation (or delete what the killed run was replacing).
+        raise RollbackError(
+            f"{component}: {interrupted}; `agentd apply` installs and records it first"
+        )
+    manifest = kept_manifest(host, component)
+    if manifest is None:
+        raise RollbackError(
+            f"nothing kept for {component}: agentd has not changed it on this node "
+            f"(kept versions live in {host.paths.host_view(host.paths.kept_dir)})"
+        )
+    kept = kept_dir(host, component)
+    work = host.paths.staging_dir / f"rollback-{secrets.token_hex(3)}"
+    journal = Journal(host, work / "backup")
+    current = state.inventory.get(component)
+    try:
+        for item in manifest["files"]:
+            if item["kind"] == "file":
+                op = Op("copy", item["path"], source=kept / item["blob"], mode=item["mode"])
+            elif item["kind"] == "symlink":
+                op = Op("symlink", item["path"], link=item["link"])
+            else:
+                op = Op("remove", item["path"])
+            journal.apply(component, op)
+        if component == "wasmedge" or component.startswith(PLUGIN_PREFIX):
+            host.services.ldconfig()
+        if component == "k3s/unit":
+            host.services.daemon_reload()
+        restarted = None
+        if restarts_k3s(component):
+            restarted = _k3s_unit_present(host)
+            if restarted:
+                host.services.restart(restarted)
+    except (OSError, ServiceError) as exc:
+        failures = journal.undo()
+        shutil.rmtree(work, ignore_errors=True)
+        more = f"; undo failed for {failures}" if failures else "; nothing was changed"
+        raise RollbackError(redact_text(f"rollback of {component} failed: {exc}{more}")) from exc
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    restored = manifest.get("inventory")
+    keep(
+        host,
+        component,
+        journal.saved,
+        current,
+        {
+            "version": current.version if current else manifest.get("replacedBy"),
+            "replacedBy": manifest.get("version"),
+            "replacedAt": stamp,
+            "generation": manifest.get("generation"),
+            "action": "rollback",
+        },
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    if restored:
+        state.inventory[component] = InventoryEntry.from_json(restored)
+    else:
+        state.inventory.pop(component, None)
+    return {
+        "component": component,
+        "restoredVersion": manifest.get("version"),
+        "replacedVersion": manifest.get("replacedBy"),
+        "files": [i["path"] for i in manifest["files"]],
+        "restarted": restarted,
+    }
+
+
+def _k3s_unit_present(host: Host) -> str | None:
+    for role in ("server", "agent"):
+        unit = render.k3s_unit_name(role)
+        if host.paths.under(f"{SYSTEMD_DIR}/{unit}").exists():
+            return unit
+    return None
