@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -10,30 +9,30 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from agentd.core.errors import (
-    AgentError,
-    Cancelled,
-    DesiredStateError,
-    GenerationError,
-    NoDesiredState,
+from agentd.core.errors import AgentError, Cancelled, DesiredStateError, GenerationError
+from agentd.desired.identity import node_identity
+from agentd.desired.load import (
+    Loaded,
+    Sources,
+    desired_sources,
+    load_desired,
+    settle_candidate,
+    without_urls,
 )
-from agentd.core.paths import MANAGED_CONFIG_PATHS
+from agentd.facts.configs import read_configs
 from agentd.settings.snapshot import AgentConfig
-from agentd.sources.pull import FleetStore, fleet_document
+from agentd.sources.store import FleetStore
+from agentd.state.records import Noop
 from agentd.state.store import AgentState, StateLock, load_state, save_state
-from agentd.system.files import read_bytes_limited
 from agentd.system.host import Host
 
 if TYPE_CHECKING:
-    from agentd.core.timespec import MaintenanceWindows
     from agentd.desired.model import DesiredState
-    from agentd.desired.targeting import NodeIdentity, Targeting
     from agentd.facts.model import Facts
-    from agentd.plan.diff import Action, Plan
+    from agentd.plan.diff import Plan
 
 # pydantic, yaml and the planner are imported only when a plan is really needed: an unchanged
 # node answers from the no-op digest without them (start-up time matters on a Raspberry Pi).
-MAX_CONFIG_BYTES = 1 << 20
 
 
 def _now() -> str:
@@ -44,178 +43,12 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 1)
 
 
-# --- sources -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Sources:
-    """The files that make the desired state, in merge order (later wins), and their names."""
-
-    files: list[Path]
-    names: dict[Path, str] = field(default_factory=dict)
-    fleet: Optional[dict[str, Any]] = None  # the pulled document's record, when one is used
-
-    def shown(self) -> list[str]:
-        return [self.names.get(p, str(p)) for p in self.files]
-
-
-def local_sources(host: Host) -> list[Path]:
-    """The node's own files: desired.yaml, then desired.d/*.yaml in alphabetical order."""
-    paths = host.paths
-    files = [paths.desired_file] if paths.desired_file.is_file() else []
-    if paths.desired_dir.is_dir():
-        files += sorted(p for p in paths.desired_dir.glob("*.yaml") if p.is_file())
-    return files
-
-
-def desired_sources(
-    host: Host, desired_file: Optional[Path], fleet_file: Optional[Path] = None
-) -> Sources:
-    """`--desired FILE` alone, else the last good fleet document (or `fleet_file`) and then the
-    node's own files."""
-    if desired_file is not None:
-        return Sources([desired_file])
-    paths = host.paths
-    view = fleet_document(paths)
-    files: list[Path] = []
-    names: dict[Path, str] = {}
-    fleet = None
-    if fleet_file is not None:
-        store = FleetStore(paths)
-        record = store.candidate_record()
-        files.append(fleet_file)
-        names[fleet_file] = f"{record.get('display', 'fleet document')} (new)"
-        fleet = {**record, "candidate": True}
-    elif view.path is not None:
-        files.append(view.path)
-        names[view.path] = view.display
-        fleet = view.record
-    files += local_sources(host)
-    if not files:
-        raise NoDesiredState(
-            f"no desired state: neither {paths.host_view(paths.desired_file)} nor "
-            f"{paths.host_view(paths.desired_dir)}/*.yaml exists, no fleet document has been "
-            "pulled (pass --desired FILE, or set a source in "
-            f"{paths.host_view(paths.settings_file)})"
-        )
-    return Sources(files, names, fleet)
-
-
-@dataclass
-class Loaded:
-    desired: DesiredState
-    sources: list[str]
-    warnings: list[str] = field(default_factory=list)
-    targeting: list[Targeting] = field(default_factory=list)
-
-
-def node_identity(host: Host, config: Optional[AgentConfig] = None) -> NodeIdentity:
-    """This node as fleet selectors see it (settings first, then the machine)."""
-    from agentd.desired.targeting import NodeIdentity  # noqa: PLC0415
-    from agentd.facts.detect import _os_name  # noqa: PLC0415
-
-    config = config or AgentConfig()
-    node_id = config.node_id
-    if node_id is None:
-        try:
-            node_id = host.paths.under("/etc/machine-id").read_text().strip() or None
-        except OSError:
-            node_id = None
-    return NodeIdentity(
-        node_id=node_id or "unknown",
-        hostname=config.hostname or os.uname().nodename,
-        arch=node_arch(),
-        os=_os_name(host.paths),
-        labels=config.labels,
-    )
-
-
-def load_desired(sources: Sources, arch: str, node: Optional[NodeIdentity] = None) -> Loaded:
-    from agentd.desired.validate import load_and_validate  # noqa: PLC0415
-
-    report = load_and_validate(sources.files, arch, merge_all=True, names=sources.names, node=node)
-    if report.errors or report.state is None:
-        n = len(report.errors)
-        raise DesiredStateError(
-            f"the desired state is invalid ({n} error{'s' * (n != 1)})", report.errors
-        )
-    return Loaded(report.state, sources.shown(), report.warnings, report.targeting)
-
-
-def settle_candidate(host: Host, *, promote: bool) -> Optional[Path]:
-    """Judge a pulled fleet document waiting in the state dir, merged with the node's files.
-
-    Valid: it is promoted to the last good document (or, without `promote`, its path is
-    returned for a plan to show). Invalid where the last good one is not: rejected, with the
-    reason kept for `status`. When the node's own files are what is broken, it waits.
-    """
-    store = FleetStore(host.paths)
-    if not store.candidate.is_file():
-        return None
-    from agentd.desired.validate import load_and_validate  # noqa: PLC0415
-
-    arch = node_arch()
-    with_new = desired_sources(host, None, fleet_file=store.candidate)
-    report = load_and_validate(with_new.files, arch, merge_all=True, names=with_new.names)
-    if report.ok:
-        if not promote:
-            return store.candidate
-        record = store.promote()
-        _log().info(
-            "fleet document accepted",
-            component="source",
-            action="accept",
-            generation=record.get("generation"),
-            origin=record.get("origin"),
-        )
-        return None
-    current = desired_sources_or_none(host)
-    if current is not None:
-        without = load_and_validate(current.files, arch, merge_all=True, names=current.names)
-        if not without.ok:
-            return None  # the node's own files are broken: the new document is not to blame
-    if promote:
-        reason = "invalid with this node's files: " + "; ".join(report.errors[:3])
-        record = store.reject_candidate(reason)
-        _log().error(
-            "fleet document rejected",
-            component="source",
-            action="reject",
-            generation=record.get("generation"),
-            error=reason,
-        )
-    return None
-
-
-def desired_sources_or_none(host: Host) -> Optional[Sources]:
-    try:
-        return desired_sources(host, None)
-    except DesiredStateError:
-        return None
-
-
-def read_configs(host: Host) -> dict[str, Optional[bytes]]:
-    """The current content of every file the planner compares (None: absent or unreadable)."""
-    out: dict[str, Optional[bytes]] = {}
-    for node_path in MANAGED_CONFIG_PATHS:
-        try:
-            out[node_path] = read_bytes_limited(host.paths.under(node_path), MAX_CONFIG_BYTES)
-        except OSError:
-            out[node_path] = None
-    return out
-
-
-def node_arch() -> str:
-    from agentd.core.arch import host_arch  # noqa: PLC0415
-
-    return host_arch()
-
-
-def _digest(host: Host, sources: Sources, state: AgentState) -> str:
+def _digest(host: Host, sources: Sources, state: AgentState, config: AgentConfig) -> str:
     from agentd.facts.digest import planning_inputs_digest  # noqa: PLC0415
 
+    node = node_identity(host, config).to_json()
     inventory = {k: v.to_json() for k, v in sorted(state.inventory.items())}
-    return planning_inputs_digest(host.paths, sources.files, node_arch(), inventory)
+    return planning_inputs_digest(host.paths, sources.files, node, inventory)
 
 
 def _log() -> Any:
@@ -268,23 +101,9 @@ def make_plan(
     facts = _with_packages(host, facts, loaded.desired)
     timings["load"] = _ms(t1)
     t2 = time.perf_counter()
-    the_plan = plan(loaded.desired, facts, state.inventory, read_configs(host), force)
+    the_plan = plan(loaded.desired, facts, state.inventory, read_configs(host.paths), force)
     timings["plan"] = _ms(t2)
     return Planned(loaded, facts, state, the_plan, timings, sources)
-
-
-def _without_urls(value: Any) -> Any:
-    """`value` with every artifact URL replaced by its redacted form."""
-    from agentd.core.redact import redact_url  # noqa: PLC0415
-
-    if isinstance(value, dict):
-        return {
-            k: redact_url(v) if k == "url" and isinstance(v, str) else _without_urls(v)
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [_without_urls(v) for v in value]
-    return value
 
 
 def _with_packages(host: Host, facts: Facts, desired: DesiredState) -> Facts:
@@ -293,141 +112,6 @@ def _with_packages(host: Host, facts: Facts, desired: DesiredState) -> Facts:
     if crun is None or crun.source != "package" or host.packages is None:
         return facts
     return replace(facts, packages={crun.package: host.packages.installed(crun.package)})
-
-
-# --- the maintenance window --------------------------------------------------------------------
-
-
-def _window(config: AgentConfig, desired: DesiredState) -> Optional[MaintenanceWindows]:
-    """The node's own window (settings) wins over the fleet's (desired state)."""
-    own = config.maintenance
-    if own is not None:
-        return own
-    return desired.maintenanceWindow.compile() if desired.maintenanceWindow else None
-
-
-def _owed_restart(state: AgentState, plan: Plan) -> Plan:
-    """Add the k3s restart still owed from a run whose restart waited for the window."""
-    owed = state.pending_restart
-    if not owed or any(a.action == "restart" for a in plan.actions):
-        return plan
-    from agentd.plan.diff import Action  # noqa: PLC0415
-
-    restart = Action(
-        "k3s",
-        "restart",
-        f"{owed['unit']}: owed since {owed['since']} for {owed['causes']}",
-        target=str(owed["unit"]),
-        disruptive=True,
-        phase="restart",
-    )
-    return replace(plan, actions=(*plan.actions, restart))
-
-
-def _gate(
-    plan: Plan, state: AgentState, window: Optional[MaintenanceWindows], now: datetime
-) -> tuple[Plan, list[Action]]:
-    """The plan without its disruptive actions while the window is closed, and those held."""
-    if window is None or window.open_at(now):
-        state.deferred = None
-        return plan, []
-    held = [a for a in plan.actions if a.disruptive]
-    if not held:
-        state.deferred = None
-        return plan, []
-    opens = window.next_opening(now).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    state.deferred = {
-        "actions": [a.to_json() for a in held],
-        "until": opens,
-        "window": window.describe(),
-    }
-    for a in held:
-        if a.action == "restart":
-            causes = a.reason.split(": ", 1)[-1]
-            since = (state.pending_restart or {}).get("since") or _now()
-            state.pending_restart = {"unit": a.target, "causes": causes, "since": since}
-    kept = tuple(a for a in plan.actions if not a.disruptive)
-    return replace(plan, actions=kept), held
-
-
-# --- health-gated rollback ----------------------------------------------------------------------
-
-
-def _without_blocked(state: AgentState, plan: Plan, generation: int) -> Plan:
-    """The plan without changes that were rolled back for this generation: they are not tried
-    again until the desired state changes (no install/rollback flapping)."""
-    state.blocked = {c: b for c, b in state.blocked.items() if b.get("generation") == generation}
-    if not state.blocked:
-        return plan
-    from agentd.plan.diff import Unchanged  # noqa: PLC0415
-
-    kept, notes = [], []
-    for a in plan.actions:
-        block = state.blocked.get(a.component)
-        if block is not None and a.to_version == block.get("version"):
-            notes.append(
-                Unchanged(
-                    a.component,
-                    f"{a.action} to {a.to_version} was rolled back at {block.get('at')} "
-                    f"({block.get('reason')}); not tried again for generation {generation}: "
-                    "publish a new generation to try again",
-                )
-            )
-        else:
-            kept.append(a)
-    return replace(plan, actions=tuple(kept), unchanged=(*plan.unchanged, *notes))
-
-
-_CHANGES = ("install", "upgrade", "downgrade", "reinstall")
-
-
-def _health_before(host: Host, config: AgentConfig, planned: Planned) -> Optional[set[str]]:
-    """The components that are unhealthy now, checked just before a change to a watched one
-    (None when no such change is planned): only what was healthy is rolled back."""
-    from agentd.health import run as health  # noqa: PLC0415
-    from agentd.health.checks import run_checks  # noqa: PLC0415
-
-    changing = [
-        a
-        for a in planned.plan.actions
-        if a.action in _CHANGES and a.from_version and health.watched(a.component)
-    ]
-    if not changing:
-        return None
-    desired = planned.loaded.desired.model_dump(mode="json")
-    inp = health.check_input(host, config, desired, planned.facts)
-    inp.probe_image = None  # the pod probe takes a minute; the node's own checks suffice here
-    return health.unhealthy_components(run_checks(inp))
-
-
-def _watch_changes(
-    state: AgentState,
-    report: Any,
-    generation: int,
-    before: Optional[set[str]],
-    config: AgentConfig,
-) -> None:
-    """Watch each component this run replaced, for the rollback window."""
-    if before is None:
-        return
-    window = float(config.health.get("rollbackWindow") or 0)
-    until = time.time() + window
-    for step in report.steps:
-        a = step.action
-        if step.status != "done" or a.action not in _CHANGES or not a.from_version:
-            continue
-        from agentd.health.run import watched  # noqa: PLC0415
-
-        if not watched(a.component):
-            continue
-        state.watch[a.component] = {
-            "since": _now(),
-            "until": until,
-            "generation": generation,
-            "from": a.from_version,
-            "to": a.to_version,
-            "healthyBefore": a.component not in before,
-        }
 
 
 def publish(host: Host, config: AgentConfig, state: AgentState) -> None:
@@ -482,7 +166,7 @@ def apply(
         extra = {"pull": pulled} if pulled else {}
         state = load_state(host.paths) or AgentState()
         sources = desired_sources(host, desired_file)
-        digest = _digest(host, sources, state)
+        digest = _digest(host, sources, state, config)
         unchanged = None if force else _unchanged_result(host, state, digest, started, t0, extra)
         if unchanged is not None:
             publish(host, config, state)
@@ -506,9 +190,9 @@ def _unchanged_result(
     """The memoised result of the last empty plan, recorded again, while its inputs hold."""
     # A killed run's intent is not among the digest's inputs, and it needs a plan.
     idle = not state.deferred and not state.pending_restart and not state.installing
-    if not (idle and state.noop and state.noop.get("digest") == digest):
+    if not (idle and state.noop and state.noop.digest == digest):
         return None
-    result = {**state.noop["result"], "startedAt": started, "cached": True, **extra}
+    result = {**state.noop.result, "startedAt": started, "cached": True, **extra}
     _record(host, result, t0, state)
     return result
 
@@ -528,7 +212,7 @@ def apply_if_unchanged(
         sources = desired_sources(host, None)
     except DesiredStateError:
         return None  # the worker reports it, with the full message
-    digest = _digest(host, sources, state)
+    digest = _digest(host, sources, state, config)
     result = _unchanged_result(host, state, digest, started, t0, extra or {})
     if result is not None:
         publish(host, config, state)
@@ -559,6 +243,8 @@ class _Run:
         self, digest: str, cancel: Optional[Callable[[], None]], now: Optional[datetime]
     ) -> dict[str, Any]:
         from agentd.converge.install import converge  # noqa: PLC0415
+        from agentd.health.watch import health_before, watch_changes  # noqa: PLC0415
+        from agentd.plan import policy  # noqa: PLC0415
 
         host, started, t0 = self.host, self.started, self.t0
         try:
@@ -589,18 +275,19 @@ class _Run:
             raise GenerationError(result["error"])
         if self.desired_file is None:
             # For the daemon's health checks, which need no URL: none is kept (credentials).
-            state.desired = _without_urls(desired.model_dump(mode="json"))
+            state.desired = without_urls(desired.model_dump(mode="json"))
         moment = now or datetime.now(timezone.utc)
-        the_plan = _without_blocked(state, planned.plan, desired.generation)
-        the_plan = _owed_restart(state, the_plan)
-        the_plan, held = _gate(the_plan, state, _window(self.config, desired), moment)
+        the_plan = policy.without_blocked(state, planned.plan, desired.generation)
+        the_plan = policy.with_owed_restart(state, the_plan)
+        window = policy.window(self.config, desired)
+        the_plan, held = policy.gate(the_plan, state, window, moment)
         planned.plan = the_plan
-        from agentd.converge.install import sweep  # noqa: PLC0415
+        from agentd.converge.sweep import sweep  # noqa: PLC0415
 
         swept = sweep(host, state, self.config.metrics_path)
         if swept:
             _log().info("removed what an interrupted run left", action="sweep", paths=swept)
-        before = _health_before(host, self.config, planned)
+        before = health_before(host, self.config, the_plan, desired, planned.facts)
         try:
             report = converge(
                 host,
@@ -624,10 +311,10 @@ class _Run:
         state.last_applied_generation = desired.generation
         if any(a.action == "restart" for a in the_plan.actions):
             state.pending_restart = None
-        _watch_changes(state, report, desired.generation, before, self.config)
+        watch_changes(state, report, desired.generation, before, self.config)
         result = _result(planned, started, t0, "deferred" if held else "converged", report=report)
         if held and state.deferred:
-            result["deferred"] = state.deferred
+            result["deferred"] = state.deferred.to_json()
         if not the_plan.empty or held:
             _log().info(
                 "converged",
@@ -652,7 +339,7 @@ class _Run:
                 "warnings",
                 "targeting",
             )
-            state.noop = {"digest": digest, "result": {k: result[k] for k in keep if k in result}}
+            state.noop = Noop(digest, {k: result[k] for k in keep if k in result})
         return self.record(result)
 
 

@@ -7,6 +7,7 @@ import sys
 
 from agentd.cli.main import agent_config, print_json
 from agentd.health.remedy import check
+from agentd.run import apply
 from agentd.settings.snapshot import suspend_reason
 from agentd.system.host import Host
 
@@ -28,7 +29,7 @@ def handle(args: argparse.Namespace) -> int:
     host = Host.at(args.root)
     config = agent_config(args)
     suspended = suspend_reason(host.paths, config) is not None
-    run = check(host, config, act=args.act, suspended=suspended)
+    run = check(host, config, act=args.act, suspended=suspended, apply=apply)
     doc = run.to_json()
     if args.json:
         print_json(doc)

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from agentd.desired.load import desired_sources
 from agentd.desired.model import ARCHES
 from agentd.desired.validate import load_and_validate
-from agentd.run import desired_sources
 from agentd.system.host import Host
 
 

@@ -6,30 +6,16 @@ import fnmatch
 import hashlib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
+from agentd.desired.identity import NodeIdentity
 from agentd.schema.yamlload import Loaded, Loc, merge
 
 # What an override may change; anything else in it is a mistake the schema reports.
 OVERRIDABLE = ("components", "runtimeClasses", "maintenanceWindow")
 # Kept when a document's selector leaves this node out: what it is and its generation.
 IDENTITY_KEYS = ("apiVersion", "kind", "generation", "selector", "overrides")
-
-
-@dataclass(frozen=True)
-class NodeIdentity:
-    """What selectors and rollouts look at."""
-
-    node_id: str  # /etc/machine-id: stable across reboots and re-installs of agentd
-    hostname: str
-    arch: str
-    os: str  # "debian 12"
-    labels: Mapping[str, str] = field(default_factory=dict)
-
-    def describe(self) -> str:
-        labels = ",".join(f"{k}={v}" for k, v in sorted(self.labels.items())) or "no labels"
-        return f"{self.hostname} ({self.arch}, {self.os}, {labels})"
 
 
 @dataclass(frozen=True)

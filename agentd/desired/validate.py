@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Optional
 
 from agentd.core.errors import DesiredStateError
+from agentd.desired.identity import NodeIdentity
 from agentd.desired.model import DesiredState, sanity_problems
-from agentd.desired.targeting import NodeIdentity, Targeting, apply_targeting
+from agentd.desired.targeting import Targeting, apply_targeting
 from agentd.schema.validation import check_schema, format_problems
 from agentd.schema.yamlload import Loaded, Pos, load_file, locate, merge
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import agentd
-from agentd.core.paths import BIN_SEARCH_DIRS, MANAGED_CONFIG_PATHS, Paths
+from agentd.core.components import MANAGED_CONFIG_PATHS
+from agentd.core.paths import BIN_SEARCH_DIRS, Paths
 
 # The packages whose code decides the plan: editing any module in them (even without a version
 # bump) must invalidate every stored digest. Their modules are listed from the file system, so a
@@ -47,10 +48,11 @@ def planning_modules(package: Path) -> list[Path]:
 
 
 def planning_inputs_digest(
-    paths: Paths, sources: Sequence[Path], arch: str, state_inputs: Any
+    paths: Paths, sources: Sequence[Path], node: Mapping[str, Any], state_inputs: Any
 ) -> str:
-    """sha256 over the plan's inputs: desired-state bytes, binaries, plugin and library files
-    (by stat), the managed config files (by content), agentd's inventory and its own code.
+    """sha256 over the plan's inputs: desired-state bytes, this node's identity as targeting
+    sees it (`node`: id, hostname, arch, OS, labels), binaries, plugin and library files (by
+    stat), the managed config files (by content), agentd's inventory and its own code.
 
     Stat fingerprints include ctime, which no user-space write can set back, so a binary
     replaced in place changes the digest even if its mtime and size are forged.
@@ -59,7 +61,8 @@ def planning_inputs_digest(
     code = [[str(m.relative_to(package)), _stat(m)] for m in planning_modules(package)]
     doc = {
         "agentd": [agentd.__version__, code],
-        "arch": arch,
+        # Selectors and rollout waves decide which overrides apply: a new label is a new plan.
+        "node": dict(node),
         "sources": [[str(p), _content(p)] for p in sources],
         "binaries": [
             [name, d, _stat(paths.under(d) / name)]

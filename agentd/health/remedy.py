@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Optional
 
 from agentd.core.errors import AgentError
 from agentd.core.paths import K3S_UNITS, SYSTEMD_DIR
+from agentd.desired.identity import node_arch, node_identity
+from agentd.desired.load import desired_sources, load_desired
 from agentd.health.run import HealthRun, examine, note_remediation, record
 from agentd.settings.snapshot import AgentConfig
+from agentd.state.records import Block
 from agentd.state.store import AgentState, StateLock, load_state, save_state
 from agentd.system.host import Host
 from agentd.system.services import ServiceError
 
 LOCK_WAIT_S = 120.0
+# One apply (`agentd.run.apply`), given by the command: the run layer is above this one.
+Apply = Callable[..., dict[str, Any]]
 
 
 def _now() -> str:
@@ -28,8 +34,6 @@ def _log() -> Any:
 
 def current_desired(host: Host, state: AgentState, config: AgentConfig) -> Optional[dict[str, Any]]:
     """The desired state as it stands in the files now (validated), else the last run's."""
-    from agentd.run import desired_sources, load_desired, node_arch, node_identity  # noqa: PLC0415
-
     try:
         sources = desired_sources(host, None)
         loaded = load_desired(sources, node_arch(), node_identity(host, config))
@@ -38,7 +42,9 @@ def current_desired(host: Host, state: AgentState, config: AgentConfig) -> Optio
     return loaded.desired.model_dump(mode="json")
 
 
-def check(host: Host, config: AgentConfig, *, act: bool, suspended: bool) -> HealthRun:
+def check(
+    host: Host, config: AgentConfig, *, act: bool, suspended: bool, apply: Apply
+) -> HealthRun:
     """`agentd check`: the checks now, recorded; with `act`, the due rollbacks and fixes too
     (not while convergence is suspended: those change the node)."""
     with StateLock(host.paths).held("check", LOCK_WAIT_S):
@@ -47,7 +53,7 @@ def check(host: Host, config: AgentConfig, *, act: bool, suspended: bool) -> Hea
         run = examine(host, config, desired, state)
         record(host, config, state, run)
     if act and not suspended and (run.due_rollbacks or run.due_fixes):
-        run.acted = _act(host, config, run)
+        run.acted = _act(host, config, run, apply)
         with StateLock(host.paths).held("check", LOCK_WAIT_S):
             state = load_state(host.paths) or AgentState()
             state.health = run.to_json()
@@ -55,7 +61,7 @@ def check(host: Host, config: AgentConfig, *, act: bool, suspended: bool) -> Hea
     return run
 
 
-def _act(host: Host, config: AgentConfig, run: HealthRun) -> list[dict[str, Any]]:
+def _act(host: Host, config: AgentConfig, run: HealthRun, apply: Apply) -> list[dict[str, Any]]:
     acted: list[dict[str, Any]] = []
     rolled_back: set[str] = set()
     for component, reasons in sorted(run.due_rollbacks.items()):
@@ -65,32 +71,30 @@ def _act(host: Host, config: AgentConfig, run: HealthRun) -> list[dict[str, Any]
     for finding in run.due_fixes:
         if finding.component in rolled_back:
             continue  # the rollback was the fix
-        acted.append(_fix(host, config, finding, backoff))
+        acted.append(_fix(host, config, finding, backoff, apply))
     return acted
 
 
 def _roll_back(host: Host, component: str, reasons: list[str]) -> dict[str, Any]:
     """Put back the version kept before the change, and block that change for its generation."""
-    from agentd.converge.install import rollback  # noqa: PLC0415
+    from agentd.converge.rollback import rollback  # noqa: PLC0415
     from agentd.state.store import count  # noqa: PLC0415
 
     why = "; ".join(reasons)[:500]
     with StateLock(host.paths).held("rollback", LOCK_WAIT_S):
         state = load_state(host.paths) or AgentState()
-        watch = state.watch.pop(component, {})
+        watch = state.watch.pop(component, None)
+        generation = watch.generation if watch else None
+        replaced = watch.to_version if watch else None
         try:
             done = rollback(host, state, component)
         except AgentError as exc:
             save_state(host.paths, state)
             _log().error("rollback failed", component=component, action="rollback", error=str(exc))
             return {"rollback": component, "ok": False, "error": str(exc)}
-        state.blocked[component] = {
-            "generation": watch.get("generation"),
-            "version": watch.get("to"),
-            "restored": done.get("restoredVersion"),
-            "reason": why,
-            "at": _now(),
-        }
+        state.blocked[component] = Block(
+            generation, replaced, done.get("restoredVersion"), why, _now()
+        )
         # The installed version changed under the no-op digest's feet: plan again next time.
         state.noop = None
         count(state.counters, "rollbacks", [component])
@@ -99,22 +103,24 @@ def _roll_back(host: Host, component: str, reasons: list[str]) -> dict[str, Any]
         "rolled back",
         component=component,
         action="rollback",
-        generation=watch.get("generation"),
-        replaced=watch.get("to"),
+        generation=generation,
+        replaced=replaced,
         restored=done.get("restoredVersion"),
         reason=why,
     )
     return {
         "rollback": component,
         "ok": True,
-        "from": watch.get("to"),
+        "from": replaced,
         "to": done.get("restoredVersion"),
         "reason": why,
         "serviceCalls": list(host.services.calls),
     }
 
 
-def _fix(host: Host, config: AgentConfig, finding: Any, backoff: float) -> dict[str, Any]:
+def _fix(
+    host: Host, config: AgentConfig, finding: Any, backoff: float, apply: Apply
+) -> dict[str, Any]:
     """Apply one finding's fix; whatever happens, the next attempt waits for its backoff."""
     fix = str(finding.fix)
     ok, detail = False, ""
@@ -127,8 +133,6 @@ def _fix(host: Host, config: AgentConfig, finding: Any, backoff: float) -> dict[
             host.services.ldconfig()
             ok, detail = True, "ran ldconfig"
         elif fix == "converge" or fix.startswith("reinstall:"):
-            from agentd.run import apply  # noqa: PLC0415
-
             force = {}
             if fix.startswith("reinstall:"):
                 force[fix.split(":", 1)[1]] = f"the health check found: {finding.message}"

@@ -13,13 +13,12 @@ from agentd.health.findings import CheckInput, Finding, healthy, wasm_ready
 from agentd.health.kube import Kube
 from agentd.report.node import node_name
 from agentd.settings.snapshot import AgentConfig, suspend_reason
-from agentd.sources.pull import FleetStore
+from agentd.sources.store import FleetStore
 from agentd.state.store import AgentState, load_state, save_state
 from agentd.system.commands import CommandResult, run_command
 from agentd.system.host import Host
 
 WASM_LABEL = "wasm-runtime"  # the label the guide's RuntimeClass selects on
-WATCHED = ("k3s", "crun", "wasmedge")  # and every wasmedge/plugins/NAME
 BACKOFF_CAP_S = 86400.0
 
 
@@ -34,10 +33,6 @@ def _epoch(stamp: Any) -> Optional[float]:
         return float(calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")))
     except ValueError:
         return None
-
-
-def watched(component: str) -> bool:
-    return component in WATCHED or component.startswith("wasmedge/plugins/")
 
 
 def unhealthy_components(findings: Sequence[Finding]) -> set[str]:
@@ -176,7 +171,7 @@ def _due_rollbacks(
     """Components changed within their window, healthy before and unhealthy now: why each."""
     due: dict[str, list[str]] = {}
     for component, watch in state.watch.items():
-        if now > float(watch.get("until") or 0) or not watch.get("healthyBefore"):
+        if now > watch.until or not watch.healthy_before:
             continue
         reasons = [f.message for f in findings if f.unhealthy and f.component == component]
         if reasons:
@@ -194,7 +189,7 @@ def record(
         present = {f.code for f in run.findings}
         state.remediations = {k: v for k, v in state.remediations.items() if k in present}
         now = time.time()
-        state.watch = {k: v for k, v in state.watch.items() if now <= float(v.get("until") or 0)}
+        state.watch = {k: v for k, v in state.watch.items() if now <= v.until}
     save_state(host.paths, state)
     publish(host, config, state)
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentd.core.components import plugin_name
 from agentd.core.errors import AgentError, LockHeldError
 from agentd.core.paths import Paths
-from agentd.system.files import atomic_write
+from agentd.state.intent import Intent
+from agentd.state.records import Block, Deferred, Noop, OwedRestart, Watch, blocks, typed, watches
+from agentd.system.files import read_json, write_json
 
 STATE_VERSION = 1
 HISTORY_LENGTH = 20
@@ -39,8 +41,15 @@ class InventoryEntry:
         return {"version": self.version, "sha256": self.sha256, "files": list(self.files)}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> InventoryEntry:
-        return cls(data.get("version"), data.get("sha256"), list(data.get("files", [])))
+    def from_json(cls, data: Any, where: str = "inventory") -> InventoryEntry:
+        files = typed(data, "files", (list, type(None)), where) or []
+        if not all(isinstance(f, str) for f in files):
+            raise TypeError(f"{where}.files: not a list of node paths")
+        return cls(
+            typed(data, "version", (str, type(None)), where),
+            typed(data, "sha256", (str, type(None)), where),
+            list(files),
+        )
 
 
 @dataclass
@@ -53,45 +62,44 @@ class AgentState:
     inventory: dict[str, InventoryEntry] = field(default_factory=dict)
     # The digest of the inputs of the last plan that found nothing to do, and that plan's
     # result: while the digest matches, apply can skip loading, detecting and planning.
-    noop: dict[str, Any] | None = None
+    noop: Noop | None = None
     # Disruptive actions held back until the maintenance window opens, and a k3s restart
     # still owed for changes already made (so it is not lost when the next plan is empty).
-    deferred: dict[str, Any] | None = None
-    pending_restart: dict[str, Any] | None = None
+    deferred: Deferred | None = None
+    pending_restart: OwedRestart | None = None
     # The last health check, and what the agent did about findings (remediation attempts by
     # finding code; components watched after a change; changes rolled back and not retried).
     health: dict[str, Any] | None = None
     remediations: dict[str, Any] = field(default_factory=dict)
-    watch: dict[str, Any] = field(default_factory=dict)
-    blocked: dict[str, Any] = field(default_factory=dict)
+    watch: dict[str, Watch] = field(default_factory=dict)
+    blocked: dict[str, Block] = field(default_factory=dict)
     # The desired state the last run planned with (as JSON), for the daemon's health checks.
     desired: dict[str, Any] | None = None
     counters: dict[str, dict[str, int]] = field(default_factory=dict)
     # The write-ahead record of the run installing now (agentd.converge writes it before the
     # first target is touched, and drops it with the inventory it becomes): still here at the
     # start of a run, that run was killed half-way and the inventory is not what is installed.
-    installing: dict[str, Any] | None = None
+    installing: Intent | None = None
 
     def interrupted(self) -> dict[str, str]:
         """The components a killed run was changing, each with why it is done again: its files
         may be half old, half new, whatever version detection reads."""
         out = {}
-        for component, entry in ((self.installing or {}).get("components") or {}).items():
-            if entry.get("inventoryAfter") is None:
+        for component, entry in (self.installing.components if self.installing else {}).items():
+            if entry.inventory_after is None:
                 doing = "removing it"
-            elif entry.get("to"):
-                doing = f"installing {entry['to']}"
+            elif entry.to_version:
+                doing = f"installing {entry.to_version}"
             else:
                 doing = "writing it"  # a config file: no version
             out[component] = f"an earlier run was interrupted while {doing}"
         return out
 
     def recorded_plugins(self) -> dict[str, list[str]]:
-        prefix = "wasmedge/plugins/"
         return {
-            key[len(prefix) :]: entry.files
+            name: entry.files
             for key, entry in self.inventory.items()
-            if key.startswith(prefix)
+            if (name := plugin_name(key)) is not None
         }
 
     def record_run(self, result: dict[str, Any]) -> None:
@@ -113,17 +121,50 @@ class AgentState:
             "lastRun": self.last_run,
             "history": self.history,
             "inventory": {k: v.to_json() for k, v in sorted(self.inventory.items())},
-            "noop": self.noop,
-            "deferred": self.deferred,
-            "pendingRestart": self.pending_restart,
+            "noop": self.noop.to_json() if self.noop else None,
+            "deferred": self.deferred.to_json() if self.deferred else None,
+            "pendingRestart": self.pending_restart.to_json() if self.pending_restart else None,
             "health": self.health,
             "remediations": self.remediations,
-            "watch": self.watch,
-            "blocked": self.blocked,
+            "watch": {k: v.to_json() for k, v in self.watch.items()},
+            "blocked": {k: v.to_json() for k, v in self.blocked.items()},
             "desired": self.desired,
             "counters": self.counters,
-            "installing": self.installing,
+            "installing": self.installing.to_json() if self.installing else None,
         }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AgentState:
+        """state.json's content; a field of the wrong type is a TypeError that names it."""
+
+        def record(key: str) -> Any:  # an object, or absent or null
+            return typed(data, key, (dict, type(None)), "state")
+
+        noop, deferred, owed = record("noop"), record("deferred"), record("pendingRestart")
+        counters = record("counters") or {}
+        if not all(isinstance(v, dict) for v in counters.values()):
+            raise TypeError("state.counters: not an object of objects")
+        return cls(
+            last_applied_generation=typed(
+                data, "lastAppliedGeneration", (int, type(None)), "state"
+            ),
+            last_run=record("lastRun"),
+            history=list(typed(data, "history", (list, type(None)), "state") or []),
+            inventory={
+                k: InventoryEntry.from_json(v, f"inventory.{k}")
+                for k, v in (record("inventory") or {}).items()
+            },
+            noop=Noop.from_json(noop) if noop else None,
+            deferred=Deferred.from_json(deferred) if deferred else None,
+            pending_restart=OwedRestart.from_json(owed) if owed else None,
+            health=record("health"),
+            remediations=dict(record("remediations") or {}),
+            watch=watches(data.get("watch")),
+            blocked=blocks(data.get("blocked")),
+            desired=record("desired"),
+            counters={k: dict(v) for k, v in counters.items()},
+            installing=Intent.from_json(data["installing"]) if data.get("installing") else None,
+        )
 
 
 class StateError(AgentError):
@@ -133,29 +174,8 @@ class StateError(AgentError):
 def load_state(paths: Paths) -> AgentState | None:
     """The saved state, or None when this node has none yet."""
     try:
-        raw = paths.state_file.read_bytes()
-    except FileNotFoundError:
-        return None
-    try:
-        data = json.loads(raw)
-        return AgentState(
-            last_applied_generation=data.get("lastAppliedGeneration"),
-            last_run=data.get("lastRun"),
-            history=list(data.get("history", [])),
-            inventory={
-                k: InventoryEntry.from_json(v) for k, v in data.get("inventory", {}).items()
-            },
-            noop=data.get("noop"),
-            deferred=data.get("deferred"),
-            pending_restart=data.get("pendingRestart"),
-            health=data.get("health"),
-            remediations=dict(data.get("remediations") or {}),
-            watch=dict(data.get("watch") or {}),
-            blocked=dict(data.get("blocked") or {}),
-            desired=data.get("desired"),
-            counters={k: dict(v) for k, v in (data.get("counters") or {}).items()},
-            installing=data.get("installing"),
-        )
+        data = read_json(paths.state_file)
+        return None if data is None else AgentState.from_json(data)
     except (ValueError, AttributeError, TypeError) as exc:
         raise StateError(
             f"{paths.host_view(paths.state_file)} is corrupt ({exc}); move it aside to start over"
@@ -163,9 +183,8 @@ def load_state(paths: Paths) -> AgentState | None:
 
 
 def save_state(paths: Paths, state: AgentState) -> None:
-    data = json.dumps(state.to_json(), indent=2, sort_keys=False).encode() + b"\n"
     # Only root reads what agentd did and what it installed (URLs are redacted, but still).
-    atomic_write(paths.state_file, data, 0o600)
+    write_json(paths.state_file, state.to_json(), 0o600)
 
 
 class StateLock:

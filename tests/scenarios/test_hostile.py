@@ -42,7 +42,7 @@ from hypothesis import strategies as st
 from agentd.converge.archive import MAX_BYTES, MAX_MEMBERS, extract_tarball
 from agentd.core.errors import AgentError, ArchiveError
 from agentd.core.versions import compare, is_k3s_version, parse_constraint, parse_version, satisfies
-from agentd.desired.targeting import NodeIdentity
+from agentd.desired.identity import NodeIdentity
 from agentd.desired.validate import load_and_validate
 from agentd.facts.detect import (
     parse_crun_version,

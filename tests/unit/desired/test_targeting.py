@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from agentd.desired.targeting import NodeIdentity, in_wave, matches, wave_position
+from agentd.desired.identity import NodeIdentity
+from agentd.desired.targeting import in_wave, matches, wave_position
 from tests.support.mirror import MirrorServer
 from tests.support.node import Node
 from tests.support.standins import Mirror, desired_document, write_yaml

@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.mirror import MirrorServer
 from tests.support.node import Node
-from tests.support.standins import Mirror, crun_binary, desired_document
+from tests.support.standins import Mirror, crun_binary, desired_document, write_yaml
 
 
 @pytest.fixture
@@ -82,3 +82,72 @@ def test_a_distribution_crun_appearing_is_noticed(converged: Node) -> None:
     # /usr/local/bin comes first in the search order, so nothing changes, but it was looked at
     assert "cached" not in result
     assert result["actions"] == []
+
+
+# --- the node's identity: targeting decides which overrides apply -------------------------------
+
+SETTINGS = "/etc/wasm-edge/agentd.yaml"
+
+
+@pytest.fixture
+def targeted(sandbox_root: Path, mirror: MirrorServer, mirror_index: Mirror, arch: str) -> Node:
+    """A converged node whose own desired.yaml has crun 1.14, and 1.15 for `tier: edge` nodes."""
+    node = Node(sandbox_root)
+    doc = desired_document(mirror.url, mirror_index, arches=(arch,), crun="1.14")
+    newer = desired_document(mirror.url, mirror_index, arches=(arch,), crun="1.15")
+    doc["overrides"] = [
+        {
+            "name": "edge-crun",
+            "selector": {"labels": {"tier": "edge"}},
+            "components": {"crun": newer["components"]["crun"]},
+        }
+    ]
+    write_yaml(node.path("/etc/wasm-edge/desired.yaml"), doc)
+    write_yaml(node.path(SETTINGS), {"labels": {"site": "ber"}})
+    node.path("/etc/machine-id").write_text("0f" * 16 + "\n")
+    node.path("/etc/os-release").write_text('ID=debian\nVERSION_ID="12"\n')
+    assert node.agentd("apply", "--json").code == 0
+    assert "cached" not in node.agentd("apply", "--json").json()
+    assert node.agentd("apply", "--json").json()["cached"] is True
+    return node
+
+
+def apply_here(node: Node) -> dict[str, Any]:
+    res = node.agentd("apply", "--json")
+    assert res.code == 0, res.stderr
+    result: dict[str, Any] = res.json()
+    return result
+
+
+def test_a_label_that_brings_an_override_is_applied(targeted: Node) -> None:
+    # As an operator would: `tier: edge` added to agentd.yaml, plan shows the upgrade, and apply
+    # makes it (not "nothing to do" from a digest that never saw the label).
+    assert targeted.version_of("/usr/local/bin/crun") == "crun version 1.14"
+    write_yaml(targeted.path(SETTINGS), {"labels": {"site": "ber", "tier": "edge"}})
+    plan = targeted.agentd("plan", "--json").json()
+    assert ("crun", "upgrade") in [(a["component"], a["action"]) for a in plan["actions"]]
+    res = targeted.agentd("apply")
+    assert res.code == 0, res.stderr
+    assert "nothing to do" not in res.stdout
+    last = targeted.state()["lastRun"]
+    assert "cached" not in last
+    assert ("crun", "upgrade") in [(a["component"], a["action"]) for a in last["actions"]]
+    assert targeted.version_of("/usr/local/bin/crun") == "crun version 1.15"
+
+
+@pytest.mark.parametrize(
+    ("path", "content"),
+    [
+        pytest.param(SETTINGS, "labels: {site: par}\n", id="label"),
+        pytest.param(SETTINGS, "labels: {site: ber}\nhostname: edge-7\n", id="hostname"),
+        pytest.param(SETTINGS, "labels: {site: ber}\nnodeId: node-7\n", id="nodeId"),
+        pytest.param("/etc/machine-id", "7e" * 16 + "\n", id="machine-id"),
+        pytest.param("/etc/os-release", 'ID=debian\nVERSION_ID="13"\n', id="os-release"),
+    ],
+)
+def test_every_identity_input_is_planned_again(targeted: Node, path: str, content: str) -> None:
+    targeted.path(path).write_text(content)
+    result = apply_here(targeted)
+    assert "cached" not in result
+    assert result["actions"] == []
+    assert apply_here(targeted)["cached"] is True  # the new identity is memoised in turn
