@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
 from agentd.cli.main import print_json
 from agentd.cli.output import format_run
 from agentd.core.paths import Paths
-from agentd.sources.pull import FleetStore
+from agentd.daemon.status import read_status
+from agentd.sources.store import FleetStore
 from agentd.state.store import load_state
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
-
-
-def _read(path: Any) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _tls(args: argparse.Namespace) -> str:
@@ -42,7 +34,7 @@ def handle(args: argparse.Namespace) -> int:
     paths = Paths(args.root)
     tls = _tls(args)
     state = load_state(paths)
-    daemon = _read(paths.daemon_file)
+    daemon = read_status(paths)
     source = FleetStore(paths).status() or None
     suspended = paths.suspend_file.exists()
     if (state is None or state.last_run is None) and daemon is None:
@@ -52,21 +44,21 @@ def handle(args: argparse.Namespace) -> int:
         return 1
     if args.json:
         doc: dict[str, Any] = state.to_json() if state else {"lastRun": None}
-        doc.update(daemon=daemon, source=source, suspendFile=suspended, tlsVerification=tls)
+        shown = daemon.to_json() if daemon else None
+        doc.update(daemon=shown, source=source, suspendFile=suspended, tlsVerification=tls)
         print_json(doc)
         return 0
     out = sys.stdout.write
     if tls != "on":
         out(f"TLS verification: {tls}\n")
     if daemon is not None:
-        out(f"daemon: {daemon.get('state')} (pid {daemon.get('pid')}): {daemon.get('status')}\n")
-        settings = daemon.get("settings") or {}
-        out(f"  settings: {settings.get('origin')}\n")
-        if settings.get("error"):
-            out(f"  settings error: {settings['error']}\n")
+        out(f"daemon: {daemon.state} (pid {daemon.pid}): {daemon.status}\n")
+        out(f"  settings: {daemon.settings_origin}\n")
+        if daemon.settings_error:
+            out(f"  settings error: {daemon.settings_error}\n")
 
-        if daemon.get("suspended"):
-            out(f"  suspended: {daemon['suspended']}\n")
+        if daemon.suspended:
+            out(f"  suspended: {daemon.suspended}\n")
     elif suspended:
         out(f"suspended: {paths.host_view(paths.suspend_file)} exists\n")
     if source:
@@ -89,8 +81,8 @@ def handle(args: argparse.Namespace) -> int:
         out("last run: " + format_run(state.last_run))
     if state.deferred:
         d = state.deferred
-        out(f"waiting for the maintenance window ({d.get('window')}), opens {d.get('until')}:\n")
-        for a in d.get("actions", []):
+        out(f"waiting for the maintenance window ({d.window}), opens {d.until}:\n")
+        for a in d.actions:
             out(f"  {a.get('action')} {a.get('component')}: {a.get('reason')}\n")
     # The write-ahead record: a run is changing these now, or was killed while it did.
     for component, why in sorted(state.interrupted().items()):
@@ -98,7 +90,7 @@ def handle(args: argparse.Namespace) -> int:
         out("the next apply installs it again\n")
     if state.pending_restart:
         p = state.pending_restart
-        out(f"k3s restart owed since {p.get('since')}: {p.get('causes')}\n")
+        out(f"k3s restart owed since {p.since}: {p.causes}\n")
     if state.health:
         h = state.health
         verdict = "healthy" if h.get("healthy") else "UNHEALTHY"
@@ -108,11 +100,11 @@ def handle(args: argparse.Namespace) -> int:
         for f in findings:
             out(f"  {f.get('severity'):<8} {f.get('code'):<28} {f.get('message')}\n")
     for component, w in sorted(state.watch.items()):
-        out(f"watching {component} ({w.get('from')} -> {w.get('to')}) for a rollback window\n")
+        out(f"watching {component} ({w.from_version} -> {w.to_version}) for a rollback window\n")
     for component, b in sorted(state.blocked.items()):
         out(
-            f"rolled back {component} {b.get('version')} -> {b.get('restored')} at {b.get('at')}"
-            f" (not retried for generation {b.get('generation')}): {b.get('reason')}\n"
+            f"rolled back {component} {b.version} -> {b.restored} at {b.at}"
+            f" (not retried for generation {b.generation}): {b.reason}\n"
         )
     for code, r in sorted(state.remediations.items()):
         out(f"remediation {r.get('fix')} for {code}: {r.get('attempts')} attempt(s)\n")

@@ -26,7 +26,8 @@ from typing import Any, Optional
 import pytest
 
 from agentd.core.paths import Paths
-from agentd.daemon.loop import CycleResult, Daemon
+from agentd.daemon.loop import Daemon
+from agentd.daemon.schedule import CycleResult
 from agentd.run import apply
 from agentd.settings.snapshot import load_config
 from agentd.state.store import StateLock
