@@ -33,14 +33,6 @@ CONTAINERD_TEMPLATES = (
     f"{CONTAINERD_DIR}/config-v3.toml.tmpl",
 )
 
-# The files agentd writes for k3s, which the planner compares with what it would write.
-MANAGED_CONFIG_PATHS = (
-    K3S_CONFIG,
-    RUNTIMECLASS_MANIFEST,
-    *(f"{SYSTEMD_DIR}/{unit}" for unit in K3S_UNITS.values()),
-    *CONTAINERD_TEMPLATES,
-)
-
 
 @dataclass(frozen=True)
 class Paths:

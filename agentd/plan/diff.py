@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from agentd.core.components import MANAGED_CONFIG_PATHS, PLUGIN_PREFIX
 from agentd.core.errors import DesiredStateError
 from agentd.core.paths import (
     CONTAINERD_TEMPLATES,
@@ -13,7 +14,6 @@ from agentd.core.paths import (
     CRUN_WASM_RUNTIME,
     K3S_BIN,
     K3S_CONFIG,
-    MANAGED_CONFIG_PATHS,
     RUNTIMECLASS_MANIFEST,
     SYSTEMD_DIR,
 )
@@ -22,8 +22,6 @@ from agentd.desired.model import Artifact, Crun, DesiredState, K3s, Plugin, Wasm
 from agentd.facts.model import ComponentFacts, Facts, PluginFact
 from agentd.plan import render
 from agentd.state.store import InventoryEntry
-
-PLUGIN_PREFIX = "wasmedge/plugins/"
 
 # Actions run in this order; within a phase, in the order they were planned.
 _PHASES = {

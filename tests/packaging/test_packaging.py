@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from agentd.core import paths as agentd_paths
+from agentd.core.components import MANAGED_CONFIG_PATHS
 from agentd.settings.model import DEFAULT_METRICS_PATH, Settings, load_settings, settings_json
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -294,7 +295,7 @@ def test_unit_lets_agentd_write_everywhere_it_installs() -> None:
         agentd_paths.USR_LOCAL_LIB,
         agentd_paths.USR_LOCAL_INCLUDE,
         agentd_paths.PLUGIN_DIR,
-        *agentd_paths.MANAGED_CONFIG_PATHS,
+        *MANAGED_CONFIG_PATHS,
         "/etc/ld.so.cache",
         DEFAULT_METRICS_PATH,
         "/var/lib/wasm-edge/state.json",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agentd.core.paths import MANAGED_CONFIG_PATHS
+from agentd.core.components import MANAGED_CONFIG_PATHS
 from agentd.core.versions import (
     parse_constraint,
     satisfies,

@@ -10,8 +10,8 @@ from typing import Any, Optional
 import pytest
 import yaml
 
+from agentd.core.components import MANAGED_CONFIG_PATHS
 from agentd.core.errors import DesiredStateError
-from agentd.core.paths import MANAGED_CONFIG_PATHS
 from agentd.desired.model import DesiredState
 from agentd.facts.model import ComponentFacts, Facts, HostFacts, PluginFact
 from agentd.plan.diff import Action, Plan, plan

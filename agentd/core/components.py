@@ -1,0 +1,110 @@
+"""The component kinds agentd manages, each declared once; every stage reads this registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agentd.core.paths import (
+    CONTAINERD_TEMPLATES,
+    CRUN_BIN,
+    K3S_BIN,
+    K3S_CONFIG,
+    K3S_UNITS,
+    PLUGIN_DIR,
+    RUNTIMECLASS_MANIFEST,
+    SYSTEMD_DIR,
+    USR_LOCAL_BIN,
+    USR_LOCAL_LIB,
+)
+
+PLUGIN_PREFIX = "wasmedge/plugins/"
+
+
+@dataclass(frozen=True)
+class ComponentKind:
+    """What agentd knows about one kind of component, whatever stage asks.
+
+    `binary`: the program detection looks for in the fixed search dirs and runs with
+    `version_args` (its parser is facts.detect's entry of the same name); `installs_to`: where
+    agentd puts its own copy, read back after an install; `restarts_k3s`: k3s reads it at start,
+    so a change (or undoing one) restarts k3s once; `watched`: a change is watched for the
+    health-gated rollback; `libraries`: (dir, glob) listings whose stat feeds the no-op digest;
+    `configs`: the files agentd renders for it, compared by content.
+    """
+
+    name: str
+    binary: str | None = None
+    version_args: tuple[str, ...] = ("--version",)
+    installs_to: str | None = None
+    restarts_k3s: bool = False
+    watched: bool = False
+    libraries: tuple[tuple[str, str], ...] = ()
+    configs: tuple[str, ...] = ()
+
+
+K3S = ComponentKind("k3s", binary="k3s", installs_to=K3S_BIN, restarts_k3s=True, watched=True)
+CRUN = ComponentKind("crun", binary="crun", installs_to=CRUN_BIN, restarts_k3s=True, watched=True)
+WASMEDGE = ComponentKind(
+    "wasmedge",
+    binary="wasmedge",
+    installs_to=f"{USR_LOCAL_BIN}/wasmedge",
+    watched=True,
+    libraries=((USR_LOCAL_LIB, "libwasmedge.so*"), ("/usr/local/lib64", "libwasmedge.so*")),
+)
+# One entry for every wasmedge/plugins/NAME.
+PLUGIN = ComponentKind(PLUGIN_PREFIX, watched=True, libraries=((PLUGIN_DIR, "*"),))
+K3S_CONFIG_FILE = ComponentKind("k3s/config", restarts_k3s=True, configs=(K3S_CONFIG,))
+K3S_UNIT = ComponentKind(
+    "k3s/unit",
+    restarts_k3s=True,
+    configs=tuple(f"{SYSTEMD_DIR}/{unit}" for unit in K3S_UNITS.values()),
+)
+CONTAINERD_TEMPLATE = ComponentKind(
+    "k3s/containerd", restarts_k3s=True, configs=CONTAINERD_TEMPLATES
+)
+# The API server applies manifests as they change: no restart.
+RUNTIME_CLASSES = ComponentKind("k3s/runtimeclasses", configs=(RUNTIMECLASS_MANIFEST,))
+
+KINDS = (
+    K3S,
+    CRUN,
+    WASMEDGE,
+    PLUGIN,
+    K3S_CONFIG_FILE,
+    K3S_UNIT,
+    CONTAINERD_TEMPLATE,
+    RUNTIME_CLASSES,
+)
+_BY_NAME = {kind.name: kind for kind in KINDS}
+
+# What detection reports on, in this order.
+BINARY_KINDS = tuple(kind for kind in KINDS if kind.binary is not None)
+# The files agentd writes for k3s, which the planner compares with what it would write.
+MANAGED_CONFIG_PATHS = tuple(path for kind in KINDS for path in kind.configs)
+
+
+def kind_of(component: str) -> ComponentKind | None:
+    """The kind of `component` ("crun", "wasmedge/plugins/wasi_nn", ...); None if unknown."""
+    if component.startswith(PLUGIN_PREFIX):
+        return PLUGIN
+    return _BY_NAME.get(component)
+
+
+def plugin_component(name: str) -> str:
+    return PLUGIN_PREFIX + name
+
+
+def plugin_name(component: str) -> str | None:
+    """NAME of `wasmedge/plugins/NAME`, None for any other component."""
+    return component[len(PLUGIN_PREFIX) :] if component.startswith(PLUGIN_PREFIX) else None
+
+
+def restarts_k3s(component: str) -> bool:
+    kind = kind_of(component)
+    return kind is not None and kind.restarts_k3s
+
+
+def watched(component: str) -> bool:
+    """Whether a change to `component` is watched for the health-gated rollback."""
+    kind = kind_of(component)
+    return kind is not None and kind.watched
