@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from agentd.core.arch import host_arch
+from agentd.core.components import BINARY_KINDS, WASMEDGE, ComponentKind
 from agentd.core.paths import Paths
 from agentd.core.versions import is_k3s_version
 from agentd.facts.model import NOT_INSTALLED, ComponentFacts, Facts, HostFacts, PluginFact
@@ -27,7 +28,13 @@ _FEATURE_TOKEN_RE = re.compile(r"^[+-][A-Za-z0-9_]+(?::[A-Za-z0-9_.-]+)?$")
 _WASMEDGE_LINE_RE = re.compile(
     r"^(?:.*/)?wasmedge version (\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.+-]+)?)$"
 )
-_WASMEDGE_PLUGIN_RE = re.compile(r'^.+ \(plugin "([^"]+)"\) version (\d+(?:\.\d+)*)$')
+# A loaded plugin: its file, then name and version; a plugin built into the runtime (Debian's
+# wasi_logging) has no file: ` (plugin "wasi_logging") version 0.1.0.0` (tests/fixtures/real/).
+_WASMEDGE_PLUGIN_RE = re.compile(r'^(?:.+ )?\(plugin "([^"]+)"\) version (\d+(?:\.\d+)*)$')
+# WasmEdge logs to stdout, before its version line, and exits 0 all the same: a plugin it cannot
+# load gives "[2026-12-02 06:29:56.054] [error] loading failed: invalid path, Code: 0x100" and
+# "[...] [error]     load library failed:<file or missing library>: <why>" (tests/fixtures/real/).
+_WASMEDGE_LOG_RE = re.compile(r"^\[\d{4}-\d{2}-\d{2} [\d:.]+\] \[([a-z]+)\] ?(.*)$")
 
 _PLUGIN_FILE_PREFIX = "libwasmedgePlugin"
 _PLUGIN_NAMES = {
@@ -84,10 +91,28 @@ def parse_crun_version(text: str) -> tuple[str, str | None, tuple[str, ...]] | N
     return match.group(1), commit, features
 
 
+def _without_log_lines(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if not _WASMEDGE_LOG_RE.match(line))
+
+
 def parse_wasmedge_version(text: str) -> str | None:
-    """The runtime version from line 1 of `wasmedge --version` (later lines are plugins)."""
-    match = _WASMEDGE_LINE_RE.match(_first_line(text))
+    """The runtime version from the first line of `wasmedge --version` that is not one of
+    WasmEdge's log lines (plugin-load errors come first); later lines are plugins."""
+    match = _WASMEDGE_LINE_RE.match(_first_line(_without_log_lines(text)))
     return match.group(1) if match else None
+
+
+def parse_wasmedge_load_errors(text: str) -> list[str]:
+    """The messages of WasmEdge's `[error]` log lines, each once, in order (a plugin that does
+    not load is named by these lines only: the run still exits 0)."""
+    found: list[str] = []
+    for line in text.splitlines():
+        match = _WASMEDGE_LOG_RE.match(line.strip())
+        if match and match.group(1) in ("error", "critical"):
+            message = match.group(2).strip()
+            if message and message not in found:
+                found.append(message)
+    return found
 
 
 def parse_wasmedge_plugin_lines(text: str) -> dict[str, str]:
@@ -192,9 +217,11 @@ class VersionCache:
             return
         self.changed = False
 
-    def version_output(self, binary: Path, depends_on: Sequence[Path] = ()) -> CommandResult:
-        """`<binary> --version`, from the cache when the binary and `depends_on` are unchanged."""
-        argv = [str(binary), "--version"]
+    def version_output(
+        self, binary: Path, depends_on: Sequence[Path] = (), args: Sequence[str] = ("--version",)
+    ) -> CommandResult:
+        """`<binary> ARGS`, from the cache when the binary and `depends_on` are unchanged."""
+        argv = [str(binary), *args]
         # Stat before running: a binary replaced in between is stored under its old
         # fingerprint, so the next run sees the difference and runs it again.
         try:
@@ -218,7 +245,8 @@ class VersionCache:
 # --- detectors -----------------------------------------------------------------------------------
 
 
-def _os_name(paths: Paths) -> str:
+def os_name(paths: Paths) -> str:
+    """The OS as os-release names it ("debian 12"), or "unknown"."""
     candidates = [
         paths.os_release,
         paths.under("/usr/lib/os-release"),
@@ -262,7 +290,7 @@ def detect_host(paths: Paths) -> HostFacts:
         disk_free = disk_total = 0
     return HostFacts(
         arch=arch,
-        os=_os_name(paths),
+        os=os_name(paths),
         kernel=uname.release,
         cpus=len(os.sched_getaffinity(0)) or os.cpu_count() or 1,
         memory_bytes=_memory_bytes(),
@@ -314,34 +342,56 @@ def _detect_plugins(
     return tuple(sorted(plugins, key=lambda p: (p.name, p.path)))
 
 
+def _k3s_facts(base: ComponentFacts, stdout: str) -> ComponentFacts | None:
+    k3s = parse_k3s_version(stdout)
+    return None if k3s is None else replace(base, version=k3s[0], commit=k3s[1])
+
+
+def _crun_facts(base: ComponentFacts, stdout: str) -> ComponentFacts | None:
+    crun = parse_crun_version(stdout)
+    if crun is None:
+        return None
+    return replace(base, version=crun[0], commit=crun[1], features=crun[2])
+
+
+def _wasmedge_facts(base: ComponentFacts, stdout: str) -> ComponentFacts | None:
+    version = parse_wasmedge_version(stdout)
+    return None if version is None else replace(base, version=version)
+
+
+# How each binary kind of the registry (agentd.core.components) reads its version output.
+VERSION_READERS: dict[str, Callable[[ComponentFacts, str], ComponentFacts | None]] = {
+    "k3s": _k3s_facts,
+    "crun": _crun_facts,
+    "wasmedge": _wasmedge_facts,
+}
+
+
 def _detect_one(
-    name: str, paths: Paths, recorded_plugins: Mapping[str, Sequence[str]], cache: VersionCache
+    kind: ComponentKind,
+    paths: Paths,
+    recorded_plugins: Mapping[str, Sequence[str]],
+    cache: VersionCache,
 ) -> ComponentFacts:
-    binary = paths.find_binary(name)
+    binary = paths.find_binary(kind.binary or kind.name)
     if binary is None:
         return NOT_INSTALLED
     node_path = paths.host_view(binary)
     managed = node_path.startswith("/usr/local/")
-    depends_on = _wasmedge_depends_on(paths, binary) if name == "wasmedge" else []
-    result = cache.version_output(binary, depends_on)
+    wasmedge = kind is WASMEDGE
+    depends_on = _wasmedge_depends_on(paths, binary) if wasmedge else []
+    result = cache.version_output(binary, depends_on, kind.version_args)
     stdout = result.stdout if result.ok else ""
     base = ComponentFacts(installed=True, path=node_path, managed=managed)
-
-    if name == "k3s":
-        k3s = parse_k3s_version(stdout)
-        if k3s is None:
-            return replace(base, error=_version_error(result))
-        return replace(base, version=k3s[0], commit=k3s[1])
-    if name == "crun":
-        crun = parse_crun_version(stdout)
-        if crun is None:
-            return replace(base, error=_version_error(result))
-        return replace(base, version=crun[0], commit=crun[1], features=crun[2])
-    plugins = _detect_plugins(paths, recorded_plugins, parse_wasmedge_plugin_lines(stdout))
-    version = parse_wasmedge_version(stdout)
-    if version is None:
-        return replace(base, plugins=plugins, error=_version_error(result))
-    return replace(base, version=version, plugins=plugins)
+    if wasmedge:
+        plugins = parse_wasmedge_plugin_lines(stdout)
+        base = replace(
+            base,
+            plugins=_detect_plugins(paths, recorded_plugins, plugins),
+            load_errors=tuple(parse_wasmedge_load_errors(stdout)),
+        )
+    found = VERSION_READERS[kind.name](base, stdout)
+    return found if found is not None else replace(base, error=_version_error(result))
 
 
 def detect_components(
@@ -352,10 +402,7 @@ def detect_components(
     """k3s, crun and wasmedge as found in the fixed search dirs under the root."""
     recorded = recorded_plugins or {}
     version_cache = cache if cache is not None else VersionCache()
-    return {
-        name: _detect_one(name, paths, recorded, version_cache)
-        for name in ("k3s", "crun", "wasmedge")
-    }
+    return {kind.name: _detect_one(kind, paths, recorded, version_cache) for kind in BINARY_KINDS}
 
 
 def detect(paths: Paths, recorded_plugins: Mapping[str, Sequence[str]] | None = None) -> Facts:

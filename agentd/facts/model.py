@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-COMPONENTS = ("k3s", "crun", "wasmedge")
+from agentd.core.components import BINARY_KINDS
+
+# What detection reports on, in the registry's order.
+COMPONENTS = tuple(kind.name for kind in BINARY_KINDS)
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class ComponentFacts:
     features: tuple[str, ...] = ()
     plugins: tuple[PluginFact, ...] = ()
     error: str | None = None  # the binary exists but its version could not be read
+    # What the program logged as errors while still answering (WasmEdge: a plugin it cannot load).
+    load_errors: tuple[str, ...] = ()
 
     @property
     def wasm_handlers(self) -> tuple[str, ...]:
@@ -57,6 +62,8 @@ class ComponentFacts:
             out["plugins"] = [p.to_json() for p in self.plugins]
         if self.error:
             out["error"] = self.error
+        if self.load_errors:
+            out["loadErrors"] = list(self.load_errors)
         return out
 
 

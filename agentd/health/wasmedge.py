@@ -54,6 +54,20 @@ def check_wasmedge(inp: CheckInput) -> list[Finding]:
             )
         ]
     found = _run_probe(inp, wasmedge)
+    if wasmedge.load_errors:
+        # WasmEdge still runs and says its version; only these lines name what did not load
+        # (a file that is no shared object, or a plugin whose own library is missing).
+        found.append(
+            Finding(
+                "wasmedge.plugin-load-failed",
+                "warning",
+                "wasmedge",
+                f"{wasmedge.path} {wasmedge.version} cannot load a plugin: "
+                + "; ".join(wasmedge.load_errors),
+                "remove the file named, or install the library it needs",
+                None,
+            )
+        )
     runtime = wasmedge.version
     lists_plugins = compare(runtime, "0.14.0") >= 0
     for plugin in wasmedge.plugins:

@@ -23,6 +23,7 @@ from agentd.facts.detect import (
     parse_crun_version,
     parse_k3s_version,
     parse_os_release,
+    parse_wasmedge_load_errors,
     parse_wasmedge_plugin_lines,
     parse_wasmedge_version,
     plugin_name_for_file,
@@ -37,6 +38,7 @@ PARSERS: dict[str, Callable[[str], object]] = {
     "parse_crun_version": parse_crun_version,
     "parse_wasmedge_version": parse_wasmedge_version,
     "parse_wasmedge_plugin_lines": parse_wasmedge_plugin_lines,
+    "parse_wasmedge_load_errors": parse_wasmedge_load_errors,
     "parse_os_release": parse_os_release,
 }
 

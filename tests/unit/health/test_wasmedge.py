@@ -73,3 +73,41 @@ def test_dns_needs_a_resolv_conf_for_the_sandbox(tmp_path: Path) -> None:
     # k3s's own resolv-conf setting names the file the kubelet hands to pods.
     install(tmp_path, "/etc/rancher/k3s/config.yaml", b"resolv-conf: /run/k3s-resolv.conf\n", 0o644)
     assert "/run/k3s-resolv.conf does not exist" in check_dns(inputs(tmp_path))[0].message
+
+
+REAL = Path(__file__).resolve().parents[2] / "fixtures" / "real"
+
+
+@pytest.mark.parametrize(
+    ("recording", "named"),
+    [
+        ("wasmedge_version_plugin_not_elf", "libwasmedgePluginNotELF.so: file too short"),
+        ("wasmedge_version_plugin_missing_dep", "libagentde2edep.so: cannot open shared object"),
+    ],
+)
+def test_a_plugin_wasmedge_cannot_load_is_named_and_wasmedge_is_not_broken(
+    tmp_path: Path, recording: str, named: str
+) -> None:
+    # `wasmedge --version` answers with the real Debian 13 WasmEdge's recorded stdout (its
+    # plugin-load errors first, exit 0); running a module goes to the stand-in WasmEdge.
+    unpack_wasmedge(tmp_path, "0.14.1")
+    binary = tmp_path / "usr/local/bin/wasmedge"
+    binary.rename(binary.with_name("wasmedge.standin"))
+    install(
+        tmp_path,
+        "/usr/local/bin/wasmedge",
+        (
+            "#!/bin/sh\n"
+            "# Replays the real wasmedge --version output (tests/fixtures/real/).\n"
+            f'if [ "$1" = --version ]; then cat "{REAL / (recording + ".stdout")}"; exit 0; fi\n'
+            f'exec "{binary.with_name("wasmedge.standin")}" "$@"\n'
+        ).encode(),
+    )
+    inp = inputs(tmp_path, {"components": {"wasmedge": {"state": "present"}}})
+    wasmedge = inp.facts.component("wasmedge")
+    assert (wasmedge.version, wasmedge.error) == ("0.14.1", None)
+    assert any(named in line for line in wasmedge.load_errors)
+    found = check_wasmedge(inp)
+    assert codes(found) == ["wasmedge.plugin-load-failed"]
+    assert found[0].severity == "warning"
+    assert named in found[0].message
