@@ -38,7 +38,9 @@ AGENTD_DEPENDENCIES = (
     "python3-watchdog",
 )
 TOOLCHAIN = ("gcc", "make", "libc6-dev")
-PACKAGES = (*WASM_STACK, *AGENTD_DEPENDENCIES, *TOOLCHAIN)
+# The kubelet's stand-in (tests/e2e/cri_client.py): the CRI's api.proto and Python's gRPC.
+CRI_CLIENT = ("golang-github-kubernetes-cri-api-dev", "python3-grpcio", "python3-grpc-tools")
+PACKAGES = (*WASM_STACK, *AGENTD_DEPENDENCIES, *TOOLCHAIN, *CRI_CLIENT)
 
 # The tree under the stack: the e2e run's own Debian 13 host (hosts.HOSTS), so both share one
 # debootstrapped tarball in the cache. debootstrap cannot install PACKAGES itself (its resolver
