@@ -22,14 +22,14 @@ from agentd.desired.load import (
 from agentd.facts.configs import read_configs
 from agentd.settings.snapshot import AgentConfig
 from agentd.sources.store import FleetStore
-from agentd.state.records import Noop
+from agentd.state.records import Noop, RunResult
 from agentd.state.store import AgentState, StateLock, load_state, save_state
 from agentd.system.host import Host
 
 if TYPE_CHECKING:
     from agentd.desired.model import DesiredState
     from agentd.facts.model import Facts
-    from agentd.plan.diff import Plan
+    from agentd.plan.model import Plan
 
 # pydantic, yaml and the planner are imported only when a plan is really needed: an unchanged
 # node answers from the no-op digest without them (start-up time matters on a Raspberry Pi).
@@ -87,8 +87,9 @@ def make_plan(
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    node = node_identity(host, config)
     if sources is None:
-        candidate = settle_candidate(host, promote=False) if desired_file is None else None
+        candidate = settle_candidate(host, node, promote=False) if desired_file is None else None
         sources = desired_sources(host, desired_file, fleet_file=candidate)
     if state is None:
         state = load_state(host.paths) or AgentState()
@@ -97,7 +98,7 @@ def make_plan(
     facts = detect(host.paths, state.recorded_plugins())
     timings["detect"] = _ms(t0)
     t1 = time.perf_counter()
-    loaded = load_desired(sources, facts.host.arch, node_identity(host, config))
+    loaded = load_desired(sources, facts.host.arch, node)
     facts = _with_packages(host, facts, loaded.desired)
     timings["load"] = _ms(t1)
     t2 = time.perf_counter()
@@ -142,7 +143,7 @@ def apply(
     cancel: Optional[Callable[[], None]] = None,
     now: Optional[datetime] = None,
     force: Optional[Mapping[str, str]] = None,
-) -> dict[str, Any]:
+) -> RunResult:
     """Converge once. Returns the run's result (also saved in state.json unless dry-run).
 
     `pull`: fetch the fleet document first (when a source is configured). `cancel` may raise
@@ -162,16 +163,15 @@ def apply(
 
             pulled = pull_source(source, host.paths).to_json()
         if desired_file is None:
-            settle_candidate(host, promote=True)
-        extra = {"pull": pulled} if pulled else {}
+            settle_candidate(host, node_identity(host, config), promote=True)
         state = load_state(host.paths) or AgentState()
         sources = desired_sources(host, desired_file)
         digest = _digest(host, sources, state, config)
-        unchanged = None if force else _unchanged_result(host, state, digest, started, t0, extra)
+        unchanged = None if force else _unchanged_result(host, state, digest, started, t0, pulled)
         if unchanged is not None:
             publish(host, config, state)
             return unchanged
-        run = _Run(host, desired_file, state, sources, started, t0, config, extra, force or {})
+        run = _Run(host, desired_file, state, sources, started, t0, config, pulled, force or {})
         try:
             return run.apply(digest, cancel, now)
         except AgentError as exc:
@@ -185,21 +185,20 @@ def _unchanged_result(
     digest: str,
     started: str,
     t0: float,
-    extra: dict[str, Any],
-) -> Optional[dict[str, Any]]:
+    pulled: Optional[dict[str, Any]],
+) -> Optional[RunResult]:
     """The memoised result of the last empty plan, recorded again, while its inputs hold."""
     # A killed run's intent is not among the digest's inputs, and it needs a plan.
     idle = not state.deferred and not state.pending_restart and not state.installing
     if not (idle and state.noop and state.noop.digest == digest):
         return None
-    result = {**state.noop.result, "startedAt": started, "cached": True, **extra}
-    _record(host, result, t0, state)
-    return result
+    result = replace(state.noop.result, started_at=started, cached=True, pull=pulled or None)
+    return _record(host, result, t0, state)
 
 
 def apply_if_unchanged(
-    host: Host, config: AgentConfig, extra: Optional[dict[str, Any]] = None
-) -> Optional[dict[str, Any]]:
+    host: Host, config: AgentConfig, pulled: Optional[dict[str, Any]] = None
+) -> Optional[RunResult]:
     """The no-op apply, or None when a real plan is needed (which this never loads).
 
     For the daemon, which keeps pydantic and the planner out of its own memory: the caller holds
@@ -213,7 +212,7 @@ def apply_if_unchanged(
     except DesiredStateError:
         return None  # the worker reports it, with the full message
     digest = _digest(host, sources, state, config)
-    result = _unchanged_result(host, state, digest, started, t0, extra or {})
+    result = _unchanged_result(host, state, digest, started, t0, pulled)
     if result is not None:
         publish(host, config, state)
     return result
@@ -230,18 +229,19 @@ class _Run:
     started: str
     t0: float
     config: AgentConfig
-    extra: dict[str, Any]
+    pulled: Optional[dict[str, Any]]  # the pull before the run, when there was one
     force: Mapping[str, str] = field(default_factory=dict)
 
-    def record(self, result: dict[str, Any]) -> dict[str, Any]:
-        result.update(self.extra)
-        _record(self.host, result, self.t0, self.state)
+    def record(self, result: RunResult) -> RunResult:
+        recorded = _record(
+            self.host, replace(result, pull=self.pulled or None), self.t0, self.state
+        )
         publish(self.host, self.config, self.state)
-        return result
+        return recorded
 
     def apply(
         self, digest: str, cancel: Optional[Callable[[], None]], now: Optional[datetime]
-    ) -> dict[str, Any]:
+    ) -> RunResult:
         from agentd.converge.install import converge  # noqa: PLC0415
         from agentd.health.watch import health_before, watch_changes  # noqa: PLC0415
         from agentd.plan import policy  # noqa: PLC0415
@@ -253,26 +253,25 @@ class _Run:
             )
         except AgentError as exc:
             self.record(
-                {
-                    "kind": "apply",
-                    "startedAt": started,
-                    "outcome": "failed",
-                    "sources": self.sources.shown(),
-                    "error": str(exc),
-                    "problems": getattr(exc, "problems", []),
-                }
+                RunResult(
+                    "apply",
+                    "failed",
+                    started_at=started,
+                    sources=self.sources.shown(),
+                    error=str(exc),
+                    problems=list(getattr(exc, "problems", [])),
+                )
             )
             raise
         state, desired = planned.state, planned.loaded.desired
         last = state.last_applied_generation
         if last is not None and desired.generation < last:
-            result = _result(planned, started, t0, "refused")
-            result["error"] = (
+            error = (
                 f"desired generation {desired.generation} is older than generation {last} "
                 "already applied on this node; nothing was changed (publish a higher generation)"
             )
-            self.record(result)
-            raise GenerationError(result["error"])
+            self.record(replace(_result(planned, started, t0, "refused"), error=error))
+            raise GenerationError(error)
         if self.desired_file is None:
             # For the daemon's health checks, which need no URL: none is kept (credentials).
             state.desired = without_urls(desired.model_dump(mode="json"))
@@ -299,14 +298,11 @@ class _Run:
                 downloads=self.config.downloads,
             )
         except Cancelled as exc:
-            result = _result(planned, started, t0, "cancelled")
-            result["error"] = str(exc)
-            self.record(result)
+            self.record(replace(_result(planned, started, t0, "cancelled"), error=str(exc)))
             raise
         except AgentError as exc:
-            result = _result(planned, started, t0, "failed", report=getattr(exc, "report", None))
-            result["error"] = str(exc)
-            self.record(result)
+            failed = _result(planned, started, t0, "failed", report=getattr(exc, "report", None))
+            self.record(replace(failed, error=str(exc)))
             raise
         state.last_applied_generation = desired.generation
         if any(a.action == "restart" for a in the_plan.actions):
@@ -314,7 +310,7 @@ class _Run:
         watch_changes(state, report, desired.generation, before, self.config)
         result = _result(planned, started, t0, "deferred" if held else "converged", report=report)
         if held and state.deferred:
-            result["deferred"] = state.deferred.to_json()
+            result = replace(result, deferred=state.deferred)
         if not the_plan.empty or held:
             _log().info(
                 "converged",
@@ -326,20 +322,7 @@ class _Run:
         # were not changed by the run.
         state.noop = None
         if the_plan.empty and not held and not state.pending_restart:
-            keep = (
-                "kind",
-                "generation",
-                "arch",
-                "outcome",
-                "dryRun",
-                "sources",
-                "fleet",
-                "actions",
-                "unchanged",
-                "warnings",
-                "targeting",
-            )
-            state.noop = Noop(digest, {k: result[k] for k in keep if k in result})
+            state.noop = Noop(digest, result.memo())
         return self.record(result)
 
 
@@ -351,44 +334,37 @@ def _result(
     *,
     dry_run: bool = False,
     report: Any = None,
-) -> dict[str, Any]:
+) -> RunResult:
     p = planned.plan
     steps = report.steps if report else None
-    result: dict[str, Any] = {
-        "kind": "apply",
-        "generation": p.generation,
-        "arch": p.arch,
-        "outcome": outcome,
-        "dryRun": dry_run,
-        "startedAt": started,
-        "sources": planned.loaded.sources,
-        "actions": [s.to_json() for s in steps] if steps else [a.to_json() for a in p.actions],
-        "unchanged": [u.to_json() for u in p.unchanged],
-        "timings": dict(planned.timings_ms),
-    }
     fleet = planned.sources.fleet
-    if fleet:
-        result["fleet"] = {k: fleet.get(k) for k in ("generation", "origin", "signedBy")}
-    if planned.loaded.warnings:
-        result["warnings"] = planned.loaded.warnings
-    if planned.loaded.targeting:
-        result["targeting"] = [t.to_json() for t in planned.loaded.targeting]
+    loaded = planned.loaded
+    timings = dict(planned.timings_ms)
     if report is not None:
-        result["downloads"] = report.downloads
-        result["serviceCalls"] = report.service_calls
-        result["timings"].update(report.timings_ms)
-        if report.error:
-            result["error"] = report.error
-    result["durationMs"] = _ms(t0)
-    return result
+        timings.update(report.timings_ms)
+    return RunResult(
+        "apply",
+        outcome,
+        generation=p.generation,
+        arch=p.arch,
+        dry_run=dry_run,
+        started_at=started,
+        sources=loaded.sources,
+        actions=[s.to_json() for s in steps] if steps else [a.to_json() for a in p.actions],
+        unchanged=[u.to_json() for u in p.unchanged],
+        timings=timings,
+        fleet={k: fleet.get(k) for k in ("generation", "origin", "signedBy")} if fleet else None,
+        warnings=loaded.warnings or None,
+        targeting=[t.to_json() for t in loaded.targeting] or None,
+        downloads=report.downloads if report is not None else None,
+        service_calls=report.service_calls if report is not None else None,
+        error=(report.error or None) if report is not None else None,
+        duration_ms=_ms(t0),
+    )
 
 
-def _record(
-    host: Host, result: dict[str, Any], t0: float, state: Optional[AgentState] = None
-) -> None:
-    if state is None:
-        state = load_state(host.paths) or AgentState()
-    result["finishedAt"] = _now()
-    result["durationMs"] = _ms(t0)
-    state.record_run(result)
+def _record(host: Host, result: RunResult, t0: float, state: AgentState) -> RunResult:
+    recorded = replace(result, finished_at=_now(), duration_ms=_ms(t0))
+    state.record_run(recorded)
     save_state(host.paths, state)
+    return recorded

@@ -71,8 +71,9 @@ def handle(args: argparse.Namespace) -> int:
             # This run's own result: never an earlier run's, when this one failed too early
             # to record any (no desired state, the lock held, a broken fleet document).
             print_json(
-                exc.result
-                or {
+                exc.result.to_json()
+                if exc.result is not None
+                else {
                     "kind": "apply",
                     "outcome": "cancelled" if isinstance(exc, Cancelled) else "failed",
                     "error": str(exc),
@@ -81,9 +82,9 @@ def handle(args: argparse.Namespace) -> int:
             )
         raise
     if args.json:
-        print_json(result)
+        print_json(result.to_json())
     elif args.dry_run:
-        sys.stdout.write(format_plan(result))
+        sys.stdout.write(format_plan(result.to_json()))
     else:
         sys.stdout.write(format_run(result))
     return 0

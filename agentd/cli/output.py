@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from agentd.state.records import RunResult
+
 MARKERS = {
     "install": "+",
     "reinstall": "+",
@@ -59,21 +61,21 @@ def format_plan(plan: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def format_run(result: dict[str, Any]) -> str:
-    kind = result.get("kind", "apply")
-    head = f"{kind}: generation {result.get('generation', '?')}: {result.get('outcome', '?')}"
-    if "durationMs" in result:
-        head += f" in {result['durationMs']:.0f} ms"
+def format_run(result: RunResult) -> str:
+    generation = "?" if result.generation is None else result.generation
+    head = f"{result.kind}: generation {generation}: {result.outcome}"
+    if result.duration_ms is not None:
+        head += f" in {result.duration_ms:.0f} ms"
     lines = [head]
-    if result.get("actions"):
-        lines += format_actions(result["actions"], with_status=True)
-    elif result.get("outcome") == "converged":
+    if result.actions:
+        lines += format_actions(result.actions, with_status=True)
+    elif result.outcome == "converged":
         lines.append("  nothing to do: the node already matches the desired state")
-    for d in result.get("downloads", []):
+    for d in result.downloads or []:
         how = "from cache" if d["cached"] else f"downloaded {d['bytes']} bytes"
         lines.append(f"  fetched {d['component']}: {how}, sha256 {d['sha256'][:12]}... verified")
-    for call in result.get("serviceCalls", []):
+    for call in result.service_calls or []:
         lines.append(f"  service: {call}")
-    if result.get("error"):
-        lines.append(f"  error: {result['error']}")
+    if result.error:
+        lines.append(f"  error: {result.error}")
     return "\n".join(lines) + "\n"

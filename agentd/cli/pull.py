@@ -7,6 +7,7 @@ import sys
 
 from agentd.cli.main import agent_config, print_json
 from agentd.core.errors import AgentError
+from agentd.desired.identity import node_identity
 from agentd.desired.load import settle_candidate
 from agentd.sources.pull import pull
 from agentd.sources.store import FleetStore
@@ -32,7 +33,7 @@ def handle(args: argparse.Namespace) -> int:
     with StateLock(host.paths).held("pull", args.wait):
         result = pull(source, host.paths)
         if result.outcome == "updated":
-            settle_candidate(host, promote=True)
+            settle_candidate(host, node_identity(host, config), promote=True)
         store = FleetStore(host.paths)
         seen = store.seen()
         status = store.status()

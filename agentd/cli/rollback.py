@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
 
 from agentd.cli.main import print_json
 from agentd.converge.rollback import rollback
+from agentd.state.records import RunResult
 from agentd.state.store import AgentState, StateLock, load_state, save_state
 from agentd.system.host import Host
 
@@ -27,24 +27,24 @@ def handle(args: argparse.Namespace) -> int:
         state = load_state(host.paths) or AgentState()
         started, t0 = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.perf_counter()
         done = rollback(host, state, args.component)
-        result: dict[str, Any] = {
-            "kind": "rollback",
-            "generation": state.last_applied_generation,
-            "outcome": "rolled back",
-            "startedAt": started,
-            "durationMs": round((time.perf_counter() - t0) * 1000, 1),
-            "rollback": done,
-            "serviceCalls": list(host.services.calls),
-        }
+        result = RunResult(
+            "rollback",
+            "rolled back",
+            generation=state.last_applied_generation,
+            started_at=started,
+            duration_ms=round((time.perf_counter() - t0) * 1000, 1),
+            rollback=done,
+            service_calls=list(host.services.calls),
+        )
         state.record_run(result)
         save_state(host.paths, state)
     if args.json:
-        print_json(result)
+        print_json(result.to_json())
     else:
         sys.stdout.write(
             f"rolled back {done['component']}: {done['replacedVersion'] or 'current'} -> "
             f"{done['restoredVersion'] or 'previous'} ({len(done['files'])} files)\n"
         )
-        for call in result["serviceCalls"]:
+        for call in result.service_calls or []:
             sys.stdout.write(f"  service: {call}\n")
     return 0

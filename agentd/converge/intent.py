@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agentd.converge.undo import Journal, Op
-from agentd.plan.diff import Action
+from agentd.plan.model import Action
 from agentd.state.intent import Intent, IntentEntry
-from agentd.state.store import AgentState, InventoryEntry, save_state
+from agentd.state.inventory import InventoryEntry
+from agentd.state.store import AgentState, save_state
 from agentd.system.host import Host
 
 # A run killed between replacing a target and writing state.json leaves new (or half old, half
@@ -46,8 +47,8 @@ def write_ahead(
         action=action.action,
         from_version=action.from_version,
         to_version=action.to_version,
-        inventory_before=old.to_json() if old else None,
-        inventory_after=after.to_json() if after else None,
+        inventory_before=old,
+        inventory_after=after,
         replaced=[e.replaced(host.paths) for e in journal.saved if e.component == action.component],
     )
     prior = earlier.components.get(action.component) if earlier else None

@@ -7,14 +7,14 @@ import shutil
 import time
 from typing import Any
 
-from agentd.converge.kept import keep, kept_dir, kept_manifest
+from agentd.converge.kept import keep, kept_dir, kept_version
 from agentd.converge.undo import Journal, Op
 from agentd.core.components import PLUGIN_PREFIX, restarts_k3s
 from agentd.core.errors import RollbackError
 from agentd.core.paths import SYSTEMD_DIR
 from agentd.core.redact import redact_text
 from agentd.plan import render
-from agentd.state.store import AgentState, InventoryEntry
+from agentd.state.store import AgentState
 from agentd.system.host import Host
 from agentd.system.services import ServiceError
 
@@ -28,7 +28,7 @@ def rollback(host: Host, state: AgentState, component: str) -> dict[str, Any]:
         raise RollbackError(
             f"{component}: {interrupted}; `agentd apply` installs and records it first"
         )
-    manifest = kept_manifest(host, component)
+    manifest = kept_version(host, component)
     if manifest is None:
         raise RollbackError(
             f"nothing kept for {component}: agentd has not changed it on this node "
@@ -39,13 +39,13 @@ def rollback(host: Host, state: AgentState, component: str) -> dict[str, Any]:
     journal = Journal(host, work / "backup")
     current = state.inventory.get(component)
     try:
-        for item in manifest["files"]:
-            if item["kind"] == "file":
-                op = Op("copy", item["path"], source=kept / item["blob"], mode=item["mode"])
-            elif item["kind"] == "symlink":
-                op = Op("symlink", item["path"], link=item["link"])
+        for item in manifest.files:
+            if item.kind == "file" and item.blob is not None:
+                op = Op("copy", item.path, source=kept / item.blob, mode=item.mode)
+            elif item.kind == "symlink":
+                op = Op("symlink", item.path, link=item.link)
             else:
-                op = Op("remove", item["path"])
+                op = Op("remove", item.path)
             journal.apply(component, op)
         if component == "wasmedge" or component.startswith(PLUGIN_PREFIX):
             host.services.ldconfig()
@@ -61,31 +61,27 @@ def rollback(host: Host, state: AgentState, component: str) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
         more = f"; undo failed for {failures}" if failures else "; nothing was changed"
         raise RollbackError(redact_text(f"rollback of {component} failed: {exc}{more}")) from exc
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    restored = manifest.get("inventory")
     keep(
         host,
         component,
         journal.saved,
         current,
-        {
-            "version": current.version if current else manifest.get("replacedBy"),
-            "replacedBy": manifest.get("version"),
-            "replacedAt": stamp,
-            "generation": manifest.get("generation"),
-            "action": "rollback",
-        },
+        version=current.version if current else manifest.replaced_by,
+        replaced_by=manifest.version,
+        generation=manifest.generation,
+        action="rollback",
+        at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     shutil.rmtree(work, ignore_errors=True)
-    if restored:
-        state.inventory[component] = InventoryEntry.from_json(restored)
+    if manifest.inventory is not None:
+        state.inventory[component] = manifest.inventory
     else:
         state.inventory.pop(component, None)
     return {
         "component": component,
-        "restoredVersion": manifest.get("version"),
-        "replacedVersion": manifest.get("replacedBy"),
-        "files": [i["path"] for i in manifest["files"]],
+        "restoredVersion": manifest.version,
+        "replacedVersion": manifest.replaced_by,
+        "files": [i.path for i in manifest.files],
         "restarted": restarted,
     }
 

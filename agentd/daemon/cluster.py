@@ -32,9 +32,9 @@ class ClusterReport:
         except (AgentError, OSError):
             return
         last = state.last_run if state is not None else None
-        if not isinstance(last, dict):
+        if last is None:
             return
-        report = fleet.report_of(last, status_text)
+        report = fleet.report_of(last.to_json(), status_text)
         if report == self._published:
             return
         why_not = fleet.publish(self.host, config, report, utc_timestamp())

@@ -6,7 +6,6 @@ import calendar
 import json
 import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,6 +18,7 @@ from agentd.desired.load import desired_sources
 from agentd.run import apply_if_unchanged
 from agentd.settings.snapshot import AgentConfig, suspend_reason
 from agentd.sources.store import FleetStore
+from agentd.state.records import Deferred, RunResult
 from agentd.system.host import Host
 from agentd.system.notify import Notifier
 
@@ -63,9 +63,8 @@ class Convergence:
 
                     pulled = pull(source, self.host.paths).to_json()
                     schedule.pull_due = False
-                extra = {"pull": pulled} if pulled else None
                 waiting = self._nothing_desired()
-                unchanged = None if waiting else apply_if_unchanged(self.host, config, extra)
+                unchanged = None if waiting else apply_if_unchanged(self.host, config, pulled)
         except Cancelled as exc:
             return CycleResult("cancelled", reason, error=str(exc), pull=pulled)
         except LockHeldError as exc:
@@ -76,9 +75,9 @@ class Convergence:
             return CycleResult("waiting", reason, detail=waiting, pull=pulled)
         if unchanged is not None:
             return CycleResult(
-                str(unchanged.get("outcome", "converged")),
+                unchanged.outcome,
                 reason,
-                generation=unchanged.get("generation"),
+                generation=unchanged.generation,
                 cached=True,
                 pull=pulled,
             )
@@ -103,53 +102,55 @@ class Convergence:
         if self.settings_file is not None:
             args = ["--settings", str(self.settings_file), *args]
         code, out = self.worker.run(args, settings_env(config))
-        try:
-            doc = json.loads(out) if out.strip() else {}
-        except ValueError:
-            doc = {}
-        if not isinstance(doc, dict):
-            doc = {}
-        if code != 0 and doc.get("outcome") in ("converged", "deferred"):
+        doc = _worker_result(out)
+        if code != 0 and doc is not None and doc.succeeded:
             # A worker that failed did not converge: this is an earlier run's result, printed
             # when the run failed before recording one of its own. Nothing in it is this run's.
-            doc = {}
-        outcome = str(doc.get("outcome") or ("converged" if code == 0 else "failed"))
-        error = doc.get("error")
-        problems = doc.get("problems")
-        if error and isinstance(problems, list) and problems:
+            doc = None
+        outcome = doc.outcome if doc is not None else ("converged" if code == 0 else "failed")
+        error = doc.error if doc is not None else None
+        problems = doc.problems if doc is not None else None
+        if error and problems:
             # "the desired state is invalid (1 error)" says nothing of where: the first
             # FILE:LINE:COL lines go with it to STATUS, daemon.json and the journal.
             error = f"{error}: " + "; ".join(str(p) for p in problems[:3])
         if code != 0 and not error:
             error = f"the worker exited with code {code}"
+        deferred = doc.deferred if doc is not None else None
         return CycleResult(
             outcome,
             reason,
-            generation=doc.get("generation"),
+            generation=doc.generation if doc is not None else None,
             error=redact_text(str(error)) if error else None,
-            actions=len(doc.get("actions") or []),
+            actions=len(doc.actions or []) if doc is not None else 0,
             pull=pulled,
-            detail=_deferred_detail(doc),
-            window_opens=_window_opens(doc),
+            detail=_deferred_detail(deferred),
+            window_opens=_window_opens(deferred),
         )
 
 
-def _deferred_detail(doc: Mapping[str, Any]) -> str:
-    deferred = doc.get("deferred")
-    if not isinstance(deferred, dict):
+def _worker_result(out: bytes) -> Optional[RunResult]:
+    """The run result the worker printed (`apply --json`), or None when it printed none."""
+    try:
+        return RunResult.from_json(json.loads(out), "the worker's result") if out.strip() else None
+    except (ValueError, TypeError):
+        return None
+
+
+def _deferred_detail(deferred: Optional[Deferred]) -> str:
+    if deferred is None:
         return ""
-    n = len(deferred.get("actions") or [])
+    n = len(deferred.actions)
     verb = "waits" if n == 1 else "wait"
     return (
         f"{n} disruptive action{'s' * (n != 1)} {verb} for the maintenance window "
-        f"(opens {deferred.get('until')})"
+        f"(opens {deferred.until})"
     )
 
 
-def _window_opens(doc: Mapping[str, Any]) -> Optional[float]:
-    deferred = doc.get("deferred")
-    until = deferred.get("until") if isinstance(deferred, dict) else None
-    if not isinstance(until, str):
+def _window_opens(deferred: Optional[Deferred]) -> Optional[float]:
+    until = deferred.until if deferred is not None else None
+    if until is None:
         return None
     try:
         return float(calendar.timegm(time.strptime(until, "%Y-%m-%dT%H:%M:%SZ")))

@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from agentd.core.errors import DesiredStateError, NoDesiredState
-from agentd.desired.identity import NodeIdentity, node_arch
+from agentd.desired.identity import NodeIdentity
 from agentd.sources.store import FleetStore, fleet_document
 from agentd.system.host import Host
 
 if TYPE_CHECKING:
     from agentd.desired.model import DesiredState
     from agentd.desired.targeting import Targeting
+    from agentd.desired.validate import ValidationReport
 
 # pydantic and yaml are imported only when a document is really loaded: an unchanged node
 # answers from the no-op digest, which needs only the files' names.
@@ -114,8 +115,9 @@ def without_urls(value: Any) -> Any:
     return value
 
 
-def settle_candidate(host: Host, *, promote: bool) -> Optional[Path]:
-    """Judge a pulled fleet document waiting in the state dir, merged with the node's files.
+def settle_candidate(host: Host, node: NodeIdentity, *, promote: bool) -> Optional[Path]:
+    """Judge a pulled fleet document waiting in the state dir, merged with the node's files and
+    cut to `node` (the overrides that target it apply), as a plan would load it.
 
     Valid: it is promoted to the last good document (or, without `promote`, its path is
     returned for a plan to show). Invalid where the last good one is not: rejected, with the
@@ -124,11 +126,8 @@ def settle_candidate(host: Host, *, promote: bool) -> Optional[Path]:
     store = FleetStore(host.paths)
     if not store.candidate.is_file():
         return None
-    from agentd.desired.validate import load_and_validate  # noqa: PLC0415
-
-    arch = node_arch()
     with_new = desired_sources(host, None, fleet_file=store.candidate)
-    report = load_and_validate(with_new.files, arch, merge_all=True, names=with_new.names)
+    report = _judged(with_new, node)
     if report.ok:
         if not promote:
             return store.candidate
@@ -142,10 +141,8 @@ def settle_candidate(host: Host, *, promote: bool) -> Optional[Path]:
         )
         return None
     current = desired_sources_or_none(host)
-    if current is not None:
-        without = load_and_validate(current.files, arch, merge_all=True, names=current.names)
-        if not without.ok:
-            return None  # the node's own files are broken: the new document is not to blame
+    if current is not None and not _judged(current, node).ok:
+        return None  # the node's own files are broken: the new document is not to blame
     if promote:
         reason = "invalid with this node's files: " + "; ".join(report.errors[:3])
         record = store.reject_candidate(reason)
@@ -157,6 +154,14 @@ def settle_candidate(host: Host, *, promote: bool) -> Optional[Path]:
             error=reason,
         )
     return None
+
+
+def _judged(sources: Sources, node: NodeIdentity) -> ValidationReport:
+    from agentd.desired.validate import load_and_validate  # noqa: PLC0415
+
+    return load_and_validate(
+        sources.files, node.arch, merge_all=True, names=sources.names, node=node
+    )
 
 
 def _log() -> Any:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from agentd.converge.install import RunReport
     from agentd.desired.model import DesiredState
     from agentd.facts.model import Facts
-    from agentd.plan.diff import Plan
+    from agentd.plan.model import Plan
 
 _CHANGES = ("install", "upgrade", "downgrade", "reinstall")
 

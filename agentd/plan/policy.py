@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Optional
 
-from agentd.plan.diff import Action, Plan, Unchanged
+from agentd.plan.model import Action, Plan, Unchanged
 from agentd.settings.snapshot import AgentConfig
 from agentd.state.records import Deferred, OwedRestart
 from agentd.state.store import AgentState

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from agentd.state.inventory import InventoryEntry
+
 
 @dataclass(frozen=True)
 class Replaced:
@@ -38,10 +40,9 @@ class IntentEntry:
     action: str
     from_version: Optional[str]
     to_version: Optional[str]
-    # An InventoryEntry's JSON, as agentd.state.store writes it (that module holds this one, so
-    # this one cannot import its class); None: the component had (or will have) no entry.
-    inventory_before: Optional[dict[str, Any]]
-    inventory_after: Optional[dict[str, Any]]
+    # None: the component had (or will have) no inventory entry.
+    inventory_before: Optional[InventoryEntry]
+    inventory_after: Optional[InventoryEntry]
     replaced: list[Replaced] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -49,21 +50,29 @@ class IntentEntry:
             "action": self.action,
             "from": self.from_version,
             "to": self.to_version,
-            "inventoryBefore": self.inventory_before,
-            "inventoryAfter": self.inventory_after,
+            "inventoryBefore": _inventory_json(self.inventory_before),
+            "inventoryAfter": _inventory_json(self.inventory_after),
             "replaced": [r.to_json() for r in self.replaced],
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> IntentEntry:
+    def from_json(cls, data: Mapping[str, Any], where: str = "installing") -> IntentEntry:
         return cls(
             data["action"],
             data["from"],
             data["to"],
-            data["inventoryBefore"],
-            data["inventoryAfter"],
+            _inventory(data["inventoryBefore"], f"{where}.inventoryBefore"),
+            _inventory(data["inventoryAfter"], f"{where}.inventoryAfter"),
             [Replaced.from_json(r) for r in data["replaced"]],
         )
+
+
+def _inventory_json(entry: Optional[InventoryEntry]) -> Optional[dict[str, Any]]:
+    return entry.to_json() if entry is not None else None
+
+
+def _inventory(data: Any, where: str) -> Optional[InventoryEntry]:
+    return InventoryEntry.from_json(data, where) if data is not None else None
 
 
 @dataclass(frozen=True)
@@ -86,7 +95,10 @@ class Intent:
         try:
             return cls(
                 data["generation"],
-                {k: IntentEntry.from_json(v) for k, v in (data["components"] or {}).items()},
+                {
+                    k: IntentEntry.from_json(v, f"installing.components.{k}")
+                    for k, v in (data["components"] or {}).items()
+                },
             )
         except KeyError as exc:
             raise ValueError(f"the installing intent has no {exc}") from exc

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 
@@ -137,14 +137,17 @@ class Noop:
     (`noop`): while the digest matches, apply skips loading, detecting and planning."""
 
     digest: str
-    result: dict[str, Any] = field(default_factory=dict)
+    result: RunResult
 
     def to_json(self) -> dict[str, Any]:
-        return {"digest": self.digest, "result": self.result}
+        return {"digest": self.digest, "result": self.result.to_json()}
 
     @classmethod
     def from_json(cls, data: Any, where: str = "noop") -> Noop:
-        return cls(typed(data, "digest", str, where), typed(data, "result", dict, where))
+        result = typed(data, "result", dict, where)
+        return cls(
+            typed(data, "digest", str, where), RunResult.from_json(result, f"{where}.result")
+        )
 
 
 def watches(data: Any) -> dict[str, Watch]:
@@ -157,3 +160,112 @@ def blocks(data: Any) -> dict[str, Block]:
     """`blocked` as state.json has it (absent: none)."""
     table = _object({} if data is None else data, "blocked")
     return {str(k): Block.from_json(v, f"blocked.{k}") for k, v in table.items()}
+
+
+# RunResult's fields and their keys in state.json and `--json`, in the order they are written;
+# a field that is None is not written (a run that failed before planning has no actions).
+_RUN_KEYS = (
+    ("kind", "kind", str),
+    ("generation", "generation", int),
+    ("arch", "arch", str),
+    ("outcome", "outcome", str),
+    ("dry_run", "dryRun", bool),
+    ("cached", "cached", bool),
+    ("started_at", "startedAt", str),
+    ("sources", "sources", list),
+    ("fleet", "fleet", dict),
+    ("actions", "actions", list),
+    ("unchanged", "unchanged", list),
+    ("timings", "timings", dict),
+    ("warnings", "warnings", list),
+    ("targeting", "targeting", list),
+    ("downloads", "downloads", list),
+    ("service_calls", "serviceCalls", list),
+    ("rollback", "rollback", dict),
+    ("error", "error", str),
+    ("problems", "problems", list),
+    ("deferred", "deferred", dict),
+    ("pull", "pull", dict),
+    ("finished_at", "finishedAt", str),
+    ("duration_ms", "durationMs", (int, float)),
+)
+# What the no-op memo keeps of a result: what the plan said, not when or how long.
+_MEMO_FIELDS = (
+    "kind",
+    "generation",
+    "arch",
+    "outcome",
+    "dry_run",
+    "sources",
+    "fleet",
+    "actions",
+    "unchanged",
+    "warnings",
+    "targeting",
+)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One run's result (`lastRun`, `noop.result`, what `apply --json` prints): an apply, or a
+    rollback. The lists hold the JSON of the records of the stages above this one (each
+    action or step, each unchanged entry, each targeting note, each download)."""
+
+    kind: str  # apply, rollback
+    outcome: str  # planned, converged, deferred, failed, refused, cancelled, rolled back
+    generation: Optional[int] = None
+    arch: Optional[str] = None
+    dry_run: Optional[bool] = None
+    cached: Optional[bool] = None  # answered from the no-op memo
+    started_at: Optional[str] = None
+    sources: Optional[list[str]] = None
+    fleet: Optional[dict[str, Any]] = None  # the fleet document's generation, origin, signer
+    actions: Optional[list[dict[str, Any]]] = None
+    unchanged: Optional[list[dict[str, Any]]] = None
+    timings: Optional[dict[str, float]] = None
+    warnings: Optional[list[str]] = None
+    targeting: Optional[list[dict[str, Any]]] = None
+    downloads: Optional[list[dict[str, Any]]] = None
+    service_calls: Optional[list[str]] = None
+    rollback: Optional[dict[str, Any]] = None  # what `agentd rollback` put back
+    error: Optional[str] = None
+    problems: Optional[list[str]] = None  # the desired state's FILE:LINE:COL errors
+    deferred: Optional[Deferred] = None  # held for the maintenance window
+    pull: Optional[dict[str, Any]] = None  # the pull before the run
+    finished_at: Optional[str] = None
+    duration_ms: Optional[float] = None
+
+    @property
+    def succeeded(self) -> bool:
+        """Converged, or held its disruptive actions for the window."""
+        return self.outcome in ("converged", "deferred")
+
+    def memo(self) -> RunResult:
+        """What the no-op memo keeps of this result."""
+        return RunResult(**{name: getattr(self, name) for name in _MEMO_FIELDS})
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, key, _ in _RUN_KEYS:
+            value = getattr(self, name)
+            if value is not None:
+                out[key] = value.to_json() if isinstance(value, Deferred) else value
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "lastRun") -> RunResult:
+        table = _object(data, where)
+        fields: dict[str, Any] = {}
+        for name, key, kind in _RUN_KEYS:
+            if key not in ("kind", "outcome") and table.get(key) is None:
+                continue
+            fields[name] = typed(table, key, kind, where)
+        for key in ("actions", "unchanged", "targeting", "downloads"):
+            for i, item in enumerate(table.get(key) or ()):
+                if not isinstance(item, dict):
+                    raise TypeError(f"{where}.{key}[{i}]: {type(item).__name__} is not dict")
+        if "deferred" in fields:
+            fields["deferred"] = Deferred.from_json(fields["deferred"], f"{where}.deferred")
+        if "duration_ms" in fields:
+            fields["duration_ms"] = float(fields["duration_ms"])
+        return cls(**fields)

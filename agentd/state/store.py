@@ -15,7 +15,18 @@ from agentd.core.components import plugin_name
 from agentd.core.errors import AgentError, LockHeldError
 from agentd.core.paths import Paths
 from agentd.state.intent import Intent
-from agentd.state.records import Block, Deferred, Noop, OwedRestart, Watch, blocks, typed, watches
+from agentd.state.inventory import InventoryEntry
+from agentd.state.records import (
+    Block,
+    Deferred,
+    Noop,
+    OwedRestart,
+    RunResult,
+    Watch,
+    blocks,
+    typed,
+    watches,
+)
 from agentd.system.files import read_json, write_json
 
 STATE_VERSION = 1
@@ -30,34 +41,11 @@ def count(counters: dict[str, dict[str, int]], name: str, keys: Iterable[str]) -
 
 
 @dataclass
-class InventoryEntry:
-    """What agentd installed for one component: its version, artifact and the files it put."""
-
-    version: str | None
-    sha256: str | None = None
-    files: list[str] = field(default_factory=list)  # node paths
-
-    def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "sha256": self.sha256, "files": list(self.files)}
-
-    @classmethod
-    def from_json(cls, data: Any, where: str = "inventory") -> InventoryEntry:
-        files = typed(data, "files", (list, type(None)), where) or []
-        if not all(isinstance(f, str) for f in files):
-            raise TypeError(f"{where}.files: not a list of node paths")
-        return cls(
-            typed(data, "version", (str, type(None)), where),
-            typed(data, "sha256", (str, type(None)), where),
-            list(files),
-        )
-
-
-@dataclass
 class AgentState:
     """state.json in memory."""
 
     last_applied_generation: int | None = None
-    last_run: dict[str, Any] | None = None
+    last_run: RunResult | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     inventory: dict[str, InventoryEntry] = field(default_factory=dict)
     # The digest of the inputs of the last plan that found nothing to do, and that plan's
@@ -102,23 +90,28 @@ class AgentState:
             if (name := plugin_name(key)) is not None
         }
 
-    def record_run(self, result: dict[str, Any]) -> None:
+    def record_run(self, result: RunResult) -> None:
         self.last_run = result
-        count(self.counters, "runs", [str(result.get("outcome"))])
-        done = [a.get("action") for a in result.get("actions", []) if a.get("status") == "done"]
+        count(self.counters, "runs", [result.outcome])
+        actions = result.actions or []
+        done = [a.get("action") for a in actions if a.get("status") == "done"]
         count(self.counters, "actions", [str(a) for a in done])
-        summary = {
-            k: result.get(k)
-            for k in ("kind", "generation", "outcome", "startedAt", "durationMs", "error")
+        summary: dict[str, Any] = {
+            "kind": result.kind,
+            "generation": result.generation,
+            "outcome": result.outcome,
+            "startedAt": result.started_at,
+            "durationMs": result.duration_ms,
+            "error": result.error,
+            "actions": len(actions),
         }
-        summary["actions"] = len(result.get("actions", []))
         self.history = [summary, *self.history][:HISTORY_LENGTH]
 
     def to_json(self) -> dict[str, Any]:
         return {
             "stateVersion": STATE_VERSION,
             "lastAppliedGeneration": self.last_applied_generation,
-            "lastRun": self.last_run,
+            "lastRun": self.last_run.to_json() if self.last_run else None,
             "history": self.history,
             "inventory": {k: v.to_json() for k, v in sorted(self.inventory.items())},
             "noop": self.noop.to_json() if self.noop else None,
@@ -141,6 +134,7 @@ class AgentState:
             return typed(data, key, (dict, type(None)), "state")
 
         noop, deferred, owed = record("noop"), record("deferred"), record("pendingRestart")
+        last_run = record("lastRun")
         counters = record("counters") or {}
         if not all(isinstance(v, dict) for v in counters.values()):
             raise TypeError("state.counters: not an object of objects")
@@ -148,7 +142,7 @@ class AgentState:
             last_applied_generation=typed(
                 data, "lastAppliedGeneration", (int, type(None)), "state"
             ),
-            last_run=record("lastRun"),
+            last_run=RunResult.from_json(last_run) if last_run is not None else None,
             history=list(typed(data, "history", (list, type(None)), "state") or []),
             inventory={
                 k: InventoryEntry.from_json(v, f"inventory.{k}")

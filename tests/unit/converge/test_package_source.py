@@ -14,7 +14,8 @@ from agentd.core.versions import (
     upstream_version,
 )
 from agentd.facts.model import Facts, HostFacts
-from agentd.plan.diff import Plan, plan
+from agentd.plan.diff import plan
+from agentd.plan.model import Plan
 from agentd.system.packages import AptPackages, system_packages
 from tests.support.mirror import MirrorServer
 from tests.support.node import Node

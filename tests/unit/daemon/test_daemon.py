@@ -907,10 +907,10 @@ def test_a_restart_outside_the_maintenance_window_is_deferred(
     config = load_config(Paths(node.root))
     assert config.maintenance is not None
     result = apply(host, None, config=config, now=opens + timedelta(minutes=1))
-    assert result["outcome"] == "converged"
-    restarts = [call for call in result["serviceCalls"] if "restart" in call]
-    assert restarts == ["systemctl restart k3s.service"], result["serviceCalls"]
-    assert [(a["component"], a["action"]) for a in result["actions"]] == [("k3s", "restart")]
+    assert result.outcome == "converged"
+    restarts = [call for call in result.service_calls or [] if "restart" in call]
+    assert restarts == ["systemctl restart k3s.service"], result.service_calls
+    assert [(a["component"], a["action"]) for a in result.actions or []] == [("k3s", "restart")]
     state = json.loads(node.read("/var/lib/wasm-edge/state.json"))
     assert state["pendingRestart"] is None
     assert state["deferred"] is None

@@ -16,8 +16,9 @@ from agentd.core.errors import DesiredStateError
 from agentd.desired.model import DesiredState
 from agentd.facts.model import ComponentFacts, Facts, HostFacts, PluginFact
 from agentd.plan import render
-from agentd.plan.diff import Action, Plan, plan
-from agentd.state.store import InventoryEntry
+from agentd.plan.diff import plan
+from agentd.plan.model import Action, Plan
+from agentd.state.inventory import InventoryEntry
 
 K3S_BIN = "/usr/local/bin/k3s"
 CRUN_BIN = "/usr/local/bin/crun"

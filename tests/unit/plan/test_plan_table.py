@@ -14,8 +14,9 @@ from agentd.core.components import MANAGED_CONFIG_PATHS
 from agentd.core.errors import DesiredStateError
 from agentd.desired.model import DesiredState
 from agentd.facts.model import ComponentFacts, Facts, HostFacts, PluginFact
-from agentd.plan.diff import Action, Plan, plan
-from agentd.state.store import InventoryEntry
+from agentd.plan.diff import plan
+from agentd.plan.model import Action, Plan
+from agentd.state.inventory import InventoryEntry
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "plan"
 # File contents several fixtures share (the renderers' output), named by {file: NAME}.
