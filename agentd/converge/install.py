@@ -23,8 +23,9 @@ from agentd.core.errors import AgentError, Cancelled, ConvergeError
 from agentd.core.redact import redact_text, redact_url
 from agentd.core.versions import upstream_version
 from agentd.plan import render
-from agentd.plan.diff import Action, Plan
-from agentd.state.store import AgentState, InventoryEntry
+from agentd.plan.model import Action, Plan
+from agentd.state.inventory import InventoryEntry
+from agentd.state.store import AgentState
 from agentd.system.host import Host
 from agentd.system.log import get_logger, log_fields
 from agentd.system.packages import PackageError
@@ -248,14 +249,13 @@ def _read_back(host: Host, step: Step) -> None:
         return
     from agentd.core.versions import compare, satisfies  # noqa: PLC0415
     from agentd.facts import detect  # noqa: PLC0415
-    from agentd.system.commands import run_command  # noqa: PLC0415
 
     node_path = kind.installs_to
     if a.package is not None:
         if host.paths.sandboxed:
             return  # under --root a package install is only recorded
         node_path = f"/usr/bin/{a.package}"
-    result = run_command([str(host.paths.under(node_path)), "--version"])
+    result = host.commands([str(host.paths.under(node_path)), "--version"])
     parsers = {
         "k3s": lambda text: (detect.parse_k3s_version(text) or (None,))[0],
         "crun": lambda text: (detect.parse_crun_version(text) or (None,))[0],
@@ -324,20 +324,18 @@ def _commit(host: Host, report: RunReport, state: AgentState, generation: int) -
                 host,
                 component,
                 replaced,
-                InventoryEntry.from_json(before) if before else None,
-                {
-                    "version": entry.from_version,
-                    "replacedBy": entry.to_version,
-                    "replacedAt": stamp,
-                    "generation": generation,
-                    "action": entry.action,
-                },
+                before,
+                version=entry.from_version,
+                replaced_by=entry.to_version,
+                generation=generation,
+                action=entry.action,
+                at=stamp,
             )
         after = entry.inventory_after
         if after is None:
             state.inventory.pop(component, None)
         else:
-            state.inventory[component] = InventoryEntry.from_json(after)
+            state.inventory[component] = after
     # What an earlier killed run left and this one did not plan (a component no longer
     # desired, a k3s upgrade held for the window) stays to be done again.
     left = dataclasses.replace(state.installing, components=intent) if intent else None

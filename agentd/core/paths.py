@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,20 @@ CONTAINERD_TEMPLATES = (
     f"{CONTAINERD_DIR}/config-v3.toml.tmpl",
 )
 
+# The dynamic loaders of glibc and musl on agentd's architectures, at the absolute paths their
+# programs name as their interpreter (ELF PT_INTERP). A root that has one is a real OS tree with a
+# libc of its own: run from outside it, its programs get this host's loader and libraries instead
+# (the kernel resolves PT_INTERP against the process's root), which fails (`GLIBC_2.38' not
+# found) or mixes two libcs (a RUNPATH pulling the tree's libc into the host's loader).
+DYNAMIC_LOADERS = (
+    "/lib64/ld-linux-x86-64.so.2",
+    "/lib/ld-linux-aarch64.so.1",
+    "/lib/ld-linux-armhf.so.3",
+    "/lib/ld-musl-x86_64.so.1",
+    "/lib/ld-musl-aarch64.so.1",
+    "/lib/ld-musl-armhf.so.1",
+)
+
 
 @dataclass(frozen=True)
 class Paths:
@@ -49,6 +64,17 @@ class Paths:
         if not host_path.startswith("/"):
             raise ValueError(f"host path must be absolute: {host_path!r}")
         return self.root / host_path.lstrip("/")
+
+    @property
+    def own_loader(self) -> str | None:
+        """The dynamic loader the root has of its own (as the node names it); None for a tree
+        without one, such as the tests' sandboxes of stand-in scripts."""
+        for loader in DYNAMIC_LOADERS:
+            # lexists: on a merged-/usr tree the loader is an absolute symlink, which seen from
+            # outside the tree points at this host's own loader.
+            if os.path.lexists(self.under(loader)):
+                return loader
+        return None
 
     def host_view(self, path: Path) -> str:
         """The node's own name for a path under the root (for messages and state)."""

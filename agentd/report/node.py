@@ -10,7 +10,6 @@ from typing import Any, Optional
 
 from agentd.core.paths import K3S_CONFIG
 from agentd.settings.snapshot import AgentConfig
-from agentd.system.commands import run_command
 from agentd.system.host import Host
 
 PREFIX = "agentd.wasm-edge.io"
@@ -105,7 +104,7 @@ def publish(host: Host, config: AgentConfig, report: NodeReport, updated: str) -
             *(f"{k}={v}" for k, v in annotations.items()),
         ],
     ):
-        result = run_command(argv, 20)
+        result = host.commands(argv, 20)
         if not result.ok:
             lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
             return lines[-1][:300] if lines else f"kubectl exited {result.returncode}"

@@ -1,4 +1,4 @@
-"""The host: one object holding the node paths, the service manager and the package manager."""
+"""The host: one object holding the node paths, its commands, services and package manager."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Union
 
 from agentd.core.paths import Paths
+from agentd.system.commands import NodeCommands, node_commands
 from agentd.system.packages import AptPackages, DnfPackages, RecordedPackages, system_packages
 from agentd.system.services import RecordedServices, ServiceManager, SystemdServices
 
@@ -25,5 +26,11 @@ class Host:
     def at(cls, root: Path) -> Host:
         paths = Paths(root)
         if paths.sandboxed:
-            return cls(paths, RecordedServices(), RecordedPackages(system_packages()))
+            services = RecordedServices(tree=node_commands(paths))
+            return cls(paths, services, RecordedPackages(system_packages()))
         return cls(paths, SystemdServices(), system_packages())
+
+    @property
+    def commands(self) -> NodeCommands:
+        """How the node's own programs run (inside a real OS tree under --root)."""
+        return node_commands(self.paths)

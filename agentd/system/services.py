@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agentd.system.commands import run_command
+from agentd.system.commands import NodeCommands, run_command
 
 
 class ServiceManager(Protocol):
@@ -59,9 +59,15 @@ class SystemdServices:
 
 @dataclass
 class RecordedServices:
-    """Under --root nothing on the host is touched: the calls a run would make are recorded."""
+    """Under --root nothing on the host is touched: the calls a run would make are recorded.
+
+    ldconfig touches nothing outside the tree it runs in, so in a real OS tree that agentd runs
+    programs inside (`tree`) it runs there too: the tree's ldconfig writes the tree's
+    /etc/ld.so.cache from the tree's /etc/ld.so.conf, and a later `--version` or check inside the
+    tree finds the library agentd installed, as it would on the node."""
 
     calls: list[str] = field(default_factory=list)
+    tree: NodeCommands | None = None
 
     def daemon_reload(self) -> None:
         self.calls.append("systemctl daemon-reload")
@@ -77,3 +83,11 @@ class RecordedServices:
 
     def ldconfig(self) -> None:
         self.calls.append("ldconfig")
+        # A musl tree has no ldconfig (and no cache): nothing to refresh there.
+        if self.tree is None or not self.tree.inside or not self.tree.paths.find_binary("ldconfig"):
+            return
+        result = self.tree(["ldconfig"], 60)
+        if not result.ok:
+            raise ServiceError(
+                f"ldconfig in {self.tree.paths.root} failed: {result.stderr.strip()}"
+            )
