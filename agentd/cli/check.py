@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 from agentd.cli.main import agent_config, print_json
 from agentd.health.remedy import check
@@ -35,13 +37,26 @@ def handle(args: argparse.Namespace) -> int:
         print_json(doc)
     else:
         out = sys.stdout.write
+        if run.before is not None:
+            # --act: what was found and done first; the verdict below is the node after it.
+            codes = ", ".join(f.code for f in run.before if f.unhealthy) or "none unhealthy"
+            out(f"before acting: {len(run.before)} finding(s) ({codes})\n")
+            for act in run.acted:
+                out(f"  acted: {_acted(act)}\n")
         verdict = "healthy" if run.healthy else "UNHEALTHY"
-        out(f"{verdict}: {len(run.findings)} finding(s) on node {run.node}\n")
+        after = " after acting" if run.before is not None else ""
+        out(f"{verdict}{after}: {len(run.findings)} finding(s) on node {run.node}\n")
         for f in run.findings:
             out(f"  {MARKERS.get(f.severity, '? ')}{f.code:<28} {f.component}: {f.message}\n")
             out(f"      remedy: {f.remedy}\n")
         if run.label:
             out(f"node label wasm-runtime: {run.label}\n")
-        for act in run.acted:
-            out(f"  acted: {act}\n")
     return 0 if run.healthy else EXIT_UNHEALTHY
+
+
+def _acted(act: Mapping[str, Any]) -> str:
+    outcome = "done" if act.get("ok") else "failed"
+    if "rollback" in act:
+        what = f"rolled back {act['rollback']} {act.get('from')} -> {act.get('to')}"
+        return f"{what}: {outcome}" + (f" ({act['error']})" if act.get("error") else "")
+    return f"{act.get('fix')} for {act.get('code')}: {outcome} ({act.get('detail')})"

@@ -19,7 +19,7 @@ from agentd.core.paths import (
     USR_LOCAL_LIB,
 )
 from agentd.core.versions import upstream_version
-from agentd.plan.diff import Action
+from agentd.plan.model import Action
 from agentd.state.store import AgentState
 from agentd.system.host import Host
 
@@ -145,7 +145,10 @@ class Stager:
             ]
             return [K3S_BIN, *links]
         if c == "wasmedge":
-            found = [f"{USR_LOCAL_BIN}/wasmedge", f"{USR_LOCAL_BIN}/wasmedgec"]
+            # Only the programs there: wasmedgec is in some builds only (Debian's has none;
+            # `wasmedge compile` does its job).
+            programs = (f"{USR_LOCAL_BIN}/wasmedge", f"{USR_LOCAL_BIN}/wasmedgec")
+            found = [p for p in programs if paths.under(p).is_file()]
             found += [paths.host_view(p) for p in paths.usr_local_lib.glob("libwasmedge.so*")]
             inc = paths.usr_local_include / "wasmedge"
             found += [paths.host_view(p) for p in inc.rglob("*") if not p.is_dir()]

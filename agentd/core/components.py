@@ -18,6 +18,9 @@ from agentd.core.paths import (
 )
 
 PLUGIN_PREFIX = "wasmedge/plugins/"
+# Debian's multiarch library directories (x86_64-linux-gnu, aarch64-linux-gnu,
+# arm-linux-gnueabihf), as a glob.
+MULTIARCH_LIBS = "/usr/lib/*-linux-gnu*"
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,8 @@ class ComponentKind:
     `version_args` (its parser is facts.detect's entry of the same name); `installs_to`: where
     agentd puts its own copy, read back after an install; `restarts_k3s`: k3s reads it at start,
     so a change (or undoing one) restarts k3s once; `watched`: a change is watched for the
-    health-gated rollback; `libraries`: (dir, glob) listings whose stat feeds the no-op digest;
+    health-gated rollback; `libraries`: node-path globs whose files' stat feeds the no-op digest
+    (what detection's answer depends on besides the binary);
     `configs`: the files agentd renders for it, compared by content.
     """
 
@@ -38,7 +42,7 @@ class ComponentKind:
     installs_to: str | None = None
     restarts_k3s: bool = False
     watched: bool = False
-    libraries: tuple[tuple[str, str], ...] = ()
+    libraries: tuple[str, ...] = ()
     configs: tuple[str, ...] = ()
 
 
@@ -49,10 +53,23 @@ WASMEDGE = ComponentKind(
     binary="wasmedge",
     installs_to=f"{USR_LOCAL_BIN}/wasmedge",
     watched=True,
-    libraries=((USR_LOCAL_LIB, "libwasmedge.so*"), ("/usr/local/lib64", "libwasmedge.so*")),
+    # agentd's upstream layout in /usr/local, and a distribution's in its multiarch directory
+    # (Debian's /usr/bin/wasmedge loads /usr/lib/<multiarch>/libwasmedge.so.0); the loader's
+    # cache decides which one a binary without RUNPATH finds.
+    libraries=(
+        f"{USR_LOCAL_LIB}/libwasmedge.so*",
+        "/usr/local/lib64/libwasmedge.so*",
+        f"{MULTIARCH_LIBS}/libwasmedge.so*",
+        "/etc/ld.so.cache",
+    ),
 )
-# One entry for every wasmedge/plugins/NAME.
-PLUGIN = ComponentKind(PLUGIN_PREFIX, watched=True, libraries=((PLUGIN_DIR, "*"),))
+# One entry for every wasmedge/plugins/NAME. WasmEdge loads plugins from the directory named
+# after where its library lives, walking it recursively (facts.detect.wasmedge_plugin_dirs).
+PLUGIN = ComponentKind(
+    PLUGIN_PREFIX,
+    watched=True,
+    libraries=(f"{PLUGIN_DIR}/**/*", f"{MULTIARCH_LIBS}/wasmedge/**/*", "/usr/local/plugin/**/*"),
+)
 K3S_CONFIG_FILE = ComponentKind("k3s/config", restarts_k3s=True, configs=(K3S_CONFIG,))
 K3S_UNIT = ComponentKind(
     "k3s/unit",
@@ -108,3 +125,7 @@ def watched(component: str) -> bool:
     """Whether a change to `component` is watched for the health-gated rollback."""
     kind = kind_of(component)
     return kind is not None and kind.watched
+
+
+# Every glob of library-like files whose change may change what detection reads.
+LIBRARY_GLOBS = tuple(pattern for kind in KINDS for pattern in kind.libraries)

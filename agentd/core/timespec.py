@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import calendar
 import math
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
@@ -43,6 +45,16 @@ def parse_duration(value: Union[int, float, str]) -> float:
     if seconds > MAX_DURATION:
         raise ValueError("a duration cannot be longer than 366 days")
     return seconds
+
+
+def utc_stamp_seconds(stamp: Any) -> float | None:
+    """Epoch seconds of agentd's own UTC stamps ("2026-12-02T06:29:56Z"); None for anything else."""
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")))
+    except ValueError:
+        return None
 
 
 def format_duration(seconds: float) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,8 +15,9 @@ from agentd.core.arch import host_arch
 from agentd.core.components import BINARY_KINDS, WASMEDGE, ComponentKind
 from agentd.core.paths import Paths
 from agentd.core.versions import is_k3s_version
+from agentd.facts.loader import elf_dynamic, find_library
 from agentd.facts.model import NOT_INSTALLED, ComponentFacts, Facts, HostFacts, PluginFact
-from agentd.system.commands import CommandResult, run_command
+from agentd.system.commands import CommandResult, Runner, node_commands, run_command
 from agentd.system.files import atomic_write
 
 # --- pure parsers --------------------------------------------------------------------------------
@@ -30,7 +32,7 @@ _WASMEDGE_LINE_RE = re.compile(
 )
 # A loaded plugin: its file, then name and version; a plugin built into the runtime (Debian's
 # wasi_logging) has no file: ` (plugin "wasi_logging") version 0.1.0.0` (tests/fixtures/real/).
-_WASMEDGE_PLUGIN_RE = re.compile(r'^(?:.+ )?\(plugin "([^"]+)"\) version (\d+(?:\.\d+)*)$')
+_WASMEDGE_PLUGIN_RE = re.compile(r'^(?:(.+) )?\(plugin "([^"]+)"\) version (\d+(?:\.\d+)*)$')
 # WasmEdge logs to stdout, before its version line, and exits 0 all the same: a plugin it cannot
 # load gives "[2026-12-02 06:29:56.054] [error] loading failed: invalid path, Code: 0x100" and
 # "[...] [error]     load library failed:<file or missing library>: <why>" (tests/fixtures/real/).
@@ -91,14 +93,16 @@ def parse_crun_version(text: str) -> tuple[str, str | None, tuple[str, ...]] | N
     return match.group(1), commit, features
 
 
-def _without_log_lines(text: str) -> str:
-    return "\n".join(line for line in text.splitlines() if not _WASMEDGE_LOG_RE.match(line))
+def without_wasmedge_log_lines(text: str) -> str:
+    """`text` without WasmEdge's own log lines (it logs plugin-load errors to stdout)."""
+    kept = (line for line in text.splitlines(keepends=True) if not _WASMEDGE_LOG_RE.match(line))
+    return "".join(kept)
 
 
 def parse_wasmedge_version(text: str) -> str | None:
     """The runtime version from the first line of `wasmedge --version` that is not one of
     WasmEdge's log lines (plugin-load errors come first); later lines are plugins."""
-    match = _WASMEDGE_LINE_RE.match(_first_line(_without_log_lines(text)))
+    match = _WASMEDGE_LINE_RE.match(_first_line(without_wasmedge_log_lines(text)))
     return match.group(1) if match else None
 
 
@@ -121,7 +125,17 @@ def parse_wasmedge_plugin_lines(text: str) -> dict[str, str]:
     for line in text.splitlines():
         match = _WASMEDGE_PLUGIN_RE.match(line.strip())
         if match:
-            found[match.group(1)] = match.group(2)
+            found[match.group(2)] = match.group(3)
+    return found
+
+
+def _plugin_versions_by_file(text: str) -> dict[str, str]:
+    """Plugin file → version, for the plugin lines that name their file."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        match = _WASMEDGE_PLUGIN_RE.match(line.strip())
+        if match and match.group(1):
+            found[match.group(1)] = match.group(3)
     return found
 
 
@@ -172,6 +186,14 @@ def _fingerprint(path: Path) -> list[Any]:
     return [str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
+def _fingerprint_or_absent(path: Path) -> list[Any]:
+    # A dependency that is not there is part of the key too: its coming back is a change.
+    try:
+        return _fingerprint(path)
+    except FileNotFoundError:
+        return [str(path), None]
+
+
 class VersionCache:
     """`--version` output per binary, reused while the binary (and what it reads) is unchanged.
 
@@ -218,14 +240,18 @@ class VersionCache:
         self.changed = False
 
     def version_output(
-        self, binary: Path, depends_on: Sequence[Path] = (), args: Sequence[str] = ("--version",)
+        self,
+        binary: Path,
+        depends_on: Sequence[Path] = (),
+        args: Sequence[str] = ("--version",),
+        run: Runner = run_command,
     ) -> CommandResult:
         """`<binary> ARGS`, from the cache when the binary and `depends_on` are unchanged."""
         argv = [str(binary), *args]
         # Stat before running: a binary replaced in between is stored under its old
         # fingerprint, so the next run sees the difference and runs it again.
         try:
-            key = [_fingerprint(binary), *(_fingerprint(p) for p in depends_on)]
+            key = [_fingerprint(binary), *(_fingerprint_or_absent(p) for p in depends_on)]
         except OSError:
             key = None
         if key is not None:
@@ -233,13 +259,18 @@ class VersionCache:
             if entry is not None and entry.get("key") == key:
                 return CommandResult(tuple(argv), 0, str(entry["stdout"]), "")
         self.runs += 1
-        result = run_command(argv)
+        result = run(argv)
         if key is not None and result.ok:
             self._entries[str(binary)] = {"key": key, "stdout": result.stdout}
             self.changed = True
-        elif self._entries.pop(str(binary), None) is not None:
-            self.changed = True
+        else:
+            self.forget(binary)
         return result
+
+    def forget(self, binary: Path) -> None:
+        """Run `binary` again next time."""
+        if self._entries.pop(str(binary), None) is not None:
+            self.changed = True
 
 
 # --- detectors -----------------------------------------------------------------------------------
@@ -308,36 +339,90 @@ def _version_error(result: CommandResult) -> str:
     )
 
 
-def _plugin_files(paths: Paths) -> list[Path]:
-    try:
-        return sorted(p for p in paths.plugin_dir.iterdir() if p.suffix == ".so" and p.is_file())
-    except OSError:
+_LIBWASMEDGE = "libwasmedge.so.0"
+
+
+def wasmedge_library(paths: Paths, binary: Path) -> Path | None:
+    """The libwasmedge.so.0 `binary` loads (under the root), named as the loader names it: its
+    RUNPATH first (Debian's /usr/bin/wasmedge: `$ORIGIN/../lib/x86_64-linux-gnu`), then the
+    cache's directories. A program that is no ELF file (a stand-in), or finds no library,
+    gets the upstream layout's `<prefix>/lib`, where its library would be."""
+    found = find_library(paths, _LIBWASMEDGE, binary)
+    if found is None and elf_dynamic(binary) is None:
+        return binary.parent.parent / "lib" / _LIBWASMEDGE
+    return found
+
+
+def wasmedge_plugin_dirs(paths: Paths, binary: Path) -> list[Path]:
+    """The directories `binary` loads plugins from (under the root).
+
+    WasmEdge 0.14 (lib/plugin/plugin.cpp, getDefaultPluginPaths) names its plugin directory
+    after where libwasmedge itself was loaded from (dladdr, normalised lexically):
+    `<libdir>/wasmedge` when that path starts with /usr or /lib, else `<libdir>/../plugin` (an
+    unpacked tarball, `~/.wasmedge`). So Debian's WasmEdge, whose library is in
+    /usr/lib/<multiarch>, loads /usr/lib/<multiarch>/wasmedge and never /usr/local/lib/wasmedge,
+    and a WasmEdge whose library is agentd's /usr/local/lib/libwasmedge.so.0 loads
+    /usr/local/lib/wasmedge (tests/fixtures/real/wasmedge_version_plugin_in_usr_local and
+    wasmedge_version_lib_in_usr_local). WASMEDGE_PLUGIN_PATH adds directories, but agentd runs
+    wasmedge with a fixed environment and containerd runs crun with k3s's, so neither has it."""
+    library = wasmedge_library(paths, binary)
+    if library is None:
         return []
+    libdir = os.path.normpath(paths.host_view(library.parent))
+    if libdir.startswith(("/usr", "/lib")):
+        return [paths.under(libdir + "/wasmedge")]
+    return [paths.under(os.path.normpath(libdir + "/../plugin"))]
+
+
+def _plugin_files(paths: Paths, binary: Path) -> list[Path]:
+    # WasmEdge walks each plugin directory recursively and loads every regular file (or symlink
+    # to one) ending in .so (tests/fixtures/real/wasmedge_version_plugin_nested).
+    found: list[Path] = []
+    for directory in wasmedge_plugin_dirs(paths, binary):
+        with contextlib.suppress(OSError):
+            found += [p for p in directory.rglob("*.so") if p.is_file()]
+    return sorted(dict.fromkeys(found))
 
 
 def _wasmedge_depends_on(paths: Paths, binary: Path) -> list[Path]:
-    # The version line comes from libwasmedge and the plugin lines from the plugin directory,
-    # so a new library or plugin must invalidate the cached output of an unchanged binary.
-    found: list[Path] = []
-    for libdir in (binary.parent.parent / "lib", binary.parent.parent / "lib64"):
-        try:
-            found.extend(sorted(libdir.glob("libwasmedge.so*")))
-        except OSError:
-            continue
-    return [*found, *_plugin_files(paths)]
+    # The version line comes from libwasmedge and the plugin lines from the plugin files, so a
+    # library that vanished (Debian's /usr/lib/<multiarch>/libwasmedge.so.0), moved or changed,
+    # or a plugin added or removed, must invalidate the cached output of an unchanged binary.
+    # The loader's cache decides whether a library outside the default directories is found at
+    # all (with no /etc/ld.so.cache, /usr/local/lib is not searched): removing, restoring or
+    # rewriting it is a new key.
+    library = find_library(paths, _LIBWASMEDGE, binary)
+    loader_cache = paths.under("/etc/ld.so.cache")
+    return [
+        *([library] if library is not None else []),
+        *_plugin_files(paths, binary),
+        loader_cache,
+    ]
 
 
 def _detect_plugins(
-    paths: Paths, recorded: Mapping[str, Sequence[str]], versions: Mapping[str, str]
+    paths: Paths,
+    binary: Path,
+    recorded: Mapping[str, Sequence[str]],
+    stdout: str,
 ) -> tuple[PluginFact, ...]:
+    versions = parse_wasmedge_plugin_lines(stdout)
+    by_file = _plugin_versions_by_file(stdout)
     recorded_by_path = {path: name for name, files in recorded.items() for path in files}
     plugins: list[PluginFact] = []
-    for file in _plugin_files(paths):
+    for file in _plugin_files(paths, binary):
         node_path = paths.host_view(file)
         recorded_name = recorded_by_path.get(node_path)
         name = recorded_name or plugin_name_for_file(file.name)
-        # A backend variant (wasi_nn-ggml) loads as its base plugin (wasi_nn).
-        version = versions.get(name) or versions.get(name.split("-", 1)[0])
+        # The line naming the file (WasmEdge prints the path it loaded, as seen from the node
+        # when it runs there), else the name: a backend variant (wasi_nn-ggml) loads as its
+        # base plugin (wasi_nn).
+        version = (
+            by_file.get(node_path)
+            or by_file.get(str(file))
+            or versions.get(name)
+            or versions.get(name.split("-", 1)[0])
+        )
         plugins.append(PluginFact(name, node_path, recorded_name is not None, version))
     return tuple(sorted(plugins, key=lambda p: (p.name, p.path)))
 
@@ -380,15 +465,19 @@ def _detect_one(
     managed = node_path.startswith("/usr/local/")
     wasmedge = kind is WASMEDGE
     depends_on = _wasmedge_depends_on(paths, binary) if wasmedge else []
-    result = cache.version_output(binary, depends_on, kind.version_args)
+    result = cache.version_output(binary, depends_on, kind.version_args, node_commands(paths))
     stdout = result.stdout if result.ok else ""
     base = ComponentFacts(installed=True, path=node_path, managed=managed)
     if wasmedge:
-        plugins = parse_wasmedge_plugin_lines(stdout)
+        load_errors = tuple(parse_wasmedge_load_errors(stdout))
+        if load_errors:
+            # A plugin's missing library can appear without any file WasmEdge reads changing:
+            # what failed to load is asked again next time.
+            cache.forget(binary)
         base = replace(
             base,
-            plugins=_detect_plugins(paths, recorded_plugins, plugins),
-            load_errors=tuple(parse_wasmedge_load_errors(stdout)),
+            plugins=_detect_plugins(paths, binary, recorded_plugins, stdout),
+            load_errors=load_errors,
         )
     found = VERSION_READERS[kind.name](base, stdout)
     return found if found is not None else replace(base, error=_version_error(result))

@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import agentd
-from agentd.core.components import MANAGED_CONFIG_PATHS
+from agentd.core.components import BINARY_KINDS, LIBRARY_GLOBS, MANAGED_CONFIG_PATHS
 from agentd.core.paths import BIN_SEARCH_DIRS, Paths
 
 # The packages whose code decides the plan: editing any module in them (even without a version
 # bump) must invalidate every stored digest. Their modules are listed from the file system, so a
 # module added or moved within them is covered without editing this list.
 _PLANNING_PACKAGES = ("core", "schema", "settings", "facts", "state", "desired", "plan")
-_COMPONENT_BINARIES = ("k3s", "crun", "wasmedge")
 
 
 def _stat(path: Path) -> list[Any] | None:
@@ -28,9 +27,10 @@ def _stat(path: Path) -> list[Any] | None:
     return [st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def _listing(directory: Path, pattern: str) -> list[Any]:
+def _listing(root: Path, pattern: str) -> list[Any]:
+    """Every file matching the node-path glob `pattern` under `root`, with its stat."""
     try:
-        return [[p.name, _stat(p)] for p in sorted(directory.glob(pattern))]
+        return [[str(p.relative_to(root)), _stat(p)] for p in sorted(root.glob(pattern[1:]))]
     except OSError:
         return []
 
@@ -65,15 +65,11 @@ def planning_inputs_digest(
         "node": dict(node),
         "sources": [[str(p), _content(p)] for p in sources],
         "binaries": [
-            [name, d, _stat(paths.under(d) / name)]
-            for name in _COMPONENT_BINARIES
+            [kind.binary, d, _stat(paths.under(d) / str(kind.binary))]
+            for kind in BINARY_KINDS
             for d in BIN_SEARCH_DIRS
         ],
-        "libs": [
-            _listing(paths.usr_local_lib, "libwasmedge.so*"),
-            _listing(paths.under("/usr/local/lib64"), "libwasmedge.so*"),
-            _listing(paths.plugin_dir, "*"),
-        ],
+        "libs": [_listing(paths.root, pattern) for pattern in LIBRARY_GLOBS],
         "configs": [[p, _content(paths.under(p))] for p in MANAGED_CONFIG_PATHS],
         "state": state_inputs,
         "env": os.environ.get("AGENTD_ARCH"),

@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Optional
 
-from agentd.core.paths import Paths
 from agentd.core.versions import compare, parse_version
+from agentd.facts.loader import find_library, parse_ldconfig_cache
 from agentd.facts.model import ComponentFacts
 from agentd.health.containerd import binary_name, containerd_template, runtime_table
 from agentd.health.findings import CheckInput, Finding, last_line, wanted
+from agentd.system.commands import node_commands
 
 DEFAULT_CRUN_MINIMUM = "1.8.5"  # the guide's figure; a setting of the desired state
-
-
-# Where the dynamic loader looks without the cache (and where agentd installs libwasmedge).
-LIBRARY_DIRS = (
-    "/usr/local/lib",
-    "/usr/local/lib64",
-    "/usr/lib",
-    "/usr/lib64",
-    "/lib",
-    "/lib64",
-    "/usr/lib/x86_64-linux-gnu",
-    "/usr/lib/aarch64-linux-gnu",
-    "/usr/lib/arm-linux-gnueabihf",
-)
 
 
 def crun_minimum(inp: CheckInput) -> str:
@@ -57,30 +42,15 @@ def _crun_facts(inp: CheckInput) -> tuple[Optional[str], ComponentFacts]:
     )
 
 
-def libwasmedge_dirs(paths: Paths) -> list[Path]:
-    """The directories the loader searches: ld.so.conf(.d) entries, then the default ones."""
-    dirs: list[str] = []
-    conf_files = [paths.under("/etc/ld.so.conf")]
-    with contextlib.suppress(OSError):
-        conf_files += sorted(paths.under("/etc/ld.so.conf.d").glob("*.conf"))
-    for conf in conf_files:
-        try:
-            text = conf.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            continue
-        for raw in text.splitlines():
-            entry = raw.split("#", 1)[0].strip()
-            if entry.startswith("/"):
-                dirs.append(entry)
-    return [paths.under(d) for d in dict.fromkeys([*dirs, *LIBRARY_DIRS])]
+LIBWASMEDGE = "libwasmedge.so.0"
 
 
-def libwasmedge_found(inp: CheckInput) -> Optional[str]:
-    for directory in libwasmedge_dirs(inp.paths):
-        candidate = directory / "libwasmedge.so.0"
-        if candidate.exists():
-            return inp.paths.host_view(candidate)
-    return None
+def libwasmedge_found(inp: CheckInput, crun: Optional[str] = None) -> Optional[str]:
+    """Where crun (at node path `crun`) would load libwasmedge.so.0 from once ldconfig has run:
+    its own RUNPATH, ld.so.conf's directories, /usr/local/lib, the system dirs."""
+    binary = inp.paths.under(crun) if crun else None
+    found = find_library(inp.paths, LIBWASMEDGE, binary)
+    return inp.paths.host_view(found) if found is not None else None
 
 
 def _crun_fix(inp: CheckInput) -> Optional[str]:
@@ -140,39 +110,89 @@ def check_crun(inp: CheckInput) -> list[Finding]:
                 "crun",
                 f"crun {crun.version} at {path} was built without Wasm support (features: "
                 f"{shown}; a Wasm build lists +WASM:wasmedge)",
-                "install a crun built with WasmEdge (the distribution's crun has no Wasm)",
+                _no_wasm_remedy(path, crun),
                 _crun_fix(inp),
             )
         )
     elif "wasmedge" in handlers:
-        library = libwasmedge_found(inp)
+        library = libwasmedge_found(inp, path)
         if library is None:
-            want = wanted(inp, "wasmedge") is not None
-            found.append(
-                Finding(
-                    "crun.no-libwasmedge",
-                    "error",
-                    "crun",
-                    f"crun {crun.version} runs Wasm with WasmEdge, but libwasmedge.so.0 is not "
-                    "in any library directory: every Wasm pod fails to start",
-                    "install WasmEdge (its library goes to /usr/local/lib) and run ldconfig",
-                    "converge" if want else None,
-                )
-            )
-        elif inp.paths.root == Path("/") and not _in_loader_cache(inp):
-            found.append(
-                Finding(
-                    "crun.ldconfig",
-                    "error",
-                    "crun",
-                    f"{library} exists but the loader's cache does not list it",
-                    "run ldconfig",
-                    "ldconfig",
-                )
-            )
+            found.append(_no_libwasmedge(inp, path, crun))
+        elif node_commands(inp.paths).as_node:
+            # `ldconfig -p` reads the cache of the root it runs in: this host's, or a real OS
+            # tree's when agentd runs the tree's programs inside it; of a sandbox, nothing.
+            late = ldconfig_finding(inp, path, library)
+            if late is not None:
+                found.append(late)
     return found
 
 
-def _in_loader_cache(inp: CheckInput) -> bool:
-    result = inp.runner(["ldconfig", "-p"], 10)
-    return not result.ok or "libwasmedge.so.0 " in result.stdout
+def _no_wasm_remedy(path: Optional[str], crun: ComponentFacts) -> str:
+    remedy = "install a crun built with WasmEdge (components.crun; it goes to /usr/local/bin)"
+    if crun.managed:
+        return remedy
+    # Whether a distribution's crun has Wasm depends on the release: Debian 12's crun 1.8.1 has
+    # none, Debian 13's 1.21 has +WASM:wasmedge (tests/fixtures/real/crun_version_debian1*).
+    return f"{remedy}: the crun at {path}, from the distribution or another tool, has no Wasm"
+
+
+def _no_libwasmedge(inp: CheckInput, path: Optional[str], crun: ComponentFacts) -> Finding:
+    """A Wasm crun without its library: crun dlopens libwasmedge.so.0 only when a Wasm container
+    starts, so `crun --version` works and every Wasm pod fails with crun's `could not load
+    `libwasmedge.so.0`` (tests/fixtures/real/crun_run_wasm_no_libwasmedge). Debian 13's crun
+    1.21 is such a crun: built with +WASM:wasmedge, it only Suggests libwasmedge0."""
+    want = wanted(inp, "wasmedge") is not None
+    if crun.managed:
+        remedy = "install WasmEdge (components.wasmedge; its library goes to /usr/local/lib)"
+    else:
+        remedy = (
+            "install the distribution's WasmEdge library (Debian 13: `apt-get install "
+            "libwasmedge0`; its crun only Suggests it), or WasmEdge itself (components.wasmedge"
+            "; its library goes to /usr/local/lib)"
+        )
+    crun_wanted = wanted(inp, "crun") or {}
+    note = ""
+    if crun_wanted.get("source") == "package" and not want:
+        note = (
+            "; components.crun.source: package installs the distribution's crun, not the "
+            "library its Wasm handler loads"
+        )
+    return Finding(
+        "crun.no-libwasmedge",
+        "error",
+        "crun",
+        f"crun {crun.version} at {path} is built with +WASM:wasmedge and loads libwasmedge.so.0 "
+        "only when a Wasm container starts, but no library directory has it: `crun --version` "
+        'works, and every Wasm pod fails with crun\'s "could not load `libwasmedge.so.0`"' + note,
+        f"{remedy}, then run ldconfig",
+        "converge" if want else None,
+    )
+
+
+def ldconfig_finding(inp: CheckInput, crun: Optional[str], library: str) -> Optional[Finding]:
+    """Whether crun (at node path `crun`) finds `library` at run time, asking `ldconfig -p`
+    when the answer depends on the loader's cache.
+
+    The loader searches crun's RUNPATH and the system dirs (Debian's multiarch dirs among
+    them) with or without /etc/ld.so.cache: crun runs a Wasm container with no cache at all
+    when libwasmedge is there (tests/fixtures/real/crun_run_wasm_no_cache). Any other directory
+    (agentd's /usr/local/lib, one from ld.so.conf) is found only through the cache
+    (tests/fixtures/real/crun_run_wasm_lib_in_usr_local_no_cache)."""
+    binary = inp.paths.under(crun) if crun else None
+    if find_library(inp.paths, LIBWASMEDGE, binary, cache=False) is not None:
+        return None
+    cache = inp.runner(["ldconfig", "-p"], 10)
+    state = parse_ldconfig_cache(cache, (LIBWASMEDGE,))
+    if state in ("listed", "unknown"):
+        return None
+    where = library.rsplit("/", 1)[0]
+    if state == "no-cache":
+        said = "".join(cache.stderr.strip().splitlines())
+        message = (
+            f"{library} exists, but there is no loader cache (`ldconfig -p`: {said}), and "
+            f"without one the loader does not search {where}: every Wasm pod fails with crun's "
+            '"could not load `libwasmedge.so.0`"'
+        )
+    else:
+        message = f"{library} exists but the loader's cache does not list it"
+    return Finding("crun.ldconfig", "error", "crun", message, "run ldconfig", "ldconfig")

@@ -12,14 +12,14 @@ from agentd.desired.identity import node_arch, node_identity
 from agentd.desired.load import desired_sources, load_desired
 from agentd.health.run import HealthRun, examine, note_remediation, record
 from agentd.settings.snapshot import AgentConfig
-from agentd.state.records import Block
+from agentd.state.records import Block, RunResult
 from agentd.state.store import AgentState, StateLock, load_state, save_state
 from agentd.system.host import Host
 from agentd.system.services import ServiceError
 
 LOCK_WAIT_S = 120.0
 # One apply (`agentd.run.apply`), given by the command: the run layer is above this one.
-Apply = Callable[..., dict[str, Any]]
+Apply = Callable[..., RunResult]
 
 
 def _now() -> str:
@@ -46,18 +46,31 @@ def check(
     host: Host, config: AgentConfig, *, act: bool, suspended: bool, apply: Apply
 ) -> HealthRun:
     """`agentd check`: the checks now, recorded; with `act`, the due rollbacks and fixes too
-    (not while convergence is suspended: those change the node)."""
+    (not while convergence is suspended: those change the node), then the checks again: the
+    run returned (and recorded) is the node after them, with what was done and what was found
+    before (`acted`, `before`)."""
+    run = _examine_and_record(host, config)
+    if act and not suspended and (run.due_rollbacks or run.due_fixes):
+        acted = _act(host, config, run, apply)
+        return _examine_and_record(host, config, acted=acted, before=run)
+    return run
+
+
+def _examine_and_record(
+    host: Host,
+    config: AgentConfig,
+    *,
+    acted: Optional[list[dict[str, Any]]] = None,
+    before: Optional[HealthRun] = None,
+) -> HealthRun:
     with StateLock(host.paths).held("check", LOCK_WAIT_S):
         state = load_state(host.paths) or AgentState()
         desired = current_desired(host, state, config)
         run = examine(host, config, desired, state)
+        if before is not None:
+            run.acted = acted or []
+            run.before = before.findings
         record(host, config, state, run)
-    if act and not suspended and (run.due_rollbacks or run.due_fixes):
-        run.acted = _act(host, config, run, apply)
-        with StateLock(host.paths).held("check", LOCK_WAIT_S):
-            state = load_state(host.paths) or AgentState()
-            state.health = run.to_json()
-            record(host, config, state, run, prune=False)
     return run
 
 
@@ -137,8 +150,8 @@ def _fix(
             if fix.startswith("reinstall:"):
                 force[fix.split(":", 1)[1]] = f"the health check found: {finding.message}"
             result = apply(host, None, config=config, force=force, lock_wait_s=LOCK_WAIT_S)
-            ok = result.get("outcome") in ("converged", "deferred")
-            detail = f"apply {result.get('outcome')} ({len(result.get('actions') or [])} actions)"
+            ok = result.succeeded
+            detail = f"apply {result.outcome} ({len(result.actions or [])} actions)"
         else:
             detail = f"no such fix {fix!r}"
     except (AgentError, ServiceError, OSError) as exc:

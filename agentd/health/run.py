@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import calendar
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from agentd.report.node import node_name
 from agentd.settings.snapshot import AgentConfig, suspend_reason
 from agentd.sources.store import FleetStore
 from agentd.state.store import AgentState, load_state, save_state
-from agentd.system.commands import CommandResult, run_command
+from agentd.system.commands import CommandResult
 from agentd.system.host import Host
 
 WASM_LABEL = "wasm-runtime"  # the label the guide's RuntimeClass selects on
@@ -24,15 +23,6 @@ BACKOFF_CAP_S = 86400.0
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _epoch(stamp: Any) -> Optional[float]:
-    if not isinstance(stamp, str):
-        return None
-    try:
-        return float(calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")))
-    except ValueError:
-        return None
 
 
 def unhealthy_components(findings: Sequence[Finding]) -> set[str]:
@@ -52,6 +42,8 @@ class HealthRun:
     due_fixes: list[Finding] = field(default_factory=list)
     due_rollbacks: dict[str, list[str]] = field(default_factory=dict)
     acted: list[dict[str, Any]] = field(default_factory=list)
+    # After acting: the findings of the run that acted (this run is the node after the acts).
+    before: Optional[list[Finding]] = None
 
     @property
     def healthy(self) -> bool:
@@ -76,6 +68,11 @@ class HealthRun:
             }
         if self.acted:
             out["acted"] = self.acted
+        if self.before is not None:
+            out["before"] = {
+                "healthy": healthy(self.before),
+                "findings": [f.to_json() for f in self.before],
+            }
         return out
 
 
@@ -87,13 +84,14 @@ def check_input(
     cancel: Optional[Callable[[], None]] = None,
 ) -> CheckInput:
     probe = config.health.get("probe") or {}
-    runner: Callable[..., CommandResult] = run_command
+    commands = host.commands
+    runner: Callable[..., CommandResult] = commands
     if cancel is not None:
         stop = cancel
 
         def runner(*args: Any, **kwargs: Any) -> CommandResult:
             stop()  # a stop request ends the checks before their next command
-            return run_command(*args, **kwargs)
+            return commands(*args, **kwargs)
 
     return CheckInput(
         paths=host.paths,
@@ -179,17 +177,14 @@ def _due_rollbacks(
     return due
 
 
-def record(
-    host: Host, config: AgentConfig, state: AgentState, run: HealthRun, *, prune: bool = True
-) -> None:
+def record(host: Host, config: AgentConfig, state: AgentState, run: HealthRun) -> None:
     """Keep the run in state (the caller holds the lock), forget fixed findings' backoffs and
     finished watches, and publish the metrics."""
     state.health = run.to_json()
-    if prune:
-        present = {f.code for f in run.findings}
-        state.remediations = {k: v for k, v in state.remediations.items() if k in present}
-        now = time.time()
-        state.watch = {k: v for k, v in state.watch.items() if now <= v.until}
+    present = {f.code for f in run.findings}
+    state.remediations = {k: v for k, v in state.remediations.items() if k in present}
+    now = time.time()
+    state.watch = {k: v for k, v in state.watch.items() if now <= v.until}
     save_state(host.paths, state)
     publish(host, config, state)
 

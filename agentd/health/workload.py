@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -111,7 +112,7 @@ def check_workload(inp: CheckInput, findings: Sequence[Finding]) -> list[Finding
             )
         ]
     lines = logs.stdout.strip().splitlines() if logs.ok else []
-    return [_empty_logs(findings, phase, pod or {}, lines[-1][:300] if lines else "")]
+    return [trace_empty_logs(findings, phase, pod or {}, lines)]
 
 
 def _wait_terminal(kube: Kube, name: str, ns: str, timeout: float) -> Optional[dict[str, Any]]:
@@ -125,22 +126,55 @@ def _wait_terminal(kube: Kube, name: str, ns: str, timeout: float) -> Optional[d
         time.sleep(1.0)
 
 
-def _empty_logs(
-    findings: Sequence[Finding], phase: str, pod: dict[str, Any], output: str
+# crun's own errors about the container's process, as it writes them on the container's stderr
+# (plain under `crun run`, tests/fixtures/real/crun_run_wasm_*.stderr; one JSON object per line
+# with "msg" under containerd, which runs crun with --log-format=json).
+_CRUN_ERROR_RE = re.compile(
+    r"^(exec container process `[^`]+`: .+|could not load `[^`]+`: .+"
+    r"|the path `[^`]+` exists but it is not executable: .+)$"
+)
+
+
+def crun_error(lines: Sequence[str]) -> Optional[str]:
+    """crun's own error line in a container's log, the last one, else None."""
+    said: Optional[str] = None
+    for raw in lines:
+        line = raw.strip()
+        with contextlib.suppress(ValueError):
+            doc = json.loads(line)
+            if isinstance(doc, dict) and isinstance(doc.get("msg"), str):
+                line = doc["msg"]
+        if _CRUN_ERROR_RE.match(line):
+            said = line[:300]
+    return said
+
+
+# What a cause does to the probe pod: crun execs the module as a native program (its log ends
+# with "Exec format error"), or crun cannot start the container at all (empty log).
+_NATIVE = (
+    ("crun.no-wasm", "crun has no Wasm support"),
+    ("containerd.no-annotations", "containerd does not pass the Wasm annotations to crun"),
+)
+_NOT_STARTED = (
+    ("containerd.no-runtime", "containerd has no crun-wasm runtime"),
+    ("crun.no-libwasmedge", "crun cannot load libwasmedge.so.0"),
+    ("crun.ldconfig", "crun cannot load libwasmedge.so.0 (the loader cache is stale)"),
+    ("crun.too-old", "crun is older than the minimum"),
+)
+
+
+def trace_empty_logs(
+    findings: Sequence[Finding], phase: str, pod: dict[str, Any], lines: Sequence[str]
 ) -> Finding:
     """The guide's "kubectl logs is empty": the probe's line never came. Traced through the real
-    causes in order; crun's own error line, when it left one, is quoted."""
+    causes in order; crun's own error line, when it left one, is quoted, and says which causes
+    fit: after "Exec format error" crun ran the module as a native program."""
+    output = lines[-1][:300] if lines else ""
     said = f" (its log: {output})" if output else " with empty logs"
+    crun_said = crun_error(lines)
+    native = crun_said is not None and crun_said.endswith("Exec format error")
     by_code = {f.code: f for f in findings}
-    causes = (
-        ("crun.no-wasm", "crun has no Wasm support"),
-        ("containerd.no-annotations", "containerd does not pass the Wasm annotations to crun"),
-        ("containerd.no-runtime", "containerd has no crun-wasm runtime"),
-        ("crun.no-libwasmedge", "crun cannot load libwasmedge.so.0"),
-        ("crun.ldconfig", "crun cannot load libwasmedge.so.0 (the loader cache is stale)"),
-        ("crun.too-old", "crun is older than the minimum"),
-    )
-    for code, cause in causes:
+    for code, cause in _NATIVE if native else (*_NATIVE, *_NOT_STARTED):
         if code in by_code:
             source = by_code[code]
             return Finding(
@@ -151,6 +185,19 @@ def _empty_logs(
                 source.remedy,
                 source.fix,
             )
+    if native:
+        return Finding(
+            "wasm.empty-logs",
+            "error",
+            "containerd",
+            f"the Wasm probe pod {phase.lower()}: its log is crun's own error ({crun_said}): "
+            "crun executed the module as a native program, so no Wasm handler took it: the "
+            "module.wasm.image/variant annotation did not reach crun, or the pod did not run "
+            "with a Wasm crun",
+            "check the probe RuntimeClass's handler (crun-wasm), that containerd's crun-wasm "
+            "runtime names a crun built with +WASM:wasmedge, and its pod_annotations "
+            '(["module.wasm.image/variant", ...])',
+        )
     state = _terminated(pod)
     return Finding(
         "wasm.empty-logs",

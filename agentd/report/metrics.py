@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import calendar
 import contextlib
 import os
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
 from agentd import __version__
+from agentd.core.timespec import utc_stamp_seconds
 from agentd.system.files import temp_beside
 
 _HELP = {
@@ -46,15 +45,6 @@ def _labels(labels: Mapping[str, object]) -> str:
     return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items())) + "}"
 
 
-def _seconds(stamp: Any) -> Optional[float]:
-    if not isinstance(stamp, str):
-        return None
-    try:
-        return float(calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")))
-    except ValueError:
-        return None
-
-
 class _Text:
     def __init__(self) -> None:
         self.samples: dict[str, list[str]] = {}
@@ -83,7 +73,7 @@ def render(
     out = _Text()
     out.add("agentd_info", 1, version=__version__)
     run = state.get("lastRun") or {}
-    finished = _seconds(run.get("finishedAt"))
+    finished = utc_stamp_seconds(run.get("finishedAt"))
     if finished is not None:
         out.add("agentd_last_run_timestamp_seconds", finished)
         ok = run.get("outcome") in ("converged", "deferred")
@@ -108,7 +98,7 @@ def render(
     if health:
         out.add("agentd_healthy", 1 if health.get("healthy") else 0)
         out.add("agentd_wasm_ready", 1 if health.get("wasmReady") else 0)
-        checked = _seconds(health.get("checkedAt"))
+        checked = utc_stamp_seconds(health.get("checkedAt"))
         if checked is not None:
             out.add("agentd_last_health_timestamp_seconds", checked)
         if isinstance(health.get("durationMs"), (int, float)):

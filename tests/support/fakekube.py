@@ -41,11 +41,17 @@ What a pod does is decided from the node's real files under `root`, the way the 
   library (`libwasmedge.so.0` for wasmedge) from the loader's directories (/etc/ld.so.conf(.d)
   entries, /lib, /usr/lib, /usr/local/lib, /lib64, /usr/lib64 and the multiarch dirs; the loader
   cache is not modelled), else the container ends StartError, exit code 128, empty logs, with
-  crun's "could not load `libwasmedge.so.0`" message; then it runs the module (from a hostPath
+  crun's real message (tests/fixtures/real/crun_run_wasm_no_libwasmedge.stderr: "could not load
+  `libwasmedge.so.0`: `libwasmedge.so.0: cannot open shared object file: ...`"); a command file
+  without an execute bit ends StartError with crun's "the path `/probe.wasm` exists but it is
+  not executable: Operation not permitted" (crun_run_wasm_no_annotation_mode0644); then it runs
+  the module (from a hostPath
   volume under `root`, or from the image's files) for real in wasmtime: logs are what it prints,
   exit code 0 (crun's wasmedge handler exits 0 once `_start` returns) or 1 on a trap. Otherwise
   crun execs the command natively: a Wasm module (or any non-native file) fails with crun's
-  error line on the container's stderr, which is in the logs, exit code 1 (reason Error):
+  error line on the container's stderr, which is in the logs, exit code 1 (reason Error): the
+  message of tests/fixtures/real/crun_run_wasm_no_annotation.stderr, as a JSON line because
+  containerd runs crun with --log-format=json:
   `{"msg":"exec container process `/probe.wasm`: Exec format error","level":"error",...}`.
   A native program (ELF, #!) is not run, nor a pod of several containers: the fake answers
   500 rather than pretend.
@@ -1579,8 +1585,8 @@ class FakeCluster:
             library = WASM_LIBRARIES.get(wasm, f"lib{wasm}.so")
             if not runtime.find_library(library):
                 return _start_error(
-                    f"could not load `{library}`: {library}: cannot open shared object file: "
-                    "No such file or directory"
+                    f"could not load `{library}`: `{library}: cannot open shared object file: "
+                    "No such file or directory`"
                 )
             if entry is None or not entry[0].startswith(b"\0asm"):
                 return _Outcome("exited", "Error", "", 1)
@@ -1598,7 +1604,9 @@ class FakeCluster:
             )
         data, mode = entry
         if not mode & 0o111:
-            return _start_error("open executable: Permission denied")
+            return _start_error(
+                f"the path `{argv[0]}` exists but it is not executable: Operation not permitted"
+            )
         if data.startswith((b"\x7fELF", b"#!")):
             raise FakeKubeError(
                 f"tests/support/fakekube.py runs Wasm modules only; {argv[0]} is a native program"

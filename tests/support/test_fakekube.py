@@ -37,6 +37,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 PROBE_IMAGE = "registry.local/agentd-wasm-probe:1"
+# crun 1.21's own messages, recorded on Debian 13 (tests/fixtures/real/README.md).
+REAL = Path(__file__).resolve().parents[1] / "fixtures" / "real"
 CRUN_WASM = "crun-wasm"  # agentd's runtime and RuntimeClass name (README: "Where reality differs")
 
 
@@ -492,6 +494,21 @@ def test_a_template_without_pod_annotations_hides_the_variant_from_crun(kube: Ku
     assert pod["status"]["phase"] == "Failed"
     assert _container(pod)["state"]["terminated"]["exitCode"] == 1
     assert json.loads(logs.stdout)["msg"].endswith("Exec format error")
+    # The message is crun's own, as the real crun 1.21 prints it for a .wasm it execs natively.
+    real = (REAL / "crun_run_wasm_no_annotation.stderr").read_text().strip()
+    assert json.loads(logs.stdout)["msg"] == real
+
+
+def test_a_module_without_an_execute_bit_and_no_annotation_is_refused_as_crun_does(
+    kube: Kube,
+) -> None:
+    wasm_node(kube.root, pod_annotations=False)
+    kube.cluster.add_image(PROBE_IMAGE, {"/probe.wasm": (probe_module(), 0o644)})
+    pod, _ = kube.run_probe()
+    terminated = _container(pod)["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (128, "StartError")
+    real = (REAL / "crun_run_wasm_no_annotation_mode0644.stderr").read_text().strip()
+    assert f"OCI runtime create failed: {real}: unknown" in terminated["message"]
 
 
 def test_without_libwasmedge_crun_cannot_start_the_container(kube: Kube) -> None:
@@ -503,8 +520,7 @@ def test_without_libwasmedge_crun_cannot_start_the_container(kube: Kube) -> None
     assert terminated["startedAt"] == "1970-01-01T00:00:00Z"
     assert terminated["message"] == (
         "failed to create containerd task: failed to create shim task: OCI runtime create "
-        "failed: could not load `libwasmedge.so.0`: libwasmedge.so.0: cannot open shared object "
-        "file: No such file or directory: unknown"
+        f"failed: {(REAL / 'crun_run_wasm_no_libwasmedge.stderr').read_text().strip()}: unknown"
     )
     assert (logs.returncode, logs.stdout) == (0, "")
 

@@ -51,13 +51,9 @@ CRUN_DEBIAN12_OUTPUT = (
     "spec: 1.0.0\n"
     "+SYSTEMD +SELINUX +APPARMOR +CAP +SECCOMP +EBPF +YAJL\n"
 )
-CRUN_WASM_OUTPUT = (
-    "crun version 1.15\n"
-    "commit: e6eacaf4034e84185fd8780ac9262bbf57082278\n"
-    "rundir: /run/crun\n"
-    "spec: 1.0.0\n"
-    "+SYSTEMD +SELINUX +APPARMOR +CAP +SECCOMP +EBPF +CRIU +WASM:wasmedge +JSON_C\n"
-)
+REAL = Path(__file__).resolve().parents[2] / "fixtures" / "real"
+# Debian 13's crun 1.21, built with WasmEdge (tests/fixtures/real/README.md).
+CRUN_WASM_OUTPUT = (REAL / "crun_version_debian13.stdout").read_text()
 
 
 def _fixture_cases() -> list[Any]:
@@ -86,6 +82,21 @@ def test_every_parser_has_fixtures() -> None:
         cases = {p.stem for p in (FIXTURES / name).glob("*.json")}
         assert "empty" in cases
         assert "garbage" in cases
+
+
+@pytest.mark.parametrize("fixture", _fixture_cases())
+def test_every_fixture_says_where_it_came_from(fixture: Path) -> None:
+    """A real program's output names its recording (components.md, tests/fixtures/real/, a
+    host's file); anything else says it was constructed, and why."""
+    source = json.loads(fixture.read_text(encoding="utf-8")).get("source")
+    assert isinstance(source, str), f"{fixture} has no source"
+    real = ("components.md", "tests/fixtures/real/", "/etc/os-release")
+    assert source.startswith(("constructed: ", *real)) or any(r in source for r in real)
+    if fixture.stem.startswith("real_"):
+        assert source.startswith("tests/fixtures/real/")
+        recording = source.split(":", 1)[0]
+        doc = json.loads(fixture.read_text(encoding="utf-8"))
+        assert (REAL.parents[2] / recording).read_text() == doc["output"]
 
 
 @pytest.mark.parametrize(
@@ -155,7 +166,7 @@ def fake_crun(
     counter: Path | None = None,
 ) -> Path:
     """Stands in for crun: by default Debian 12's crun 1.8.1 (no Wasm), printing its exact
-    `crun --version`; with `output=CRUN_WASM_OUTPUT` a crun 1.15 built with WasmEdge."""
+    `crun --version`; with `output=CRUN_WASM_OUTPUT` Debian 13's crun 1.21, built with WasmEdge."""
     return _script(root / where.lstrip("/") / "crun", _print_exactly(output), counter)
 
 
@@ -226,7 +237,7 @@ def test_usr_local_bin_preferred_over_usr_bin(tmp_path: Path) -> None:
     crun = found["crun"]
     assert crun.path == "/usr/local/bin/crun"
     assert crun.managed
-    assert crun.version == "1.15"
+    assert crun.version == "1.21"
     assert crun.wasm_handlers == ("wasmedge",)
     assert found["k3s"].version == "v1.32.0+k3s1"
     assert found["k3s"].commit == "cca8faca"
@@ -309,6 +320,11 @@ def test_wasmedge_plugins_recorded_and_unrecorded(tmp_path: Path) -> None:
         PluginFact(
             "wasi_nn-ggml", "/usr/local/lib/wasmedge/libwasmedgePluginWasiNN.so", True, "0.1.0.0"
         ),
+        # WasmEdge walks its plugin directory recursively, so a plugin in a subdirectory is one
+        # of its plugins (tests/fixtures/real/wasmedge_version_plugin_nested).
+        PluginFact(
+            "wasm_bpf", "/usr/local/lib/wasmedge/nested/libwasmedgePluginWasmBpf.so", False, None
+        ),
     )
     assert wasmedge.to_json()["plugins"][3] == {
         "name": "wasi_nn-ggml",
@@ -364,7 +380,7 @@ def test_cache_reruns_changed_binary(tmp_path: Path) -> None:
     fake_crun(paths.root, output=CRUN_WASM_OUTPUT, counter=counter)
     second, _ = _detect_run(paths)
     assert _runs(counter) == 2
-    assert second["crun"]["version"] == "1.15"
+    assert second["crun"]["version"] == "1.21"
     assert "WASM:wasmedge" in second["crun"]["features"]
 
     _detect_run(paths)
@@ -515,3 +531,25 @@ def test_a_32_bit_userland_on_a_64_bit_kernel_is_armv7(monkeypatch: pytest.Monke
     assert host_arch("armv7l", pointer_bytes=4) == "armv7"
     monkeypatch.setenv("AGENTD_ARCH", "arm64")
     assert host_arch("aarch64", pointer_bytes=4) == "arm64"
+
+
+def test_cache_reruns_wasmedge_when_the_loader_cache_changes(tmp_path: Path) -> None:
+    # Without /etc/ld.so.cache the loader no longer searches /usr/local/lib, where agentd puts
+    # libwasmedge (tests/fixtures/real/crun_run_wasm_lib_in_usr_local_no_cache): a version read
+    # with the cache in place must not outlive it.
+    paths = Paths(tmp_path / "root")
+    counter = tmp_path / "wasmedge-runs"
+    fake_wasmedge(paths.root, counter=counter)
+    cache = paths.under("/etc/ld.so.cache")
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"glibc-ld.so.cache1.1")
+    _detect_run(paths)
+    _detect_run(paths)
+    assert _runs(counter) == 1
+    cache.unlink()
+    _detect_run(paths)
+    _detect_run(paths)
+    assert _runs(counter) == 2  # once for the change, then cached again
+    cache.write_bytes(b"glibc-ld.so.cache1.1 rewritten by ldconfig")
+    _detect_run(paths)
+    assert _runs(counter) == 3

@@ -82,9 +82,14 @@ def test_a_change_that_breaks_a_component_is_rolled_back_and_not_retried(
     assert (watch["from"], watch["to"], watch["healthyBefore"]) == ("1.15", "1.16", True)
     # The next health run finds it broken and puts 1.15 back.
     acted = node.agentd("check", "--act", "--json")
-    assert acted.code == 2  # unhealthy when checked; the rollback follows the check
     doc = acted.json()
-    assert crun_findings(doc) == ["crun.no-wasm"]
+    # Unhealthy when checked; the rollback follows the check, then the node is checked again:
+    # the report (and the exit code) is the node after the rollback.
+    assert doc["before"]["healthy"] is False
+    assert crun_findings(doc["before"]) == ["crun.no-wasm"]
+    assert crun_findings(doc) == []
+    assert acted.code == (0 if doc["healthy"] else 2)
+    assert node.state()["health"]["findings"] == doc["findings"]
     assert [a["rollback"] for a in doc["acted"]] == ["crun"]
     assert doc["acted"][0]["ok"] is True
     assert (doc["acted"][0]["from"], doc["acted"][0]["to"]) == ("1.16", "1.15")
@@ -136,7 +141,8 @@ def test_a_fix_is_tried_at_most_once_per_backoff(
     # so only the health check can tell.
     install(node.root, "/usr/local/bin/crun", crun_binary("1.15", wasm=False))
     doc = node.agentd("check", "--act", "--json").json()
-    assert crun_findings(doc) == ["crun.no-wasm"]
+    assert crun_findings(doc["before"]) == ["crun.no-wasm"]
+    assert crun_findings(doc) == []  # checked again after the fix
     assert [(a["fix"], a["ok"]) for a in doc["acted"]] == [("reinstall:crun", True)]
     assert "+WASM:wasmedge" in node.read("/usr/local/bin/crun")
     assert crun_findings(node.agentd("check", "--act", "--json").json()) == []
@@ -146,6 +152,7 @@ def test_a_fix_is_tried_at_most_once_per_backoff(
     install(node.root, "/usr/local/bin/crun", crun_binary("1.15", wasm=False))
     first = node.agentd("check", "--act", "--json").json()
     assert [a["fix"] for a in first["acted"]] == ["reinstall:crun"]
+    assert crun_findings(first) == ["crun.no-wasm"]  # the fix did not help: still there after
     entry = node.state()["remediations"]["crun.no-wasm"]
     assert entry["attempts"] == 1
     second = node.agentd("check", "--act", "--json").json()
@@ -234,7 +241,8 @@ def test_fixes_that_rewrite_the_template_and_restart_k3s(
     template = node.path(TEMPLATE)
     template.unlink()
     doc = node.agentd("check", "--act", "--json").json()
-    assert "containerd.no-runtime" in [f["code"] for f in doc["findings"]]
+    assert "containerd.no-runtime" in [f["code"] for f in doc["before"]["findings"]]
+    assert "containerd.no-runtime" not in [f["code"] for f in doc["findings"]]
     acted = {a["code"]: a for a in doc["acted"]}
     assert acted["containerd.no-runtime"]["fix"] == "converge"
     assert acted["containerd.no-runtime"]["ok"] is True
@@ -243,7 +251,8 @@ def test_fixes_that_rewrite_the_template_and_restart_k3s(
     install(sandbox_root, "/usr/bin/systemctl", systemctl_binary())
     set_unit_state(sandbox_root, "k3s.service", "failed")
     doc = node.agentd("check", "--act", "--json").json()
-    assert [f["code"] for f in doc["findings"] if f["component"] == "k3s"] == ["k3s.inactive"]
+    before = doc["before"]["findings"]
+    assert [f["code"] for f in before if f["component"] == "k3s"] == ["k3s.inactive"]
     restart = next(a for a in doc["acted"] if a["code"] == "k3s.inactive")
     assert (restart["fix"], restart["ok"], restart["detail"]) == (
         "restart:k3s",
@@ -254,3 +263,20 @@ def test_fixes_that_rewrite_the_template_and_restart_k3s(
     again = node.agentd("check", "--act", "--json").json()
     assert "acted" not in again
     assert node.state()["remediations"]["k3s.inactive"]["attempts"] == 1
+
+
+def test_check_act_reports_the_node_after_its_fix_in_words(
+    node: Node, releases: CrunReleases, arch: str
+) -> None:
+    good = releases.add("crun-1.15", "1.15", wasm=True)
+    write_yaml(node.path("/etc/wasm-edge/desired.yaml"), crun_doc(1, "1.15", good, arch))
+    assert node.agentd("apply", "--json").code == 0
+    healthy_code = node.agentd("check", "--json").code
+    install(node.root, "/usr/local/bin/crun", crun_binary("1.15", wasm=False))
+    assert node.agentd("check", "--json").code == 2
+    acted = node.agentd("check", "--act")
+    assert acted.code == healthy_code  # the exit code is the state after the fix
+    assert "before acting: " in acted.stdout
+    assert "crun.no-wasm" in acted.stdout.split("\n")[0]
+    assert "  acted: reinstall:crun for crun.no-wasm: done (apply " in acted.stdout
+    assert " after acting: " in acted.stdout

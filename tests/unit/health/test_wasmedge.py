@@ -89,7 +89,8 @@ def test_a_plugin_wasmedge_cannot_load_is_named_and_wasmedge_is_not_broken(
     tmp_path: Path, recording: str, named: str
 ) -> None:
     # `wasmedge --version` answers with the real Debian 13 WasmEdge's recorded stdout (its
-    # plugin-load errors first, exit 0); running a module goes to the stand-in WasmEdge.
+    # plugin-load errors first, exit 0); running a module prints the same error lines first, as
+    # the real one does on every run, then goes to the stand-in WasmEdge.
     unpack_wasmedge(tmp_path, "0.14.1")
     binary = tmp_path / "usr/local/bin/wasmedge"
     binary.rename(binary.with_name("wasmedge.standin"))
@@ -100,6 +101,7 @@ def test_a_plugin_wasmedge_cannot_load_is_named_and_wasmedge_is_not_broken(
             "#!/bin/sh\n"
             "# Replays the real wasmedge --version output (tests/fixtures/real/).\n"
             f'if [ "$1" = --version ]; then cat "{REAL / (recording + ".stdout")}"; exit 0; fi\n'
+            f'grep "^\\[" "{REAL / (recording + ".stdout")}"\n'
             f'exec "{binary.with_name("wasmedge.standin")}" "$@"\n'
         ).encode(),
     )
@@ -111,3 +113,68 @@ def test_a_plugin_wasmedge_cannot_load_is_named_and_wasmedge_is_not_broken(
     assert codes(found) == ["wasmedge.plugin-load-failed"]
     assert found[0].severity == "warning"
     assert named in found[0].message
+
+
+def _debian_wasmedge_replaying(root: Path, standin_root: Path, recording: str) -> None:
+    """Debian 13's layout under `root`: /usr/bin/wasmedge answers `--version` with the real
+    recording; running a module goes to the stand-in WasmEdge unpacked outside the root."""
+    unpack_wasmedge(standin_root, "0.14.1")
+    standin = standin_root / "usr/local/bin/wasmedge"
+    install(
+        root,
+        "/usr/bin/wasmedge",
+        (
+            "#!/bin/sh\n"
+            f'if [ "$1" = --version ]; then cat "{REAL / (recording + ".stdout")}"; exit 0; fi\n'
+            f'exec "{standin}" "$@"\n'
+        ).encode(),
+    )
+    install(root, "/usr/lib/x86_64-linux-gnu/libwasmedge.so.0", b"\x7fELF", 0o644)
+
+
+def test_the_plugin_whose_library_is_missing_is_named(tmp_path: Path) -> None:
+    """WasmEdge names only the missing library (libagentde2edep.so); the plugin file that needs
+    it is found by its own dynamic section (the real plugin's bytes) and named."""
+    root = tmp_path / "node"
+    _debian_wasmedge_replaying(root, tmp_path / "standin", "wasmedge_version_plugin_missing_dep")
+    plugins = "/usr/lib/x86_64-linux-gnu/wasmedge"
+    for name in ("libwasmedgePluginAgentdNoDep.so", "libwasmedgePluginAgentdE2E.so"):
+        install(root, f"{plugins}/{name}", (REAL / "elf" / name).read_bytes(), 0o644)
+    found = check_wasmedge(inputs(root, {"components": {"wasmedge": {"state": "present"}}}))
+    load = [f for f in found if f.code == "wasmedge.plugin-load-failed"]
+    assert len(load) == 1, [f.code for f in found]
+    assert f"cannot load the plugin {plugins}/libwasmedgePluginAgentdNoDep.so" in load[0].message
+    assert "libwasmedgePluginAgentdE2E.so" not in load[0].message
+    assert "libagentde2edep.so: cannot open shared object" in load[0].message
+    assert (
+        "remove /usr/lib/x86_64-linux-gnu/wasmedge/libwasmedgePluginAgentdNoDep.so"
+        in load[0].remedy
+    )
+    # A failure WasmEdge explained is not also called a plugin "skipped without a word".
+    assert not [f for f in found if f.code == "wasmedge.plugin-not-loaded" and "NoDep" in f.message]
+
+
+def test_without_a_plugin_to_blame_it_says_wasmedge_did_not_name_one(tmp_path: Path) -> None:
+    root = tmp_path / "node"
+    _debian_wasmedge_replaying(root, tmp_path / "standin", "wasmedge_version_plugin_missing_dep")
+    found = check_wasmedge(inputs(root, {"components": {"wasmedge": {"state": "present"}}}))
+    load = [f for f in found if f.code == "wasmedge.plugin-load-failed"]
+    assert len(load) == 1
+    assert "It does not name the plugin file" in load[0].message
+
+
+def test_a_file_that_is_no_shared_object_is_named_once(tmp_path: Path) -> None:
+    root = tmp_path / "node"
+    _debian_wasmedge_replaying(root, tmp_path / "standin", "wasmedge_version_plugin_not_elf")
+    install(
+        root,
+        "/usr/lib/x86_64-linux-gnu/wasmedge/libwasmedgePluginNotELF.so",
+        b"not a shared object\n",
+        0o644,
+    )
+    found = check_wasmedge(inputs(root, {"components": {"wasmedge": {"state": "present"}}}))
+    assert codes(found) == ["wasmedge.plugin-load-failed"]  # printed twice, said once
+    assert found[0].message == (
+        "/usr/bin/wasmedge 0.14.1 cannot load the plugin "
+        "/usr/lib/x86_64-linux-gnu/wasmedge/libwasmedgePluginNotELF.so: file too short"
+    )

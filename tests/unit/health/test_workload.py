@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from agentd.health.probe import PROBE_OUTPUT
 from agentd.plan import render
 from tests.support.fakekube import FakeCluster
 from tests.support.standins import crun_binary
@@ -63,3 +65,50 @@ def test_a_wasm_pod_without_output_is_traced_to_its_real_cause(
         # crun ran the .wasm as a native program: its own error is the only log line.
         assert "Exec format error" in probe[0].message
     assert not run.wasm_ready
+
+
+REAL = Path(__file__).resolve().parents[2] / "fixtures" / "real"
+PROBE_LINE = PROBE_OUTPUT.decode().strip()
+
+
+@pytest.mark.parametrize(
+    "log",
+    [
+        # crun run by hand (tests/fixtures/real/), and the JSON line containerd's crun writes.
+        (REAL / "crun_run_wasm_no_annotation.stderr").read_text(),
+        (
+            json.dumps(
+                {
+                    "msg": (REAL / "crun_run_wasm_no_annotation.stderr").read_text().strip(),
+                    "level": "error",
+                    "time": "2026-12-02T06:29:58.000123Z",
+                }
+            )
+        ),
+    ],
+)
+def test_crun_s_exec_error_in_the_log_is_recognised(log: str) -> None:
+    from agentd.health.workload import crun_error, trace_empty_logs
+
+    real = (REAL / "crun_run_wasm_no_annotation.stderr").read_text().strip()
+    assert crun_error(log.splitlines()) == real
+    assert crun_error([PROBE_LINE]) is None
+    # No check found the cause (say the template was right when checked): the log says it.
+    finding = trace_empty_logs([], "Failed", {}, log.splitlines())
+    assert finding.code == "wasm.empty-logs"
+    assert real in finding.message
+    assert "crun executed the module as a native program" in finding.message
+    assert "none of the known causes" not in finding.message
+
+
+def test_an_exec_error_is_not_blamed_on_a_missing_library() -> None:
+    """Exec format error means crun ran the module natively: of the causes present, the one
+    that does that is named, not libwasmedge (which stops the container before it starts)."""
+    from agentd.health.findings import Finding
+    from agentd.health.workload import trace_empty_logs
+
+    log = (REAL / "crun_run_wasm_no_annotation.stderr").read_text().splitlines()
+    lib = Finding("crun.no-libwasmedge", "error", "crun", "no libwasmedge", "install it")
+    ann = Finding("containerd.no-annotations", "error", "containerd", "no annotations", "fix")
+    finding = trace_empty_logs([lib, ann], "Failed", {}, log)
+    assert "because containerd does not pass the Wasm annotations to crun" in finding.message
