@@ -10,6 +10,7 @@ import os
 import platform
 import re
 import shlex
+import struct
 import sys
 import tarfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -60,6 +61,27 @@ AMD64_ONLY_PLUGINS = frozenset(
 )
 # The version a loaded plugin reports about itself in `wasmedge --version` (0.14+).
 PLUGIN_SELF_VERSION = "0.1.0.0"
+# What a shared object's dependency search looks like in dlerror() when one is missing.
+_NO_SUCH_LIBRARY = "cannot open shared object file: No such file or directory"
+# glibc reads this many bytes of ELF header first: a shorter file is "file too short".
+_ELF64_HEADER_SIZE = 64
+_ELF_MACHINES = {"amd64": 62, "arm64": 183}  # EM_X86_64, EM_AARCH64
+_MULTIARCH = {"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
+
+
+def plugin_api_version(version: str) -> int:
+    """WasmEdge's plugin API version (include/CMakeLists.txt, WASMEDGE_API_VERSION): 2 up to
+    0.13.x, 3 in 0.14.0, 4 from 0.14.1 to 0.16.x, 5 from 0.17.0. A plugin registers only when its
+    descriptor's APIVersion equals the runtime's (lib/plugin/plugin.cpp, registerPlugin)."""
+    release = _release_tuple(_check_version(version))
+    if release < (0, 14, 0):
+        return 2
+    if release < (0, 14, 1):
+        return 3
+    if release < (0, 17, 0):
+        return 4
+    return 5
+
 
 _VERSION_RE = re.compile(r"^v?[0-9][0-9A-Za-z.+~-]*$")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{7,40}$")
@@ -423,22 +445,46 @@ def set_unit_state(root: Path, unit: str, state: str) -> Path:
 
 def _lib_check() -> str:
     # The real binaries link libwasmedge.so.0 dynamically; without it the loader stops them before
-    # main() with this message and status 127. Looked up beside the binary's prefix (where agentd
-    # installs it, also under a sandbox root) and in LD_LIBRARY_PATH.
+    # main() with this message and status 127. Looked up in LD_LIBRARY_PATH, then beside the
+    # binary's prefix (RUNPATH $ORIGIN/../lib64 in the release build; <prefix>/lib once agentd
+    # installed it and ran ldconfig), also under a sandbox root. $libdir is where it was found.
     return (
         'prefix=$(dirname "$(dirname "$0")")\n'
-        "found=\n"
+        "libdir=\n"
         'old_ifs=$IFS; IFS=":"\n'
-        'for d in ${LD_LIBRARY_PATH-} "$prefix/lib" "$prefix/lib64"; do\n'
-        '  if [ -n "$d" ] && [ -e "$d/libwasmedge.so.0" ]; then found=1; fi\n'
+        'for d in ${LD_LIBRARY_PATH-} "$prefix/lib64" "$prefix/lib"; do\n'
+        '  if [ -z "$libdir" ] && [ -n "$d" ] && [ -e "$d/libwasmedge.so.0" ]; then libdir=$d; fi\n'
         "done\n"
         "IFS=$old_ifs\n"
-        'if [ -z "$found" ]; then\n'
-        '  echo "$0: error while loading shared libraries: libwasmedge.so.0: cannot open '
-        'shared object file: No such file or directory" >&2\n'
+        'if [ -z "$libdir" ]; then\n'
+        f'  echo "$0: error while loading shared libraries: libwasmedge.so.0: {_NO_SUCH_LIBRARY}" '
+        ">&2\n"
         "  exit 127\n"
         "fi\n"
     )
+
+
+def _sandbox_root() -> str:
+    """Shell that sets $root to the root a stand-in is installed under when it sits in one of its
+    usr bin directories (`<root>/usr/local/bin/crun`), else empty: the real `/`."""
+    cases = "".join(f"  *{d}) root=${{dir%{d}}} ;;\n" for d in _BIN_DIRS if d.startswith("/usr/"))
+    return f'dir=$(cd "$(dirname "$0")" && pwd) || exit 1\nroot=\ncase "$dir" in\n{cases}esac\n'
+
+
+def _library_dirs(arch: str) -> str:
+    # The directories the dynamic loader finds a library in without LD_LIBRARY_PATH or RUNPATH
+    # (ld.so.cache as Debian's ld.so.conf fills it, and the trusted directories), under $root.
+    multiarch = _MULTIARCH.get(arch, "arm-linux-gnueabihf")
+    dirs = (
+        "/usr/local/lib",
+        f"/lib/{multiarch}",
+        f"/usr/lib/{multiarch}",
+        "/lib",
+        "/usr/lib",
+        "/lib64",
+        "/usr/lib64",
+    )
+    return " ".join(f'"$root{d}"' for d in dirs)
 
 
 def crun_binary(
@@ -447,14 +493,30 @@ def crun_binary(
     *,
     commit: str | None = None,
     arch: str = "amd64",
-    require_libwasmedge: bool = False,
+    criu: bool = False,
+    python: str | None = None,
 ) -> bytes:
     """Stands in for a crun binary (`crun-<v>-linux-<arch>`), with or without WasmEdge support.
 
-    `crun --version` prints the real five lines; with `wasm` the feature line carries
-    `+WASM:wasmedge` as a crun built with WasmEdge does. `require_libwasmedge` makes it fail like
-    the real Wasm build when libwasmedge.so.0 cannot be loaded. Upstream publishes amd64 and
-    arm64 binaries (without Wasm); an armv7 one stands in for a fleet's own build.
+    `crun --version` prints the real five lines (src/crun.c, print_version: the same features in
+    the same order from 1.8.1 to 1.21); with `wasm` the feature line carries `+WASM:wasmedge`
+    before `+YAJL`, as a crun built with WasmEdge prints it; `criu` adds `+CRIU` before them
+    (Debian 13's crun 1.21 has it, tests/fixtures/real/crun_version_debian13.stdout; upstream's
+    static builds enable CRIU in nix/default.nix, so theirs likely print it too: unconfirmed).
+
+    `crun [GLOBAL-OPTIONS] run [--bundle DIR] ID` runs a bundle's process the way crun picks its
+    handler (custom-handler.c, handler-utils.c wasm_can_handle_container, 1.21): invoked as
+    `crun-wasm`, with annotation `run.oci.handler: wasm`, or `module.wasm.image/variant: compat`
+    (`compat-smart` only for a .wasm/.wat entrypoint), never for a CRI sandbox. A Wasm crun
+    dlopens libwasmedge.so.0 only then, so `--version` works without it and the run fails with
+    crun's message and exit 1 (looked up in LD_LIBRARY_PATH and the loader's directories under
+    the root it is installed in). With the library, the module runs for real in wasmtime
+    (PyPI) through `python` (default: the interpreter generating this). Without a handler the
+    entrypoint is exec'd: a .wasm fails with `Exec format error`, a file without +x with
+    crun's "exists but it is not executable", a missing one with "not found"; native programs
+    are not run (a stand-in message, exit 1). It does no namespaces, cgroups or mounts.
+    Upstream publishes amd64 and arm64 binaries (without Wasm); an armv7 one stands in for a
+    fleet's own build.
     """
     _check_version(version)
     _check_arch(arch, CRUN_ARCHES, "crun")
@@ -463,6 +525,8 @@ def crun_binary(
     if not re.match(r"^[0-9a-f]{40}$", commit):
         raise ValueError(f"crun prints a full 40-hex commit, got {commit!r}")
     features = "+SYSTEMD +SELINUX +APPARMOR +CAP +SECCOMP +EBPF"
+    if criu:
+        features += " +CRIU"
     if wasm:
         features += " +WASM:wasmedge"
     features += " +YAJL"
@@ -476,96 +540,240 @@ def crun_binary(
             features,
         )
     )
-    body = (_lib_check() if wasm and require_libwasmedge else "") + (
+    # crun 1.8.6 quoted dlerror()'s text (commit 3839e6ef, "src: add missing quotes").
+    quoted = _release_tuple(version) >= (1, 8, 6)
+    interpreter = sys.executable if python is None else python
+    runner = _WASM_MODULE + _CRUN_RUN
+    body = (
         'if [ "${1-}" = "--version" ]; then\n'
         f"  printf '%s\\n' {lines}\n"
         "  exit 0\n"
-        "fi\n" + _refuse("crun", "crun --version")
+        "fi\n"
+        "verb=\n"
+        'for arg in "$@"; do\n'
+        '  case "$arg" in\n'
+        "    --cgroup-manager=*|--root=*|--log=*|--log-format=*|--systemd-cgroup|--debug) ;;\n"
+        "    *) verb=$arg; break ;;\n"
+        "  esac\n"
+        "done\n"
+        'if [ "$verb" = run ]; then\n'
+        + "".join(f"  {line}\n" for line in _sandbox_root().splitlines())
+        + f"  exec {shlex.quote(interpreter)} -c {shlex.quote(runner)} "
+        f'"${{0##*/}}" {"1" if wasm else "0"} {"1" if quoted else "0"} "$root" '
+        f'{_library_dirs(arch)} -- "$@"\n'
+        "fi\n" + _refuse("crun", "crun --version' and 'crun run --bundle DIR ID")
     )
     kind = "with WasmEdge" if wasm else "without Wasm"
     return _script(f"Stand-in for crun {version} {kind} (crun-{version}-linux-{arch}).", body)
 
 
-# What the wasmedge stand-in runs for `wasmedge FILE [ARGS...]`: the module, for real, in wasmtime
-# (PyPI), a real WebAssembly runtime with WASI. argv is FILE ARGS..., stdin/stdout/stderr are the
-# process's own, no host environment and no directories are passed in (as wasmedge without --env
-# or --dir); the exit code is the module's proc_exit code, 0 after `_start` returns, 1 on a trap.
-_WASMEDGE_RUNNER = """\
+# Runs a WASI module for real in wasmtime (PyPI), a real WebAssembly runtime with WASI: argv as
+# given, stdin/stdout/stderr the process's own, no host environment and no directories passed in
+# (as wasmedge without --env or --dir); exits with the module's proc_exit code, 0 after `_start`
+# returns, 1 on a trap. Shared by the wasmedge and crun stand-ins.
+_WASM_MODULE = """\
 import sys
-path = sys.argv[1]
-try:
-    import wasmtime
-except ImportError as exc:
-    sys.stderr.write(
-        "wasmedge stand-in (tests/support/standins.py): cannot run %s: the Python package wasmtime "
-        "cannot be imported by %s (%s)\\n" % (path, sys.executable, exc)
-    )
+TAG = "stand-in (tests/support/standins.py)"
+def run_module(program, path, argv):
+    try:
+        import wasmtime
+    except ImportError as exc:
+        sys.stderr.write(
+            "%s %s: cannot run %s: the Python package wasmtime cannot be imported by %s (%s)\\n"
+            % (program, TAG, path, sys.executable, exc)
+        )
+        sys.exit(1)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        sys.stderr.write("%s %s: cannot read %s: %s\\n" % (program, TAG, path, exc))
+        sys.exit(1)
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    config = wasmtime.WasiConfig()
+    config.argv = argv
+    config.inherit_stdin()
+    config.inherit_stdout()
+    config.inherit_stderr()
+    store.set_wasi(config)
+    try:
+        instance = linker.instantiate(store, wasmtime.Module(engine, data))
+        instance.exports(store)["_start"](store)
+    except wasmtime.ExitTrap as exc:
+        sys.exit(exc.code)
+    except (wasmtime.WasmtimeError, wasmtime.Trap, KeyError) as exc:
+        sys.stderr.write("%s %s: %s failed: %s\\n" % (program, TAG, path, exc))
+        sys.exit(1)
+    sys.exit(0)
+"""
+
+# What the wasmedge stand-in runs for `wasmedge FILE [ARGS...]`. argv: FILE ARGS...
+_WASMEDGE_RUNNER = _WASM_MODULE + "run_module('wasmedge', sys.argv[1], sys.argv[1:])\n"
+
+# What the crun stand-in runs for `crun ... run ...`. argv: PROGRAM WASM QUOTED ROOT LIBDIR...
+# -- CRUN-ARGS... (PROGRAM is the name it was invoked as; WASM and QUOTED are 0 or 1).
+_CRUN_RUN = """\
+import json, os
+args = sys.argv[1:]
+program, wasm, quoted, root = args[0], args[1] == "1", args[2] == "1", args[3]
+split = args.index("--")
+libdirs, argv = args[4:split], args[split + 1:]
+def fail(message):
+    sys.stderr.write(message + "\\n")
     sys.exit(1)
-try:
-    with open(path, "rb") as fh:
-        data = fh.read()
-except OSError as exc:
-    sys.stderr.write(
-        "wasmedge stand-in (tests/support/standins.py): cannot read %s: %s\\n" % (path, exc)
-    )
-    sys.exit(1)
-engine = wasmtime.Engine()
-store = wasmtime.Store(engine)
-linker = wasmtime.Linker(engine)
-linker.define_wasi()
-config = wasmtime.WasiConfig()
-config.argv = sys.argv[1:]
-config.inherit_stdin()
-config.inherit_stdout()
-config.inherit_stderr()
-store.set_wasi(config)
-try:
-    instance = linker.instantiate(store, wasmtime.Module(engine, data))
-    instance.exports(store)["_start"](store)
-except wasmtime.ExitTrap as exc:
-    sys.exit(exc.code)
-except (wasmtime.WasmtimeError, wasmtime.Trap, KeyError) as exc:
-    sys.stderr.write(
-        "wasmedge stand-in (tests/support/standins.py): %s failed: %s\\n" % (path, exc)
-    )
-    sys.exit(1)
+def refuse(what):
+    fail("crun %s: %s is not implemented, got: %s" % (TAG, what, " ".join(argv)))
+while argv and argv[0] != "run":
+    argv = argv[1:]
+bundle, rest = ".", argv[1:]
+while rest and rest[0].startswith("-"):
+    if rest[0] in ("--bundle", "-b") and len(rest) > 1:
+        bundle, rest = rest[1], rest[2:]
+    elif rest[0].startswith("--bundle="):
+        bundle, rest = rest[0].split("=", 1)[1], rest[1:]
+    else:
+        refuse("option " + rest[0])
+if len(rest) != 1:
+    refuse("crun run without exactly one container ID")
+with open(os.path.join(bundle, "config.json")) as fh:
+    spec = json.load(fh)
+annotations = spec.get("annotations") or {}
+entry = ((spec.get("process") or {}).get("args") or [""])[0]
+rootfs = os.path.join(bundle, (spec.get("root") or {}).get("path", "rootfs"))
+def wasm_entrypoint():
+    return entry.endswith(".wasm") or entry.endswith(".wat")
+def can_handle():
+    handler = annotations.get("run.oci.handler")
+    if handler is not None:
+        return wasm_entrypoint() if handler == "wasm-smart" else handler == "wasm"
+    variant = annotations.get("module.wasm.image/variant")
+    if variant is not None:
+        return wasm_entrypoint() if variant == "compat-smart" else variant == "compat"
+    return False
+handler = False
+if wasm and annotations.get("io.kubernetes.cri.container-type") != "sandbox":
+    explicit = program[5:] if program.startswith("crun-") and len(program) > 5 else None
+    explicit = explicit or annotations.get("run.oci.handler")
+    handler = explicit in ("wasmedge", "wasm") or can_handle()
+path = os.path.join(rootfs, entry.lstrip("/"))
+if handler:
+    search = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d] + libdirs
+    if not any(os.path.exists(os.path.join(d, "libwasmedge.so.0")) for d in search):
+        reason = "libwasmedge.so.0: cannot open shared object file: No such file or directory"
+        fail("could not load `libwasmedge.so.0`: " + ("`%s`" % reason if quoted else reason))
+    run_module("crun", path, (spec.get("process") or {}).get("args") or [entry])
+if not os.path.lexists(path):
+    fail("executable file `%s` not found%s: No such file or directory"
+         % (entry, "" if entry.startswith("/") else " in $PATH"))
+if not os.access(path, os.X_OK):
+    fail("the path `%s` exists but it is not executable: Operation not permitted" % entry)
+with open(path, "rb") as fh:
+    if fh.read(4) == b"\\0asm":
+        fail("exec container process `%s`: Exec format error" % entry)
+refuse("running a native program")
 """
 
 
+def _wasmedge_plugins(version: str, arch: str) -> str:
+    """Shell for the plugin loading `wasmedge --version` does before it prints anything
+    (include/driver/tool.h, lib/plugin/plugin.cpp, lib/loader/shared_library.cpp)."""
+    api = plugin_api_version(version)
+    # 0.14.1 moved wasi_logging into libwasmedge itself (registerBuiltInPlugins), in every build.
+    builtin = _release_tuple(version) >= (0, 14, 1)
+    return (
+        f"api={api}\n"
+        f"registered='{' wasi_logging ' if builtin else ' '}'\n"
+        "listed=\n"
+        "failures=\n"
+        "elf=$(printf '\\177ELF')\n"
+        "nl=$(printf '\\n_'); nl=${nl%_}\n"
+        'fail() { failures="$failures$1$nl"; }\n'
+        "find_needed() {\n"
+        '  old_ifs=$IFS; IFS=":"\n'
+        f"  for d in ${{LD_LIBRARY_PATH-}} {_library_dirs(arch)}; do\n"
+        '    if [ -n "$d" ] && [ -e "$d/$1" ]; then IFS=$old_ifs; return 0; fi\n'
+        "  done\n"
+        "  IFS=$old_ifs; return 1\n"
+        "}\n"
+        # dlopen() of one file, then its descriptor: each failure of the loader is an error
+        # pair; a file that is no plugin, of another plugin API version, or whose name is
+        # registered already is skipped without a word (spdlog::debug).
+        "load_file() {\n"
+        '  size=$(wc -c < "$1")\n'
+        f'  if [ "$size" -lt {_ELF64_HEADER_SIZE} ]; then fail "$1: file too short"; return; fi\n'
+        '  if [ "$(head -c 4 "$1")" != "$elf" ]; then fail "$1: invalid ELF header"; return; fi\n'
+        "  for need in $(sed -n 's/^needs=//p' \"$1\"); do\n"
+        f'    find_needed "$need" || {{ fail "$need: {_NO_SUCH_LIBRARY}"; return; }}\n'
+        "  done\n"
+        "  name=$(sed -n 's/^plugin-name=//p' \"$1\" | head -n 1)\n"
+        '  [ -n "$name" ] || return 0\n'
+        '  [ "$(sed -n \'s/^plugin-api-version=//p\' "$1" | head -n 1)" = "$api" ] || return 0\n'
+        '  case "$registered" in *" $name "*) return 0 ;; esac\n'
+        '  registered="$registered$name "\n'
+        f'  listed="$listed$1 (plugin \\"$name\\") version {PLUGIN_SELF_VERSION}$nl"\n'
+        "}\n"
+        # Every regular *.so under the directory, recursively, symlinks to files too. Real
+        # WasmEdge takes readdir() order; the stand-in sorts, to be the same on every machine.
+        "load_dir() {\n"
+        '  [ -d "$1" ] || return 0\n'
+        "  for so in $(find \"$1\" \\( -type f -o -type l \\) -name '*.so' | LC_ALL=C sort); do\n"
+        '    [ -f "$so" ] && [ "${so##*/}" != .so ] && load_file "$so"\n'
+        "  done\n"
+        "}\n"
+        'old_ifs=$IFS; IFS=":"\n'
+        "set -f\n"
+        "for d in ${WASMEDGE_PLUGIN_PATH-}; do\n"
+        '  IFS=$old_ifs; [ -n "$d" ] && load_dir "$d"\n'
+        "done\n"
+        "set +f\n"
+        "IFS=$old_ifs\n"
+        # The installation's own plugin directory follows from where libwasmedge was loaded:
+        # under /usr or /lib <libdir>/wasmedge, anywhere else <libdir>/../plugin.
+        + "".join(_sandbox_root().splitlines(keepends=True))
+        + 'case "$libdir" in "$root"/*) rel=${libdir#"$root"} ;; *) rel=$libdir ;; esac\n'
+        'case "$rel" in\n'
+        '  /usr*|/lib*) load_dir "$libdir/wasmedge" ;;\n'
+        '  *) load_dir "$libdir/../plugin" ;;\n'
+        "esac\n"
+        # The driver registers its options twice (the tool and its `run` subcommand), loading
+        # every plugin each time: each failure is printed twice, pass after pass, with spdlog's
+        # default pattern, on stdout.
+        "for pass in 1 2; do\n"
+        "  printf '%s' \"$failures\" | while IFS= read -r reason; do\n"
+        "    printf '[%s] [error] loading failed: invalid path, Code: 0x100\\n' "
+        "\"$(date '+%Y-%m-%d %H:%M:%S.%3N')\"\n"
+        "    printf '[%s] [error]     load library failed:%s\\n' "
+        '"$(date \'+%Y-%m-%d %H:%M:%S.%3N\')" "$reason"\n'
+        "  done\n"
+        "done\n"
+    )
+
+
 def _wasmedge_script(
-    program: str, version: str, *, list_plugins: bool, python: str | None = None
+    program: str, version: str, *, arch: str = "amd64", python: str | None = None
 ) -> bytes:
-    plugins = ""
-    if list_plugins:
-        # WasmEdge 0.14+ lists each plugin it loaded, after the version line. Search order as the
-        # real runtime: WASMEDGE_PLUGIN_PATH, then <prefix>/lib/wasmedge (an install under /usr or
-        # /usr/local), then <prefix>/plugin (an unpacked tarball). A plugin built for another
-        # WasmEdge version is skipped silently, as the real runtime does.
-        plugins = (
-            "list_plugins() {\n"
-            '  for so in "$1"/*.so; do\n'
-            '    [ -f "$so" ] || continue\n'
-            f'    grep -qx "wasmedge-version={version}" "$so" || continue\n'
-            "    name=$(sed -n 's/^plugin-name=//p' \"$so\" | head -n 1)\n"
-            '    [ -n "$name" ] || continue\n'
-            f'    printf \'%s (plugin "%s") version %s\\n\' "$so" "$name" '
-            f"{shlex.quote(PLUGIN_SELF_VERSION)}\n"
-            "  done\n"
-            "}\n"
-            'old_ifs=$IFS; IFS=":"\n'
-            "for d in ${WASMEDGE_PLUGIN_PATH-}; do\n"
-            '  IFS=$old_ifs; [ -n "$d" ] && list_plugins "$d"\n'
-            "done\n"
-            "IFS=$old_ifs\n"
-            'list_plugins "$prefix/lib/wasmedge"\n'
-            'list_plugins "$prefix/plugin"\n'
-        )
+    listing = ""
+    if program == "wasmedge":
+        listing = _wasmedge_plugins(version, arch)
+    plugin_lines = ""
+    if program == "wasmedge" and _release_tuple(version) >= (0, 14, 0):
+        # 0.14+ lists every registered plugin after the version line, the built-in one first
+        # with an empty path (lib/driver/uniTool.cpp).
+        if _release_tuple(version) >= (0, 14, 1):
+            plugin_lines += (
+                f"printf ' (plugin \"wasi_logging\") version %s\\n' {PLUGIN_SELF_VERSION}\n"
+            )
+        plugin_lines += "printf '%s' \"$listed\"\n"
     body = (
         _lib_check()
         + 'if [ "${1-}" = "--version" ]; then\n'
+        + "".join(f"  {line}\n" for line in listing.splitlines())
         # argv[0] as invoked, so a full path precedes "version" when run by path.
         + f"  printf '%s version %s\\n' \"$0\" {shlex.quote(version)}\n"
-        + "".join(f"  {line}\n" for line in plugins.splitlines())
+        + "".join(f"  {line}\n" for line in plugin_lines.splitlines())
         + "  exit 0\n"
         "fi\n"
     )
@@ -654,12 +862,27 @@ def wasmedge_tarball(
     """Stands in for WasmEdge's release tarball `WasmEdge-<v>-manylinux2014_<arch>.tar.gz`.
 
     It unpacks to `WasmEdge-<v>-Linux/` with `bin/wasmedge`, `bin/wasmedgec`, `include/wasmedge/`
-    and `lib64/libwasmedge.so -> libwasmedge.so.0 -> libwasmedge.so.0.1.0`. `wasmedge --version`
-    prints `<argv[0]> version <v>` and, from 0.14.0, a line per loaded plugin of the same version.
-    Both binaries need libwasmedge.so.0 in `<prefix>/lib`, `<prefix>/lib64` or LD_LIBRARY_PATH.
-    `wasmedge FILE.wasm [ARGS...]` runs the module for real with wasmtime (PyPI) through `python`
-    (default: the interpreter generating the tarball), printing what the module prints and
-    exiting with its exit code.
+    and `lib64/libwasmedge.so -> libwasmedge.so.0 -> libwasmedge.so.0.1.0`. Both binaries need
+    libwasmedge.so.0 in LD_LIBRARY_PATH, `<prefix>/lib64` or `<prefix>/lib`.
+
+    `wasmedge --version` does what the upstream build of that version does (WasmEdge's sources:
+    lib/driver/uniTool.cpp, lib/plugin/plugin.cpp, lib/loader/shared_library.cpp), checked
+    against Debian 13's real 0.14.1 by tests/support/test_standins_vs_real.py. Before printing it
+    loads plugins from WASMEDGE_PLUGIN_PATH, then from the installation's own directory
+    (`<libdir>/wasmedge` when libwasmedge sits under /usr or /lib of the root it is installed in,
+    else `<libdir>/../plugin`), every *.so recursively. A file that is not an ELF shared object
+    (`file too short` under 64 bytes, else `invalid ELF header`), or one whose `needs` library is
+    missing, gives two error lines on stdout; the whole pass is printed twice, then the version
+    line, exit 0. Skipped without a word: an ELF file that is no plugin, a plugin of another plugin
+    API version (`plugin_api_version`: 0.14.0's in 0.14.1; 0.15's loads), a name already
+    registered. Then `<argv[0]> version <v>`; from 0.14.0 a line per registered plugin, and from
+    0.14.1 first ` (plugin "wasi_logging") version 0.1.0.0`: that release built wasi_logging into
+    libwasmedge itself, in the upstream build as in Debian's. Not modelled: a plugin for another
+    architecture, readdir() order (the stand-in sorts).
+
+    `wasmedge FILE.wasm [ARGS...]` runs the module for real with wasmtime (PyPI) through
+    `python` (default: the interpreter generating the tarball), printing what the module prints
+    and exiting with its exit code.
     """
     _check_version(version)
     machine = _check_arch(arch, WASMEDGE_ARCHES, "WasmEdge")
@@ -682,20 +905,19 @@ def wasmedge_tarball(
         f"stand-in for libwasmedge.so.0.1.0 of WasmEdge {version} (linux/{machine}), "
         "generated by tests/support/standins.py\n"
     ).encode()
-    list_plugins = _release_tuple(version) >= (0, 14, 0)
     members = [
         _Member(top, "dir"),
         _Member(f"{top}/bin", "dir"),
         _Member(
             f"{top}/bin/wasmedge",
             "file",
-            _wasmedge_script("wasmedge", version, list_plugins=list_plugins, python=python),
+            _wasmedge_script("wasmedge", version, arch=arch, python=python),
             0o755,
         ),
         _Member(
             f"{top}/bin/wasmedgec",
             "file",
-            _wasmedge_script("wasmedgec", version, list_plugins=False),
+            _wasmedge_script("wasmedgec", version, arch=arch),
             0o755,
         ),
         _Member(f"{top}/include", "dir"),
@@ -715,27 +937,60 @@ def plugin_module_name(name: str) -> str:
     return name.split("-", 1)[0]
 
 
+def plugin_library(
+    module: str,
+    package: str,
+    library: str,
+    version: str = "0.14.1",
+    *,
+    arch: str = "amd64",
+    needs: Sequence[str] = (),
+) -> bytes:
+    """Stands in for a WasmEdge plugin's shared object: a real ELF64 header (ET_DYN, the
+    architecture's machine), so the stand-in `wasmedge` takes it for a shared object as glibc
+    would, then text naming the plugin (`module`, as it registers), its package, the plugin API
+    version of the WasmEdge `version` it was built for, and the libraries it `needs` (DT_NEEDED:
+    the stand-in fails to load it, as dlopen() does, when one is missing)."""
+    machine = _check_arch(arch, WASMEDGE_ARCHES, "WasmEdge")
+    header = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)  # ELFCLASS64, little-endian, EV_CURRENT
+    header += struct.pack(
+        "<HHIQQQIHHHHHH", 3, _ELF_MACHINES[arch], 1, 0, 0, 0, 0, 64, 56, 0, 64, 0, 0
+    )
+    assert len(header) == _ELF64_HEADER_SIZE
+    assert b"\n" not in header  # the text after it is read line by line
+    text = (
+        f"\nstand-in for {library} (WasmEdge plugin {package}, linux/{machine}), "
+        "generated by tests/support/standins.py\n"
+        f"plugin-name={module}\n"
+        f"plugin-package={package}\n"
+        f"plugin-api-version={plugin_api_version(version)}\n"
+        f"wasmedge-version={version}\n" + "".join(f"needs={need}\n" for need in needs)
+    )
+    return header + text.encode()
+
+
 def plugin_tarball(
-    name: str = "wasi_nn-ggml", version: str = "0.14.1", *, arch: str = "amd64"
+    name: str = "wasi_nn-ggml",
+    version: str = "0.14.1",
+    *,
+    arch: str = "amd64",
+    needs: Sequence[str] = (),
 ) -> bytes:
     """Stands in for a WasmEdge plugin tarball: `WasmEdge-plugin-<name>-<v>-manylinux2014_*.tar.gz`.
 
-    It holds just the plugin library at top level under its real file name (PLUGIN_FILES). The
-    library's text records the WasmEdge version it was built for, which the stand-in `wasmedge`
-    checks as the real runtime does.
+    It holds just the plugin library at top level under its real file name (PLUGIN_FILES), made
+    by `plugin_library`: the stand-in `wasmedge` loads it when it was built for the same plugin
+    API version, and fails as the real one does when a library it `needs` is missing (a wasi_nn
+    backend without its runtime).
     """
     if name not in PLUGIN_FILES:
         raise ValueError(f"unknown WasmEdge plugin {name!r} (known: {', '.join(PLUGIN_FILES)})")
-    machine = _check_arch(arch, WASMEDGE_ARCHES, "WasmEdge")
+    _check_arch(arch, WASMEDGE_ARCHES, "WasmEdge")
     if arch != "amd64" and name in AMD64_ONLY_PLUGINS:
         raise ValueError(f"WasmEdge builds plugin {name} for x86_64 only")
-    library = (
-        f"stand-in for {PLUGIN_FILES[name]} (WasmEdge plugin {name}, linux/{machine}), "
-        "generated by tests/support/standins.py\n"
-        f"plugin-name={plugin_module_name(name)}\n"
-        f"plugin-package={name}\n"
-        f"wasmedge-version={_check_version(version)}\n"
-    ).encode()
+    library = plugin_library(
+        plugin_module_name(name), name, PLUGIN_FILES[name], version, arch=arch, needs=needs
+    )
     return _targz([_Member(PLUGIN_FILES[name], "file", library)])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -442,22 +443,72 @@ def test_crun_with_wasm_adds_the_wasmedge_token(tmp_path: Path) -> None:
     int(lines[1].split()[1], 16)
     assert lines[2:4] == ["rundir: /run/crun", "spec: 1.0.0"]
     assert lines[4] == "+SYSTEMD +SELINUX +APPARMOR +CAP +SECCOMP +EBPF +WASM:wasmedge +YAJL"
-    refused = _run(crun, "run", "ctr")
+    refused = _run(crun, "exec", "ctr")
     assert (refused.returncode, refused.stdout) == (1, "")
 
 
-def test_crun_that_needs_libwasmedge_fails_like_the_loader(tmp_path: Path) -> None:
-    """Stands in for a Wasm-enabled crun whose libwasmedge.so.0 is missing, then installed."""
-    crun = _install(tmp_path / "usr/local/bin/crun", crun_binary(require_libwasmedge=True))
-    missing = _run(crun, "--version")
-    assert missing.returncode == 127
-    assert missing.stdout == ""
-    assert missing.stderr == (
-        f"{crun}: error while loading shared libraries: libwasmedge.so.0: "
-        "cannot open shared object file: No such file or directory\n"
-    )
-    _install(tmp_path / "usr/local/lib/libwasmedge.so.0", b"lib", 0o644)
+def _bundle(root: Path, annotations: dict[str, str], mode: int = 0o755) -> Path:
+    """A bundle as `crun spec` makes it, running agentd's probe module as /probe.wasm."""
+    bundle = root / "bundle"
+    _install(bundle / "rootfs/probe.wasm", probe_module(), mode)
+    spec = {"process": {"args": ["/probe.wasm"], "terminal": False}, "root": {"path": "rootfs"}}
+    if annotations:
+        spec["annotations"] = annotations
+    (bundle / "config.json").write_text(json.dumps(spec))
+    return bundle
+
+
+COMPAT_SMART = {"module.wasm.image/variant": "compat-smart"}
+
+
+def test_crun_with_wasm_but_no_libwasmedge_fails_at_container_start(tmp_path: Path) -> None:
+    """Stands in for a Wasm-enabled crun whose libwasmedge.so.0 is missing, then installed: crun
+    dlopens it when a Wasm container starts, so --version works either way."""
+    crun = _install(tmp_path / "usr/local/bin/crun", crun_binary())
     assert _run(crun, "--version").stdout.startswith("crun version 1.15\n")
+    bundle = _bundle(tmp_path, COMPAT_SMART)
+    missing = _run(crun, "--cgroup-manager=disabled", "run", "--bundle", bundle, "probe")
+    assert (missing.returncode, missing.stdout) == (1, "")
+    assert missing.stderr == (
+        "could not load `libwasmedge.so.0`: "
+        "`libwasmedge.so.0: cannot open shared object file: No such file or directory`\n"
+    )
+    pytest.importorskip("wasmtime")
+    _install(tmp_path / "usr/local/lib/libwasmedge.so.0", b"lib", 0o644)
+    ran = _run(crun, "--cgroup-manager=disabled", "run", "--bundle", bundle, "probe")
+    assert (ran.returncode, ran.stdout.encode(), ran.stderr) == (0, PROBE_OUTPUT, "")
+
+
+def test_crun_without_a_wasm_handler_execs_the_module_natively(tmp_path: Path) -> None:
+    crun = _install(tmp_path / "usr/local/bin/crun", crun_binary())
+    _install(tmp_path / "usr/local/lib/libwasmedge.so.0", b"lib", 0o644)
+    plain = _run(crun, "run", "--bundle", _bundle(tmp_path, {}), "probe")
+    assert (plain.returncode, plain.stderr) == (
+        1,
+        "exec container process `/probe.wasm`: Exec format error\n",
+    )
+    no_wasm = _install(tmp_path / "usr/local/bin/crun", crun_binary("1.8.1", wasm=False))
+    annotated = _run(no_wasm, "run", "--bundle", _bundle(tmp_path, COMPAT_SMART), "probe")
+    assert annotated.stderr == "exec container process `/probe.wasm`: Exec format error\n"
+    not_executable = _run(crun, "run", "--bundle", _bundle(tmp_path, {}, 0o644), "probe")
+    assert not_executable.stderr == (
+        "the path `/probe.wasm` exists but it is not executable: Operation not permitted\n"
+    )
+
+
+def test_crun_wasm_link_selects_the_handler_without_annotations(tmp_path: Path) -> None:
+    crun_wasm = _install(tmp_path / "usr/bin/crun-wasm", crun_binary("1.21"))
+    result = _run(crun_wasm, "run", "--bundle", _bundle(tmp_path, {}), "probe")
+    assert result.stderr.startswith("could not load `libwasmedge.so.0`: `")
+
+
+def test_crun_before_1_8_6_does_not_quote_the_loader_error(tmp_path: Path) -> None:
+    crun = _install(tmp_path / "usr/bin/crun", crun_binary("1.8.1"))
+    result = _run(crun, "run", "--bundle", _bundle(tmp_path, COMPAT_SMART), "probe")
+    assert result.stderr == (
+        "could not load `libwasmedge.so.0`: "
+        "libwasmedge.so.0: cannot open shared object file: No such file or directory\n"
+    )
 
 
 def test_crun_asset_names() -> None:
@@ -527,7 +578,8 @@ def test_wasmedge_version_prints_argv0_then_version(tmp_path: Path) -> None:
     wasmedge = prefix / "bin/wasmedge"
     result = _run(wasmedge, "--version")
     assert result.returncode == 0
-    assert result.stdout == f"{wasmedge} version 0.14.1\n"
+    # 0.14.1 lists its built-in wasi_logging (tests/fixtures/real/wasmedge_version_fullpath).
+    assert result.stdout == f'{wasmedge} version 0.14.1\n (plugin "wasi_logging") version 0.1.0.0\n'
     version_line = result.stdout.splitlines()[0]
     assert version_line.split(" version ")[1] == "0.14.1"
     wasmedgec = _run(prefix / "bin/wasmedgec", "--version")
@@ -555,14 +607,15 @@ def _install_plugin(root: Path, name: str, version: str) -> Path:
     return root / "usr/local/lib/wasmedge" / PLUGIN_FILES[name]
 
 
-def test_wasmedge_lists_plugins_of_its_own_version_only(tmp_path: Path) -> None:
+def test_wasmedge_lists_plugins_of_its_own_plugin_api_only(tmp_path: Path) -> None:
     """Stands in for WasmEdge 0.14.1 at /usr/local with plugins in /usr/local/lib/wasmedge."""
     wasmedge = _install_wasmedge(tmp_path, "0.14.1")
     nn = _install_plugin(tmp_path, "wasi_nn-ggml", "0.14.1")
-    _install_plugin(tmp_path, "wasi_crypto", "0.13.5")  # another version: skipped silently
+    _install_plugin(tmp_path, "wasi_crypto", "0.13.5")  # another API version: skipped silently
     lines = _run(wasmedge, "--version").stdout.splitlines()
     assert lines == [
         f"{wasmedge} version 0.14.1",
+        ' (plugin "wasi_logging") version 0.1.0.0',
         f'{nn} (plugin "wasi_nn") version 0.1.0.0',
     ]
 
@@ -570,11 +623,62 @@ def test_wasmedge_lists_plugins_of_its_own_version_only(tmp_path: Path) -> None:
 def test_wasmedge_searches_wasmedge_plugin_path_first(tmp_path: Path) -> None:
     wasmedge = _install_wasmedge(tmp_path, "0.14.1")
     extra = tmp_path / "extra"
-    _extract(plugin_tarball("wasi_logging", "0.14.1"), extra)
+    # The same plugin in both: the first one found registers, the other is skipped silently.
+    _extract(plugin_tarball("wasi_crypto", "0.14.1"), extra)
+    _install_plugin(tmp_path, "wasi_crypto", "0.14.1")
     lines = _run(wasmedge, "--version", env={"WASMEDGE_PLUGIN_PATH": f"/nonexistent:{extra}"})
     assert lines.stdout.splitlines()[1:] == [
-        f'{extra}/libwasmedgePluginWasiLogging.so (plugin "wasi_logging") version 0.1.0.0'
+        ' (plugin "wasi_logging") version 0.1.0.0',
+        f'{extra}/libwasmedgePluginWasiCrypto.so (plugin "wasi_crypto") version 0.1.0.0',
     ]
+
+
+def test_wasmedge_0_14_1_skips_a_wasi_logging_plugin_file(tmp_path: Path) -> None:
+    """0.14.1 has wasi_logging built in: a 0.14.1 plugin file of that name registers nothing."""
+    wasmedge = _install_wasmedge(tmp_path, "0.14.1")
+    _install_plugin(tmp_path, "wasi_logging", "0.14.1")
+    assert _run(wasmedge, "--version").stdout.splitlines()[1:] == [
+        ' (plugin "wasi_logging") version 0.1.0.0'
+    ]
+    older = _install_wasmedge(tmp_path / "old", "0.14.0")
+    plugin = _install_plugin(tmp_path / "old", "wasi_logging", "0.14.0")
+    assert _run(older, "--version").stdout.splitlines()[1:] == [
+        f'{plugin} (plugin "wasi_logging") version 0.1.0.0'
+    ]
+
+
+def test_wasmedge_unpacked_tarball_loads_from_its_plugin_directory(tmp_path: Path) -> None:
+    """Outside /usr and /lib the plugin directory is <libdir>/../plugin, as upstream's."""
+    _extract(wasmedge_tarball(), tmp_path)
+    prefix = tmp_path / "WasmEdge-0.14.1-Linux"
+    _extract(plugin_tarball("wasi_crypto"), prefix / "plugin")
+    _extract(plugin_tarball("wasi_nn-ggml"), prefix / "lib64/wasmedge")  # not looked at there
+    assert _run(prefix / "bin/wasmedge", "--version").stdout.splitlines()[2:] == [
+        f'{prefix}/lib64/../plugin/libwasmedgePluginWasiCrypto.so (plugin "wasi_crypto") '
+        "version 0.1.0.0"
+    ]
+
+
+def test_wasmedge_plugin_with_a_missing_library_fails_to_load_until_it_exists(
+    tmp_path: Path,
+) -> None:
+    wasmedge = _install_wasmedge(tmp_path, "0.14.1")
+    _extract(
+        plugin_tarball("wasi_nn-openvino", needs=("libopenvino.so.2450",)),
+        tmp_path / "usr/local/lib/wasmedge",
+    )
+    missing = _run(wasmedge, "--version").stdout.splitlines()
+    assert len(missing) == 6
+    assert missing[1].endswith(
+        "[error]     load library failed:libopenvino.so.2450: cannot open shared object file: "
+        "No such file or directory"
+    )
+    _install(tmp_path / "usr/lib/x86_64-linux-gnu/libopenvino.so.2450", b"lib", 0o644)
+    assert (
+        _run(wasmedge, "--version")
+        .stdout.splitlines()[2]
+        .endswith('(plugin "wasi_nn") version 0.1.0.0')
+    )
 
 
 def test_wasmedge_before_0_14_prints_no_plugin_lines(tmp_path: Path) -> None:
