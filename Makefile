@@ -19,6 +19,7 @@ help:
 	@echo "make rpm        .rpm packages for $(RPM_ARCHES) in dist/"
 	@echo "make package-lint  lintian on dist/*.deb, rpmlint on dist/*.rpm"
 	@echo "make e2e        the packages in booted Debian hosts (root; E2E_HOSTS=\"$(E2E_HOSTS)\")"
+	@echo "make e2e-wasm   the real Wasm stack: Debian 13's WasmEdge, crun and containerd (root)"
 	@echo "make lock       re-pin packaging/wheels.lock.json after editing a version in it (network)"
 
 install:
@@ -87,6 +88,15 @@ E2E_FLAGS ?=
 .PHONY: e2e
 e2e:
 	$(PYTHON) -m tests.e2e $(E2E_FLAGS) $(E2E_HOSTS)
+
+# The real Wasm stack (packaging/README.md, "The real Wasm host"): Debian 13's WasmEdge, crun and
+# containerd in a cached tree (root): agentd converges it from real bytes and meets real faults,
+# the Hello Wasm pod runs through containerd's CRI, and --root over that tree gives real answers.
+.PHONY: e2e-wasm
+e2e-wasm:
+	$(PYTHON) -m tests.e2e.wasm_converge
+	$(PYTHON) -m tests.e2e.cri
+	$(PYTHON) -m tests.e2e.root_tree
 
 clean:
 	rm -rf demo-root demo-mirror build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

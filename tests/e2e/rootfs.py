@@ -87,39 +87,18 @@ def _tar_flags() -> list[str]:
     return ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls"]
 
 
-def prepare(spec: HostSpec, cache_dir: Path, target: Path, log: Path, refresh: bool) -> Rootfs:
-    """A fresh tree for `spec` at `target`: unpacked from the cache, or debootstrapped (and
-    then packed into the cache for the next run)."""
-    for tool in ("debootstrap", "zstd", "tar"):
-        if shutil.which(tool) is None:
-            raise RootfsError(f"{tool} not found: apt-get install debootstrap zstd")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    cache_file = cache_dir / cache_name(spec)
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    if spec.foreign:
-        ensure_binfmt(spec.arch, log)
-    start = time.monotonic()
-    if cache_file.exists() and not refresh:
-        _run(
-            ["tar", "-C", str(target), *_tar_flags(), "-I", "zstd", "-xpf", str(cache_file)],
-            log,
-            f"unpacking {cache_file}",
-        )
-        return Rootfs(target, cache_file, True, time.monotonic() - start)
-    argv = [
-        "debootstrap",
-        f"--arch={spec.arch}",
-        f"--variant={VARIANT}",
-        f"--include={','.join(spec.includes)}",
-        spec.suite,
-        str(target),
-        MIRROR,
-    ]
-    _run(argv, log, f"debootstrap {spec.suite} {spec.arch}")
-    debootstrapped = time.monotonic() - start
-    # Packed beside and renamed: an interrupted run never leaves half a tarball in the cache.
+def unpack(cache_file: Path, target: Path, log: Path) -> None:
+    """A cached tree into `target` (owners, modes and xattrs as packed)."""
+    _run(
+        ["tar", "-C", str(target), *_tar_flags(), "-I", "zstd", "-xpf", str(cache_file)],
+        log,
+        f"unpacking {cache_file}",
+    )
+
+
+def pack(target: Path, cache_file: Path, log: Path) -> None:
+    """`target` into the cache, packed beside and renamed: an interrupted run never leaves half
+    a tarball there."""
     partial = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
     try:
         _run(
@@ -140,4 +119,35 @@ def prepare(spec: HostSpec, cache_dir: Path, target: Path, log: Path, refresh: b
         partial.replace(cache_file)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def prepare(spec: HostSpec, cache_dir: Path, target: Path, log: Path, refresh: bool) -> Rootfs:
+    """A fresh tree for `spec` at `target`: unpacked from the cache, or debootstrapped (and
+    then packed into the cache for the next run)."""
+    for tool in ("debootstrap", "zstd", "tar"):
+        if shutil.which(tool) is None:
+            raise RootfsError(f"{tool} not found: apt-get install debootstrap zstd")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_file = cache_dir / cache_name(spec)
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    if spec.foreign:
+        ensure_binfmt(spec.arch, log)
+    start = time.monotonic()
+    if cache_file.exists() and not refresh:
+        unpack(cache_file, target, log)
+        return Rootfs(target, cache_file, True, time.monotonic() - start)
+    argv = [
+        "debootstrap",
+        f"--arch={spec.arch}",
+        f"--variant={VARIANT}",
+        f"--include={','.join(spec.includes)}",
+        spec.suite,
+        str(target),
+        MIRROR,
+    ]
+    _run(argv, log, f"debootstrap {spec.suite} {spec.arch}")
+    debootstrapped = time.monotonic() - start
+    pack(target, cache_file, log)
     return Rootfs(target, cache_file, False, time.monotonic() - start, debootstrapped)

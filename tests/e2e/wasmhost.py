@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -107,44 +106,11 @@ def prepare(
     try:
         if cache_file.exists() and not refresh:
             target.mkdir(parents=True)
-            rootfs._run(
-                [
-                    "tar",
-                    "-C",
-                    str(target),
-                    *rootfs._tar_flags(),
-                    "-I",
-                    "zstd",
-                    "-xpf",
-                    str(cache_file),
-                ],
-                log,
-                f"unpacking {cache_file}",
-            )
+            rootfs.unpack(cache_file, target, log)
             return rootfs.Rootfs(target, cache_file, True, time.monotonic() - start)
         base = rootfs.prepare(BASE, cache_dir, target, log, refresh)
         _install(target, log)
-        # Packed beside and renamed: an interrupted run never leaves half a tarball in the cache.
-        partial = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
-        try:
-            rootfs._run(
-                [
-                    "tar",
-                    "-C",
-                    str(target),
-                    *rootfs._tar_flags(),
-                    "-I",
-                    "zstd -T0 -3",
-                    "-cf",
-                    str(partial),
-                    ".",
-                ],
-                log,
-                f"packing {cache_file}",
-            )
-            partial.replace(cache_file)
-        finally:
-            partial.unlink(missing_ok=True)
+        rootfs.pack(target, cache_file, log)
     except rootfs.RootfsError as exc:
         raise WasmHostError(str(exc)) from exc
     return rootfs.Rootfs(target, cache_file, False, time.monotonic() - start, base.seconds)
