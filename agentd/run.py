@@ -83,6 +83,7 @@ def make_plan(
     Without `sources`, a pulled fleet document that is waiting to be judged is planned with
     when it is valid (as apply would accept it first)."""
     from agentd.facts.detect import detect  # noqa: PLC0415
+    from agentd.plan import policy  # noqa: PLC0415
     from agentd.plan.diff import plan  # noqa: PLC0415
 
     timings: dict[str, float] = {}
@@ -103,6 +104,10 @@ def make_plan(
     timings["load"] = _ms(t1)
     t2 = time.perf_counter()
     the_plan = plan(loaded.desired, facts, state.inventory, read_configs(host.paths), force)
+    # What apply would leave out (a change rolled back for this generation) or add (a k3s
+    # restart still owed): `plan`, `apply --dry-run` and apply itself all see the same plan.
+    the_plan = policy.without_blocked(state, the_plan, loaded.desired.generation)
+    the_plan = policy.with_owed_restart(state, the_plan)
     timings["plan"] = _ms(t2)
     return Planned(loaded, facts, state, the_plan, timings, sources)
 
@@ -276,10 +281,8 @@ class _Run:
             # For the daemon's health checks, which need no URL: none is kept (credentials).
             state.desired = without_urls(desired.model_dump(mode="json"))
         moment = now or datetime.now(timezone.utc)
-        the_plan = policy.without_blocked(state, planned.plan, desired.generation)
-        the_plan = policy.with_owed_restart(state, the_plan)
         window = policy.window(self.config, desired)
-        the_plan, held = policy.gate(the_plan, state, window, moment)
+        the_plan, held = policy.gate(planned.plan, state, window, moment)
         planned.plan = the_plan
         from agentd.converge.sweep import sweep  # noqa: PLC0415
 

@@ -100,6 +100,12 @@ def test_a_change_that_breaks_a_component_is_rolled_back_and_not_retried(
     assert "without Wasm support" in state["blocked"]["crun"]["reason"]
     assert "crun" not in state["watch"]
     assert state["counters"]["rollbacks"] == {"crun": 1}
+    # plan says what apply will do: nothing, and why (found by tests/e2e/wasm_converge.py).
+    planned = node.agentd("plan", "--json", "--detailed-exitcode")
+    assert planned.code == 0, planned.stdout
+    assert planned.json()["actions"] == []
+    blocked = next(u for u in planned.json()["unchanged"] if u["component"] == "crun")
+    assert "rolled back" in blocked["reason"]
     # Converging generation 2 again does not retry the change, and says why.
     again = node.agentd("apply", "--json").json()
     assert again["actions"] == []
