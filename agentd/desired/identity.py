@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from agentd.core.arch import host_arch
-from agentd.facts.detect import os_name
+from agentd.facts.osrelease import os_name
 from agentd.settings.snapshot import AgentConfig
 from agentd.system.host import Host
 

@@ -47,10 +47,10 @@ from agentd.desired.validate import load_and_validate
 from agentd.facts.detect import (
     parse_crun_version,
     parse_k3s_version,
-    parse_os_release,
     parse_wasmedge_plugin_lines,
     parse_wasmedge_version,
 )
+from agentd.facts.osrelease import parse_os_release
 from agentd.settings.model import SettingsError, load_settings, settings_json
 from agentd.settings.snapshot import AgentConfig
 from tests.support.mirror import MirrorServer

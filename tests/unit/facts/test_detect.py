@@ -22,13 +22,13 @@ from agentd.facts.detect import (
     detect_host,
     parse_crun_version,
     parse_k3s_version,
-    parse_os_release,
     parse_wasmedge_load_errors,
     parse_wasmedge_plugin_lines,
     parse_wasmedge_version,
     plugin_name_for_file,
 )
 from agentd.facts.model import NOT_INSTALLED, PluginFact
+from agentd.facts.osrelease import parse_os_release
 from agentd.system.commands import run_command
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "facts"
