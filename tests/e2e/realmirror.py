@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from tests.e2e import wasmhost
+from tests.e2e import cri, wasmhost
 
 REPO = wasmhost.REPO
 CACHE_DIR = wasmhost.CACHE_DIR / "realmirror"
@@ -25,6 +25,8 @@ WORK_DIR = REPO / "build" / "e2e-wasm-converge"
 
 WASMEDGE_VERSION = "0.14.1"
 CRUN_VERSION = "1.21"
+# Debian 12's crun, published as a crun release too: the same component without Wasm.
+DEBIAN12_CRUN_VERSION = "1.8.1"
 # The suffix of upstream's release assets for x86_64 (components.md); 0.15.0 changed it.
 ASSET_SUFFIX = "manylinux2014_x86_64"
 MULTIARCH = "x86_64-linux-gnu"
@@ -69,6 +71,7 @@ class Artifact:
 class RealMirror:
     directory: Path
     crun: Artifact
+    crun_debian12: Artifact  # Debian 12's crun 1.8.1 (its .deb's /usr/bin/crun), no Wasm
     wasmedge: Artifact
     plugins: dict[str, Artifact]
     crun_source: dict[str, str]  # the .orig.tar.gz: name, sha256, and the Sources index's sha256
@@ -193,9 +196,9 @@ def plugin_asset(name: str) -> str:
     return f"wasmedge/{v}/WasmEdge-plugin-{name}-{v}-{ASSET_SUFFIX}.tar.gz"
 
 
-def crun_asset() -> str:
+def crun_asset(version: str = CRUN_VERSION) -> str:
     # Upstream's release asset name for x86_64 (github.com/containers/crun/releases).
-    return f"crun/{CRUN_VERSION}/crun-{CRUN_VERSION}-linux-amd64"
+    return f"crun/{version}/crun-{version}-linux-amd64"
 
 
 def _in_tree(root: Path, script: str, log: Path, what: str, timeout: float = 1800.0) -> None:
@@ -293,7 +296,8 @@ def build(
     build_root: Path = WORK_DIR / "build-root",
 ) -> RealMirror:
     """The mirror directory `out`: crun, the WasmEdge tarball and the plugin tarballs, each
-    from the cache when its inputs are unchanged, else made in a Wasm tree at `build_root`."""
+    from the cache when its inputs are unchanged, else made in a Wasm tree at `build_root`;
+    and Debian 12's crun from its .deb (tests/e2e/cri.py's, cached in build/e2e-cache)."""
     start = time.monotonic()
     log.parent.mkdir(parents=True, exist_ok=True)
     k = keys()
@@ -328,10 +332,12 @@ def build(
                 _store(made, entries[kind])
         finally:
             wasmhost.remove(root)
+    debian12_cached = bool(sorted(cri.DEBIAN12_CRUN_CACHE.glob("crun_1.8.*.deb")))
     if out.exists():
         shutil.rmtree(out)
     published = {
         crun_asset(): entries["crun"] / "crun",
+        crun_asset(DEBIAN12_CRUN_VERSION): cri.debian12_crun(WORK_DIR, log),
         wasmedge_asset(): entries["wasmedge"] / wasmedge_names[0],
         **{plugin_asset(n): entries["plugins"] / Path(plugin_asset(n)).name for n in PLUGINS},
     }
@@ -346,10 +352,11 @@ def build(
     return RealMirror(
         directory=out,
         crun=artifact(crun_asset()),
+        crun_debian12=artifact(crun_asset(DEBIAN12_CRUN_VERSION)),
         wasmedge=artifact(wasmedge_asset()),
         plugins={n: artifact(plugin_asset(n)) for n in PLUGINS},
         crun_source=json.loads((entries["crun"] / "source.json").read_text()),
-        cached=not missing,
+        cached=not missing and debian12_cached,
         seconds=time.monotonic() - start,
     )
 
@@ -364,7 +371,7 @@ def main(args: Optional[list[str]] = None) -> int:
     how = "cache" if mirror.cached else "built"
     print(f"{mirror.directory}: {how} in {mirror.seconds:.1f} s")
     print(f"crun source {json.dumps(mirror.crun_source)}")
-    for a in (mirror.crun, mirror.wasmedge, *mirror.plugins.values()):
+    for a in (mirror.crun, mirror.crun_debian12, mirror.wasmedge, *mirror.plugins.values()):
         print(f"{a.sha256}  {a.path}")
     return 0
 

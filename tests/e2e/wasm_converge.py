@@ -7,19 +7,25 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
-
-import yaml
+from typing import Callable, Optional
 
 from tests.e2e import realmirror, wasmhost
+from tests.e2e.wasm_rollback import crun_without_wasm
+from tests.e2e.wasm_scenario import (
+    DESIRED,
+    WORK_DIR,
+    Outcome,
+    Scenario,
+    component,
+    findings,
+    healthy,
+    naming,
+    shown,
+    tail,
+)
 from tests.support.mirror import MirrorServer
 
-REPO = wasmhost.REPO
-WORK_DIR = realmirror.WORK_DIR
-AGENTD_SRC = "/opt/agentd-src"
-DESIRED = "/etc/wasm-edge/desired.yaml"
 LIB = "/usr/local/lib"
 PLUGIN_DIR = "/usr/local/lib/wasmedge"
 # Debian's WasmEdge packages leave the tree before agentd converges it: with them, every
@@ -36,146 +42,7 @@ PLUGIN_FILES = {
 # Expectations agentd does not meet yet: id -> what it said instead (observed on this host).
 # A listed expectation that fails is reported as KNOWN and does not fail the run; one that
 # passes fails it, so the list stays true (take the entry out once agentd is fixed).
-KNOWN_DEFECTS: dict[str, str] = {
-    "agentd_notelf.check-probe": (
-        'wasmedge.probe-failed (error, fix reinstall:wasmedge): "WasmEdge 0.14.1 could '
-        'not run a one-line WASI program: agentd-wasm-probe-ok": the probe printed its '
-        "line; the load errors WasmEdge writes to stdout before it make the output "
-        "compare unequal"
-    ),
-    "agentd_nodep.check-probe": (
-        'wasmedge.probe-failed (error, fix reinstall:wasmedge): "WasmEdge 0.14.1 could '
-        'not run a one-line WASI program: agentd-wasm-probe-ok": the probe printed its '
-        "line; the load errors WasmEdge writes to stdout before it make the output "
-        "compare unequal"
-    ),
-    "agentd_notelf.check-wasm-ready": ("wasmReady false, from the wasmedge.probe-failed above"),
-    "agentd_nodep.check-wasm-ready": ("wasmReady false, from the wasmedge.probe-failed above"),
-    "nocache.detect": (
-        'detect: {"version": "0.14.1", plugin agentd_e2e "version": "0.1.0.0"} while '
-        "wasmedge exits 127: the facts cache answers for an unchanged binary and "
-        "libwasmedge, and does not watch /etc/ld.so.cache"
-    ),
-    "nocache.check-no-reinstall": (
-        "crun.ldconfig (right) and beside it wasmedge.probe-failed, fix "
-        'reinstall:wasmedge: "...error while loading shared libraries: libwasmedge.so.0: '
-        'cannot open shared object file"; check --act runs ldconfig and the reinstall'
-    ),
-    "stale.check-no-reinstall": (
-        "crun.ldconfig (right, fix ldconfig) and beside it wasmedge.broken, fix "
-        'reinstall:wasmedge: "/usr/local/bin/wasmedge does not run: ... exited 127: '
-        '...libwasmedge.so.0: cannot open shared object file"; check --act runs both'
-    ),
-}
-
-
-@dataclass
-class Outcome:
-    key: str
-    ok: bool
-    message: str
-    observed: str = ""
-
-
-@dataclass
-class Command:
-    argv: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
-
-    def json(self) -> Any:
-        try:
-            return json.loads(self.stdout)
-        except ValueError:
-            return None
-
-    def text(self) -> str:
-        return (self.stdout + self.stderr).strip()
-
-
-@dataclass
-class Scenario:
-    root: Path
-    mirror: realmirror.RealMirror
-    url: str
-    out: Path
-    outcomes: list[Outcome] = field(default_factory=list)
-    commands: list[dict[str, Any]] = field(default_factory=list)
-    generation: int = 0
-
-    # --- running things in the tree ----------------------------------------------------------
-
-    def sh(self, argv: list[str], name: str, timeout: float = 300.0) -> Command:
-        """argv in the tree (agentd's source bound read-only); stdout, stderr and the exit
-        status recorded under `out` as NN-name.*."""
-        start = time.monotonic()
-        result = wasmhost.run(
-            self.root,
-            argv,
-            binds_ro=[(REPO, AGENTD_SRC)],
-            env={"PYTHONPATH": AGENTD_SRC, "PYTHONDONTWRITEBYTECODE": "1"},
-            timeout=timeout,
-        )
-        command = Command(
-            list(argv), result.returncode, result.stdout, result.stderr, time.monotonic() - start
-        )
-        stem = self.out / f"{len(self.commands):02d}-{name}"
-        stem.with_suffix(".stdout").write_text(result.stdout)
-        stem.with_suffix(".stderr").write_text(result.stderr)
-        stem.with_suffix(".exit").write_text(f"{result.returncode}\n")
-        self.commands.append(
-            {"name": name, "argv": list(argv), "exit": result.returncode, "file": stem.name}
-        )
-        return command
-
-    def agentd(self, name: str, *args: str) -> Command:
-        return self.sh(["python3", "-m", "agentd", *args], name)
-
-    def expect(self, key: str, ok: bool, message: str, observed: str = "") -> None:
-        self.outcomes.append(Outcome(key, bool(ok), message, observed[:4000]))
-
-    # --- the desired state -------------------------------------------------------------------
-
-    def artifact(self, a: realmirror.Artifact) -> dict[str, Any]:
-        return {"amd64": {"url": f"{self.url}/{a.path}", "sha256": a.sha256}}
-
-    def desire(self, plugins: dict[str, str]) -> None:
-        """A new generation of /etc/wasm-edge/desired.yaml: crun and WasmEdge from the mirror,
-        plugins by name -> present/absent. k3s does not exist here: it is left out."""
-        self.generation += 1
-        doc = {
-            "apiVersion": "agentd/v1",
-            "kind": "NodeState",
-            "generation": self.generation,
-            "components": {
-                "crun": {
-                    "version": realmirror.CRUN_VERSION,
-                    "artifacts": self.artifact(self.mirror.crun),
-                },
-                "wasmedge": {
-                    "version": realmirror.WASMEDGE_VERSION,
-                    "artifacts": self.artifact(self.mirror.wasmedge),
-                    "plugins": [
-                        {
-                            "name": name,
-                            "state": state,
-                            "artifacts": self.artifact(self.mirror.plugins[name]),
-                        }
-                        for name, state in plugins.items()
-                    ],
-                },
-            },
-        }
-        path = self.root / DESIRED.lstrip("/")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        (self.out / f"desired-{self.generation}.yaml").write_text(path.read_text())
-
-
-def _tail(text: str, lines: int = 12) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
+KNOWN_DEFECTS: dict[str, str] = {}
 
 
 def prepare(log: Path) -> tuple[Path, realmirror.RealMirror, dict[str, float]]:
@@ -191,36 +58,6 @@ def prepare(log: Path) -> tuple[Path, realmirror.RealMirror, dict[str, float]]:
     return tree.path, mirror, timings
 
 
-# --- reading agentd's answers -------------------------------------------------------------------
-
-
-def findings(check: Command) -> list[dict[str, Any]]:
-    """The findings of `check --json` that are about this host's Wasm stack (cgroup v1 and the
-    absent k3s are this machine's, reported on every run)."""
-    doc = check.json() or {}
-    return [
-        f
-        for f in doc.get("findings", [])
-        if isinstance(f, dict) and f.get("code") not in ("host.cgroup-v1", "k3s.absent")
-    ]
-
-
-def shown(check: Command) -> str:
-    doc = check.json() or {}
-    head = f"exit {check.returncode} healthy={doc.get('healthy')} wasmReady={doc.get('wasmReady')}"
-    return "\n".join([head, *(json.dumps(f) for f in findings(check))])
-
-
-def component(detect: Command, name: str) -> dict[str, Any]:
-    found = ((detect.json() or {}).get("components") or {}).get(name)
-    return found if isinstance(found, dict) else {}
-
-
-def naming(check: Command, *words: str) -> list[dict[str, Any]]:
-    """The findings whose message holds every one of `words`."""
-    return [f for f in findings(check) if all(w in str(f.get("message", "")) for w in words)]
-
-
 # --- the scenario -------------------------------------------------------------------------------
 
 
@@ -232,7 +69,7 @@ def converge(s: Scenario) -> None:
         "converge.apply",
         apply.returncode == 0 and doc.get("outcome") == "converged",
         "apply converges crun, WasmEdge and its plugin from the mirror",
-        f"exit {apply.returncode}: {_tail(apply.text())}",
+        f"exit {apply.returncode}: {tail(apply.text())}",
     )
     s.expect(
         "converge.ldconfig",
@@ -282,44 +119,6 @@ def converge(s: Scenario) -> None:
     healthy(s, "converged")
 
 
-def healthy(s: Scenario, tag: str) -> None:
-    """detect, plan and check agree: everything installed, nothing to do, healthy, Wasm ready."""
-    detect = s.agentd(f"{tag}-detect", "detect", "--json")
-    crun, wasmedge = component(detect, "crun"), component(detect, "wasmedge")
-    s.expect(
-        f"{tag}.detect-crun",
-        crun.get("version") == realmirror.CRUN_VERSION
-        and crun.get("path") == "/usr/local/bin/crun"
-        and "WASM:wasmedge" in (crun.get("features") or []),
-        "detect: crun 1.21 with WASM:wasmedge at /usr/local/bin/crun",
-        json.dumps(crun),
-    )
-    plugins = {p.get("name"): p for p in wasmedge.get("plugins") or []}
-    s.expect(
-        f"{tag}.detect-wasmedge",
-        wasmedge.get("version") == realmirror.WASMEDGE_VERSION
-        and wasmedge.get("path") == "/usr/local/bin/wasmedge"
-        and (plugins.get("agentd_e2e") or {}).get("version") == "0.1.0.0"
-        and not wasmedge.get("loadErrors"),
-        "detect: WasmEdge 0.14.1 at /usr/local/bin/wasmedge, plugin agentd_e2e 0.1.0.0 loaded",
-        json.dumps(wasmedge),
-    )
-    plan = s.agentd(f"{tag}-plan", "plan", "--desired", DESIRED, "--detailed-exitcode")
-    s.expect(
-        f"{tag}.plan", plan.returncode == 0, "plan: nothing to do (exit 0)", _tail(plan.stdout)
-    )
-    check = s.agentd(f"{tag}-check", "check", "--json")
-    doc = check.json() or {}
-    bad = [f for f in findings(check) if f.get("severity") != "info"]
-    s.expect(
-        f"{tag}.check",
-        check.returncode == 0 and doc.get("healthy") is True and doc.get("wasmReady") is True,
-        "check: healthy, Wasm ready",
-        shown(check),
-    )
-    s.expect(f"{tag}.check-clean", not bad, "check: no finding about the Wasm stack", shown(check))
-
-
 def broken_plugin(s: Scenario, name: str, cause: str) -> None:
     """A plugin WasmEdge cannot load, installed by agentd: named by its file and real cause;
     WasmEdge's version still known; WasmEdge itself not broken and still running Wasm."""
@@ -330,7 +129,7 @@ def broken_plugin(s: Scenario, name: str, cause: str) -> None:
         f"{name}.apply",
         apply.returncode == 0 and (apply.json() or {}).get("outcome") == "converged",
         f"apply installs {name} (the bytes are what the desired state names)",
-        _tail(apply.text()),
+        tail(apply.text()),
     )
     real = s.sh(["/usr/local/bin/wasmedge", "--version"], f"{name}-wasmedge-version")
     s.expect(
@@ -392,7 +191,7 @@ def broken_plugin(s: Scenario, name: str, cause: str) -> None:
         f"{name}.removed",
         undo.returncode == 0 and not left,
         f"state: absent removes {file}",
-        _tail(undo.text()),
+        tail(undo.text()),
     )
     healthy(s, f"{name}-removed")
 
@@ -422,20 +221,20 @@ def no_libwasmedge(s: Scenario) -> None:
         "nolib.plan",
         plan.returncode == 2 and "install   wasmedge 0.14.1" in plan.stdout,
         "plan: reinstall WasmEdge (exit 2)",
-        _tail(plan.stdout),
+        tail(plan.stdout),
     )
     s.expect(
         "nolib.plan-words",
         "downgrade" not in plan.stdout,
         "plan: a plugin of the same version is reinstalled, not called a downgrade",
-        _tail(plan.stdout),
+        tail(plan.stdout),
     )
     apply = s.agentd("nolib-apply", "apply", "--desired", DESIRED, "--json")
     s.expect(
         "nolib.apply",
         apply.returncode == 0 and (s.root / "usr/local/lib/libwasmedge.so.0").exists(),
         "apply puts libwasmedge back (and runs ldconfig)",
-        _tail(apply.text()),
+        tail(apply.text()),
     )
     healthy(s, "nolib-fixed")
 
@@ -507,6 +306,7 @@ def scenario(out: Path) -> tuple[list[Outcome], dict[str, float]]:
         ("libwasmedge removed", no_libwasmedge),
         ("loader cache removed", lambda s: loader_cache(s, "nocache", "rm /etc/ld.so.cache")),
         ("loader cache stale", lambda s: loader_cache(s, "stale", STALE)),
+        ("crun without Wasm rolled back", crun_without_wasm),
     ]
     with MirrorServer(mirror.directory) as server:
         s = Scenario(root, mirror, server.url, out)
