@@ -38,6 +38,13 @@ KNOWN_PLUGINS = (
 SOCKET_PLUGIN_NAMES = ("wasi_socket", "wasmedge_wasi_socket", "wasi-socket", "socket")
 RFC1123_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
+NO_ARMV7_WASMEDGE = "WasmEdge publishes no 32-bit ARM (armv7) build"
+ARMV7_WASMEDGE_REFUSED = (
+    "this armv7 node leaves WasmEdge and its plugins out and applies the rest of the desired "
+    "state; set 'state: absent' for wasmedge on armv7 nodes (an override with selector "
+    "arch: [armv7], or a node-local drop-in) to say so"
+)
+
 NO_WASM_FLAG = (
     "k3s has no 'wasm' flag: since v1.29.0+k3s1 k3s finds Wasm runtimes (crun, "
     "containerd-shim-wasmedge-v1, ...) on its PATH at start and adds them to containerd by "
@@ -330,13 +337,10 @@ def _wasmedge_problems(wasmedge: WasmEdge, arch: str | None) -> list[Problem]:
     problems: list[Problem] = []
     base: Loc = ("components", "wasmedge")
     if wasmedge.state == "present" and arch == "armv7":
-        problems.append(
-            Problem(
-                base,
-                "WasmEdge publishes no 32-bit ARM (armv7) build; on armv7 nodes set "
-                "'state: absent' for wasmedge (a node-local drop-in can do it)",
-            )
-        )
+        # A warning, not an error: one fleet document serves every architecture, and an armv7
+        # node refusing all of it for WasmEdge would keep its k3s and crun from converging too.
+        # The plan leaves WasmEdge out with this reason (agentd/plan/wasmedge.py).
+        problems.append(Problem(base, f"{NO_ARMV7_WASMEDGE}; {ARMV7_WASMEDGE_REFUSED}", "warning"))
     if "armv7" in wasmedge.artifacts:
         problems.append(
             Problem((*base, "artifacts", "armv7"), "WasmEdge has no armv7 build", "warning")

@@ -106,6 +106,8 @@ def check_host(inp: CheckInput) -> list[Finding]:
                 "free space under /var/lib before it runs out",
             )
         )
+    if host.arch == "armv7":
+        found.append(_armv7(inp))
     found += _kernel(host.kernel) + _os(host.os)
     if host.cgroup_v2 is False:
         found.append(
@@ -118,6 +120,32 @@ def check_host(inp: CheckInput) -> list[Finding]:
             )
         )
     return found
+
+
+# crun runs Wasm only through a handler that dlopens an engine's library of the node's own
+# architecture (crun's src/libcrun/handlers/): wasmedge.c libwasmedge.so.0, wasmer.c
+# libwasmer.so, wasmtime.c libwasmtime.so, wamr.c libiwasm.so (spin.c execs a spin binary).
+# For 32-bit ARM, by their sources: WasmEdge's release workflow builds Linux x86_64 and aarch64
+# only; Wasmer's builds amd64, aarch64 and riscv64; Wasmtime's release matrix
+# (ci/build-build-matrix.js) has an armv7-linux build in newer releases; WAMR builds for ARM
+# targets from source but releases x86_64 iwasm only. agentd installs WasmEdge alone.
+ARMV7_CAN_RUN = (
+    "this node is armv7 (a 32-bit ARM userland): it runs k3s and crun with ordinary Linux "
+    "containers, not Wasm workloads: crun runs Wasm only through a Wasm engine's library built "
+    "for armv7, and the one agentd installs, WasmEdge, publishes no armv7 build"
+)
+
+
+def _armv7(inp: CheckInput) -> Finding:
+    asked = wanted(inp, "wasmedge") is not None
+    return Finding(
+        "host.armv7-no-wasm",
+        "warning" if asked else "info",
+        "host",
+        ARMV7_CAN_RUN + ("; the desired state's WasmEdge is refused here" if asked else ""),
+        "schedule Wasm pods on amd64 or arm64 nodes (a 64-bit OS on a Raspberry Pi 3, 4 or 5 is "
+        "arm64), and set 'state: absent' for wasmedge on armv7 nodes",
+    )
 
 
 def _kernel(release: str) -> list[Finding]:

@@ -60,7 +60,9 @@ def check_wasmedge(inp: CheckInput) -> list[Finding]:
     wasmedge = inp.facts.component("wasmedge")
     desired = wanted(inp, "wasmedge")
     if not wasmedge.installed:
-        if desired is not None:
+        # On armv7 the plan refuses WasmEdge (no build exists); host.armv7-no-wasm says so, and
+        # a "converge" fix here would be tried, and fail to help, on every health cycle.
+        if desired is not None and inp.facts.host.arch != "armv7":
             return [
                 Finding(
                     "wasmedge.missing",

@@ -7,7 +7,7 @@ from typing import Optional
 
 from agentd.core.components import PLUGIN_PREFIX
 from agentd.core.versions import compare
-from agentd.desired.model import Plugin, WasmEdge
+from agentd.desired.model import NO_ARMV7_WASMEDGE, Plugin, WasmEdge
 from agentd.facts.model import ComponentFacts, PluginFact
 from agentd.plan.draft import Draft, found_note, verb, where
 from agentd.plan.model import Action
@@ -26,6 +26,9 @@ def plan_wasmedge(
         return
     if want.state == "absent":
         _plan_removal(b, found)
+        return
+    if b.arch == "armv7":
+        _refuse_on_armv7(b, want, found)
         return
     assert want.version is not None
     same = bool(found.installed and found.version and compare(found.version, want.version) == 0)
@@ -63,6 +66,16 @@ def plan_wasmedge(
     else:
         b.keep("wasmedge", f"{found.version} already installed{where(found)}")
     _plan_plugins(b, want, found, inventory, runtime_changes)
+    _keep_unnamed_plugins(b, found, [p.name for p in want.plugins])
+
+
+def _refuse_on_armv7(b: Draft, want: WasmEdge, found: ComponentFacts) -> None:
+    """No action, a reason: the rest of the plan goes ahead (validation warned of it). Nothing
+    found is touched either, a WasmEdge someone built for this node by hand included."""
+    refused = f"refused: {NO_ARMV7_WASMEDGE}, and this node is armv7"
+    b.keep("wasmedge", f"{refused}; {want.version} is not installed{found_note(found)}")
+    for plugin in want.plugins:
+        b.keep(PLUGIN_PREFIX + plugin.name, f"refused with WasmEdge ({NO_ARMV7_WASMEDGE})")
     _keep_unnamed_plugins(b, found, [p.name for p in want.plugins])
 
 

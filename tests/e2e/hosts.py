@@ -9,7 +9,11 @@ from dataclasses import dataclass
 BASE_INCLUDES = ("systemd", "systemd-sysv", "dbus", "python3")
 
 RPM_ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}
-QEMU = {"arm64": "qemu-aarch64"}
+QEMU = {"arm64": "qemu-aarch64", "armhf": "qemu-arm"}
+# Debian's architecture as agentd and the release assets name it.
+AGENTD_ARCHES = {"amd64": "amd64", "arm64": "arm64", "armhf": "armv7"}
+# What `uname -m` says in each: qemu-arm emulates an ARMv7 CPU (its default for armhf binaries).
+UNAME_MACHINES = {"amd64": "x86_64", "arm64": "aarch64", "armhf": "armv7l"}
 
 
 @dataclass(frozen=True)
@@ -18,7 +22,7 @@ class HostSpec:
 
     name: str
     suite: str
-    arch: str  # Debian's name: amd64, arm64
+    arch: str  # Debian's name: amd64, arm64, armhf
     release: str  # "Debian 12", for the report
     package: str = "deb"  # or "rpm", installed with Debian's rpm
     # crun from the distribution (source: package) with apt-get, for real: needs Debian's
@@ -27,10 +31,18 @@ class HostSpec:
     # Timeouts are multiplied by this (an emulated architecture runs everything 5-20x slower).
     slow: float = 1.0
     includes: tuple[str, ...] = BASE_INCLUDES
+    # "life-cycle": booted, the whole scenario. "launcher": not booted; the package unpacked
+    # into the tree and its launcher run on the tree's python3 (tests/e2e/launchers.py).
+    checks: str = "life-cycle"
 
     @property
     def foreign(self) -> bool:
         return self.arch != "amd64"
+
+    @property
+    def agentd_arch(self) -> str:
+        """amd64, arm64 or armv7: the key of the desired state's artifacts."""
+        return AGENTD_ARCHES[self.arch]
 
     @property
     def rpm_arch(self) -> str:
@@ -48,6 +60,22 @@ HOSTS: dict[str, HostSpec] = {
         HostSpec("bullseye-amd64", "bullseye", "amd64", "Debian 11"),
         HostSpec("trixie-amd64", "trixie", "amd64", "Debian 13"),
         HostSpec("bookworm-arm64", "bookworm", "arm64", "Debian 12 (qemu-user)", slow=20.0),
+        # Raspberry Pi OS 32-bit's userland (Raspberry Pi OS is Debian's armhf, rebuilt for
+        # ARMv6 in its own archive; Debian's armhf is ARMv7, what Pi 2 and later run).
+        HostSpec("bookworm-armhf", "bookworm", "armhf", "Debian 12 armhf (qemu-user)", slow=20.0),
+        # The armhf package's launcher on the other CPythons it claims (3.9 and 3.13).
+        *(
+            HostSpec(
+                f"{suite}-armhf",
+                suite,
+                "armhf",
+                f"{release} armhf (qemu-user): the launcher",
+                slow=20.0,
+                includes=("python3",),
+                checks="launcher",
+            )
+            for suite, release in (("bullseye", "Debian 11"), ("trixie", "Debian 13"))
+        ),
         # The .rpm in a booted Debian: Debian's own rpm (4.18) is its package manager there.
         HostSpec(
             "bookworm-rpm",

@@ -429,6 +429,30 @@ def test_staged_bundle_runs_on_this_python(staged_deb: Path, tmp_path: Path) -> 
     assert result.stdout.split() == [_pure_rule("pydantic")["version"], "False"]
 
 
+@pytest.fixture(scope="module")
+def staged_armhf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cache = _warm_cache("armv7l")
+    out = tmp_path_factory.mktemp("stage-armhf") / "root"
+    pkgbuild.stage("deb", "armhf", out, cache, 0.0)
+    return out
+
+
+def test_staged_armhf_bundle_has_a_32_bit_arm_core_per_abi(staged_armhf: Path) -> None:
+    """What the launcher picks on armhf: cpXY's pydantic-core, an ELF for 32-bit ARM, hard
+    float. Running it needs an armhf CPython: `make e2e E2E_HOSTS="bookworm-armhf
+    bullseye-armhf trixie-armhf"` imports each on Debian 12's, 11's and 13's python3."""
+    lib = staged_armhf / pkgbuild.LIB
+    for abi in LOCK["abis"]:
+        (so,) = (lib / abi / "pydantic_core").glob("*.so")
+        assert so.name == f"_pydantic_core.cpython-{abi[2:]}-arm-linux-gnueabihf.so"
+        header = so.read_bytes()[:52]
+        assert header[:4] == b"\x7fELF"
+        assert header[4] == 1, "ELFCLASS32"
+        assert int.from_bytes(header[18:20], "little") == 40, "EM_ARM"
+        assert int.from_bytes(header[36:40], "little") & 0x400, "EF_ARM_ABI_FLOAT_HARD"
+    assert not list((lib / "common").rglob("*.so")), "common/ is pure Python"
+
+
 def test_lock_file_is_as_pkgbuild_writes_it() -> None:
     assert pkgbuild.lock_json(LOCK) == pkgbuild.LOCK_FILE.read_text(encoding="utf-8")
     json.loads(pkgbuild.lock_json(LOCK))

@@ -322,15 +322,40 @@ def test_artifact_missing_for_this_nodes_arch(tmp_path: Path) -> None:
     assert on_amd64.errors == []
 
 
+ARMV7_WARNING = (
+    "warning: WasmEdge publishes no 32-bit ARM (armv7) build; this armv7 node leaves WasmEdge "
+    "and its plugins out and applies the rest of the desired state; set 'state: absent' for "
+    "wasmedge on armv7 nodes (an override with selector arch: [armv7], or a node-local "
+    "drop-in) to say so"
+)
+
+
 def test_wasmedge_present_on_armv7(tmp_path: Path) -> None:
     path, report = _check(tmp_path, VALID, "armv7")
     wasmedge = _at(VALID, "version", "wasmedge:")
-    assert (
-        f"{path}:{wasmedge}: WasmEdge publishes no 32-bit ARM (armv7) build; on armv7 nodes set "
-        "'state: absent' for wasmedge (a node-local drop-in can do it)"
-    ) in report.errors
+    # A warning: the plan refuses WasmEdge alone (agentd/plan/wasmedge.py), so that one fleet
+    # document still converges an armv7 node's k3s and crun. Here crun has no armv7 artifact.
+    assert f"{path}:{wasmedge}: {ARMV7_WARNING}" in report.warnings
+    assert not any("WasmEdge" in e for e in report.errors)
     assert f"{path}:8:7: no armv7 artifact for crun, and this node is armv7" in report.errors
     assert report.state is None
+
+
+def test_wasmedge_on_armv7_leaves_the_rest_of_the_document_valid(tmp_path: Path) -> None:
+    text = VALID
+    for asset in ("crun-1.15-linux", "k3s"):
+        line = next(
+            ln
+            for ln in text.splitlines(keepends=True)
+            if f"{MIRROR}/{asset}" in ln and "arm64" in ln
+        )
+        armv7 = line.replace("arm64:", "armv7:").replace("-arm64", "-armhf")
+        text = _edit(text, line, line + armv7.replace("sha:", "sha:v7-"))
+    path, report = _check(tmp_path, text, "armv7")
+    assert report.errors == []
+    assert report.warnings == [f"{path}:{_at(text, 'version', 'wasmedge:')}: {ARMV7_WARNING}"]
+    assert report.state is not None
+    assert report.state.components.wasmedge is not None
 
 
 def test_socket_plugin_does_not_exist(tmp_path: Path) -> None:

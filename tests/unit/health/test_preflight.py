@@ -23,6 +23,7 @@ from tests.unit.health.sandbox import GIB, HOST, codes, inputs, install
         ({"kernel": "5.4.0-150-generic"}, [("host.kernel", "warning")]),
         ({"kernel": "5.10.0-28-arm64"}, []),
         ({"arch": "riscv64"}, [("host.arch", "error")]),
+        ({"arch": "armv7"}, [("host.armv7-no-wasm", "info")]),
         ({"os": "fedora 40"}, [("host.os", "warning")]),
         ({"os": "debian 10"}, [("host.os", "warning")]),
         ({"os": "ubuntu 22.04"}, []),
@@ -55,3 +56,22 @@ def test_an_edge_node_has_lower_minimums(tmp_path: Path) -> None:
         "host.memory",
         "host.disk-size",
     ]
+
+
+def test_an_armv7_node_says_what_it_can_and_cannot_run(tmp_path: Path) -> None:
+    armv7 = replace(HOST, arch="armv7")
+    asked = {"components": {"wasmedge": {"state": "present", "version": "0.14.1"}}}
+    (finding,) = [f for f in check_host(inputs(tmp_path, asked, armv7)) if f.component == "host"]
+    assert (finding.code, finding.severity) == ("host.armv7-no-wasm", "warning")
+    assert finding.message == (
+        "this node is armv7 (a 32-bit ARM userland): it runs k3s and crun with ordinary Linux "
+        "containers, not Wasm workloads: crun runs Wasm only through a Wasm engine's library "
+        "built for armv7, and the one agentd installs, WasmEdge, publishes no armv7 build; the "
+        "desired state's WasmEdge is refused here"
+    )
+    assert "arm64" in finding.remedy
+    assert not finding.unhealthy
+    absent = {"components": {"wasmedge": {"state": "absent"}}}
+    (quiet,) = check_host(inputs(tmp_path, absent, armv7))
+    assert quiet.severity == "info"
+    assert not quiet.message.endswith("refused here")

@@ -178,3 +178,15 @@ def test_a_file_that_is_no_shared_object_is_named_once(tmp_path: Path) -> None:
         "/usr/bin/wasmedge 0.14.1 cannot load the plugin "
         "/usr/lib/x86_64-linux-gnu/wasmedge/libwasmedgePluginNotELF.so: file too short"
     )
+
+
+def test_a_wasmedge_the_plan_refuses_on_armv7_is_not_missing(tmp_path: Path) -> None:
+    # The plan refuses WasmEdge on armv7 (no build exists) and host.armv7-no-wasm says so: a
+    # wasmedge.missing with a "converge" fix would be acted on, uselessly, every health cycle.
+    from dataclasses import replace
+
+    from tests.unit.health.sandbox import HOST
+
+    wanted = {"components": {"wasmedge": {"state": "present"}}}
+    assert codes(check_wasmedge(inputs(tmp_path, wanted, replace(HOST, arch="armv7")))) == []
+    assert codes(check_wasmedge(inputs(tmp_path, wanted))) == ["wasmedge.missing"]

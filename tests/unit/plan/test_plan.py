@@ -532,6 +532,45 @@ def test_an_artifact_is_only_needed_for_what_changes() -> None:
     assert p.arch == "arm64"
 
 
+def _armv7_document() -> dict[str, Any]:
+    document = doc()
+    for name in ("k3s", "crun"):
+        version = document["components"][name]["version"]
+        document["components"][name]["artifacts"] = artifacts(
+            f"{name}-{version}", arches=("amd64", "arm64", "armv7")
+        )
+    return document
+
+
+def test_on_armv7_wasmedge_is_refused_with_its_reason_and_the_rest_converges() -> None:
+    p = plan(desired(_armv7_document()), empty_facts("armv7"), {}, no_configs())
+    assert p.arch == "armv7"
+    assert [a.component for a in p.actions if a.component.startswith("wasmedge")] == []
+    assert ("crun", "install") in steps(p)
+    assert ("k3s", "install") in steps(p)
+    assert ("k3s", "restart") in steps(p)
+    crun = action(p, "crun").artifact
+    assert crun is not None
+    assert crun.url.endswith("crun-1.15-armv7.tar.gz")
+    reasons = {u.component: u.reason for u in p.unchanged}
+    assert reasons["wasmedge"] == (
+        "refused: WasmEdge publishes no 32-bit ARM (armv7) build, and this node is armv7; "
+        "0.14.1 is not installed"
+    )
+    assert reasons[NN] == "refused with WasmEdge (WasmEdge publishes no 32-bit ARM (armv7) build)"
+    assert {"component": "wasmedge", "reason": reasons["wasmedge"]} in p.to_json()["unchanged"]
+
+
+def test_on_armv7_a_wasmedge_found_is_left_as_it_is() -> None:
+    state = desired(_armv7_document())
+    found = facts("armv7", wasmedge=managed("0.13.5", WASMEDGE_BIN))
+    p = plan(state, found, inventory(), configs_for(state))
+    assert [a for a in p.actions if a.component.startswith("wasmedge")] == []
+    reason = next(u.reason for u in p.unchanged if u.component == "wasmedge")
+    assert reason.startswith("refused: WasmEdge publishes no 32-bit ARM (armv7) build")
+    assert reason.endswith(f"(found 0.13.5 at {WASMEDGE_BIN}, left as it is)")
+
+
 # --- output ------------------------------------------------------------------------------------
 
 
