@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import calendar
 import math
 import re
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
@@ -51,6 +49,9 @@ def utc_stamp_seconds(stamp: Any) -> float | None:
     """Epoch seconds of agentd's own UTC stamps ("2026-12-02T06:29:56Z"); None for anything else."""
     if not isinstance(stamp, str):
         return None
+    import calendar  # noqa: PLC0415 - not on the no-op path, which imports this module
+    import time  # noqa: PLC0415
+
     try:
         return float(calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")))
     except ValueError:

@@ -12,7 +12,8 @@ from agentd.desired.identity import node_arch, node_identity
 from agentd.desired.load import desired_sources, load_desired
 from agentd.health.run import HealthRun, examine, note_remediation, record
 from agentd.settings.snapshot import AgentConfig
-from agentd.state.records import Block, RunResult
+from agentd.state.holds import Block
+from agentd.state.records import RunResult
 from agentd.state.store import AgentState, StateLock, load_state, save_state
 from agentd.system.host import Host
 from agentd.system.services import ServiceError

@@ -9,7 +9,7 @@ from agentd.core.components import watched
 from agentd.health.checks import run_checks
 from agentd.health.run import check_input, unhealthy_components
 from agentd.settings.snapshot import AgentConfig
-from agentd.state.records import Watch
+from agentd.state.holds import Watch
 from agentd.state.store import AgentState
 from agentd.system.host import Host
 

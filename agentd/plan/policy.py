@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Optional
 
 from agentd.plan.model import Action, Plan, Unchanged
 from agentd.settings.snapshot import AgentConfig
-from agentd.state.records import Deferred, OwedRestart
+from agentd.state.holds import OwedRestart
+from agentd.state.records import Deferred
 from agentd.state.store import AgentState
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""The records state.json keeps between runs: held actions, an owed restart, watches, blocks."""
+"""The records of a run state.json keeps: its result, the no-op memo, actions held for a window."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 
-def _object(data: Any, where: str) -> Mapping[str, Any]:
+def as_object(data: Any, where: str) -> Mapping[str, Any]:
     if not isinstance(data, Mapping):
         raise TypeError(f"{where}: {type(data).__name__} is not an object")
     return data
@@ -15,7 +15,7 @@ def _object(data: Any, where: str) -> Mapping[str, Any]:
 
 def typed(data: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
     """`data[key]`, which must be of `kind` (a TypeError names the field, for StateError)."""
-    value = _object(data, where).get(key)
+    value = as_object(data, where).get(key)
     kinds = kind if isinstance(kind, tuple) else (kind,)
     # bool is an int in Python, never a number in state.json.
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
@@ -24,8 +24,10 @@ def typed(data: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any
     return value
 
 
-_OPT_STR = (str, type(None))
-_NUMBER = (int, float)
+OPT_STR = (str, type(None))
+
+
+NUMBER = (int, float)
 
 
 @dataclass(frozen=True)
@@ -49,89 +51,6 @@ class Deferred:
 
 
 @dataclass(frozen=True)
-class OwedRestart:
-    """A k3s restart owed for changes already made, kept until it is done (`pendingRestart`)."""
-
-    unit: str
-    causes: str  # the changes that need it
-    since: str  # when it was first owed, UTC
-
-    def to_json(self) -> dict[str, Any]:
-        return {"unit": self.unit, "causes": self.causes, "since": self.since}
-
-    @classmethod
-    def from_json(cls, data: Any, where: str = "pendingRestart") -> OwedRestart:
-        return cls(
-            typed(data, "unit", str, where),
-            typed(data, "causes", str, where),
-            typed(data, "since", str, where),
-        )
-
-
-@dataclass(frozen=True)
-class Watch:
-    """A component replaced by a run, watched for its rollback window (`watch.<component>`)."""
-
-    since: str  # UTC
-    until: float  # time.time() at the window's end
-    generation: int
-    from_version: Optional[str]
-    to_version: Optional[str]
-    healthy_before: bool  # only what was healthy before the change is rolled back
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "since": self.since,
-            "until": self.until,
-            "generation": self.generation,
-            "from": self.from_version,
-            "to": self.to_version,
-            "healthyBefore": self.healthy_before,
-        }
-
-    @classmethod
-    def from_json(cls, data: Any, where: str = "watch") -> Watch:
-        return cls(
-            typed(data, "since", str, where),
-            float(typed(data, "until", _NUMBER, where)),
-            typed(data, "generation", int, where),
-            typed(data, "from", _OPT_STR, where),
-            typed(data, "to", _OPT_STR, where),
-            typed(data, "healthyBefore", bool, where),
-        )
-
-
-@dataclass(frozen=True)
-class Block:
-    """A change rolled back, not tried again for its generation (`blocked.<component>`)."""
-
-    generation: Optional[int]
-    version: Optional[str]  # the version rolled back from
-    restored: Optional[str]  # the version put back
-    reason: str
-    at: str  # UTC
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "generation": self.generation,
-            "version": self.version,
-            "restored": self.restored,
-            "reason": self.reason,
-            "at": self.at,
-        }
-
-    @classmethod
-    def from_json(cls, data: Any, where: str = "blocked") -> Block:
-        return cls(
-            typed(data, "generation", (int, type(None)), where),
-            typed(data, "version", _OPT_STR, where),
-            typed(data, "restored", _OPT_STR, where),
-            typed(data, "reason", str, where),
-            typed(data, "at", str, where),
-        )
-
-
-@dataclass(frozen=True)
 class Noop:
     """The digest of the inputs of the last plan that found nothing to do, and its result
     (`noop`): while the digest matches, apply skips loading, detecting and planning."""
@@ -148,18 +67,6 @@ class Noop:
         return cls(
             typed(data, "digest", str, where), RunResult.from_json(result, f"{where}.result")
         )
-
-
-def watches(data: Any) -> dict[str, Watch]:
-    """`watch` as state.json has it (absent: none)."""
-    table = _object({} if data is None else data, "watch")
-    return {str(k): Watch.from_json(v, f"watch.{k}") for k, v in table.items()}
-
-
-def blocks(data: Any) -> dict[str, Block]:
-    """`blocked` as state.json has it (absent: none)."""
-    table = _object({} if data is None else data, "blocked")
-    return {str(k): Block.from_json(v, f"blocked.{k}") for k, v in table.items()}
 
 
 # RunResult's fields and their keys in state.json and `--json`, in the order they are written;
@@ -189,6 +96,8 @@ _RUN_KEYS = (
     ("finished_at", "finishedAt", str),
     ("duration_ms", "durationMs", (int, float)),
 )
+
+
 # What the no-op memo keeps of a result: what the plan said, not when or how long.
 _MEMO_FIELDS = (
     "kind",
@@ -254,7 +163,7 @@ class RunResult:
 
     @classmethod
     def from_json(cls, data: Any, where: str = "lastRun") -> RunResult:
-        table = _object(data, where)
+        table = as_object(data, where)
         fields: dict[str, Any] = {}
         for name, key, kind in _RUN_KEYS:
             if key not in ("kind", "outcome") and table.get(key) is None:

@@ -9,25 +9,19 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentd.core.components import plugin_name
 from agentd.core.errors import AgentError, LockHeldError
 from agentd.core.paths import Paths
-from agentd.state.intent import Intent
 from agentd.state.inventory import InventoryEntry
-from agentd.state.records import (
-    Block,
-    Deferred,
-    Noop,
-    OwedRestart,
-    RunResult,
-    Watch,
-    blocks,
-    typed,
-    watches,
-)
+from agentd.state.records import Deferred, Noop, RunResult, typed
 from agentd.system.files import read_json, write_json
+
+if TYPE_CHECKING:
+    # Read only when state.json has them: a no-op apply, the common case, loads neither.
+    from agentd.state.holds import Block, OwedRestart, Watch
+    from agentd.state.intent import Intent
 
 STATE_VERSION = 1
 HISTORY_LENGTH = 20
@@ -134,6 +128,11 @@ class AgentState:
             return typed(data, key, (dict, type(None)), "state")
 
         noop, deferred, owed = record("noop"), record("deferred"), record("pendingRestart")
+        watch, blocked = data.get("watch"), data.get("blocked")
+        # None and {} are no holds; anything else is parsed (and a wrong type refused).
+        holds = owed or any(v is not None and v != {} for v in (watch, blocked))
+        if holds:
+            from agentd.state.holds import OwedRestart, blocks, watches  # noqa: PLC0415
         last_run = record("lastRun")
         counters = record("counters") or {}
         if not all(isinstance(v, dict) for v in counters.values()):
@@ -153,12 +152,20 @@ class AgentState:
             pending_restart=OwedRestart.from_json(owed) if owed else None,
             health=record("health"),
             remediations=dict(record("remediations") or {}),
-            watch=watches(data.get("watch")),
-            blocked=blocks(data.get("blocked")),
+            watch=watches(watch) if holds else {},
+            blocked=blocks(blocked) if holds else {},
             desired=record("desired"),
             counters={k: dict(v) for k, v in counters.items()},
-            installing=Intent.from_json(data["installing"]) if data.get("installing") else None,
+            installing=_intent(data.get("installing")),
         )
+
+
+def _intent(data: Any) -> Intent | None:
+    if not data:
+        return None
+    from agentd.state.intent import Intent  # noqa: PLC0415
+
+    return Intent.from_json(data)
 
 
 class StateError(AgentError):

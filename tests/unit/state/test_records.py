@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from agentd.core.paths import Paths
+from agentd.state.holds import Block, OwedRestart, Watch
 from agentd.state.intent import Intent, IntentEntry
 from agentd.state.inventory import InventoryEntry
-from agentd.state.records import Block, Deferred, Noop, OwedRestart, RunResult, Watch
+from agentd.state.records import Deferred, Noop, RunResult
 from agentd.state.store import AgentState, StateError, load_state, save_state
 from tests.support.node import Node
 
