@@ -121,9 +121,9 @@ def _with_packages(host: Host, facts: Facts, desired: DesiredState) -> Facts:
 
 
 def publish(host: Host, config: AgentConfig, state: AgentState) -> None:
-    from agentd.health.run import publish as write_metrics  # noqa: PLC0415
+    from agentd.report.metrics import publish_metrics  # noqa: PLC0415
 
-    write_metrics(host, config, state)
+    publish_metrics(host, config, state)
 
 
 # --- apply -------------------------------------------------------------------------------------

@@ -10,9 +10,9 @@ from typing import Any, Optional
 from agentd.health.checks import run_checks
 from agentd.health.findings import CheckInput, Finding, healthy, wasm_ready
 from agentd.health.kube import Kube
+from agentd.report.metrics import publish_metrics
 from agentd.report.node import node_name
-from agentd.settings.snapshot import AgentConfig, suspend_reason
-from agentd.sources.store import FleetStore
+from agentd.settings.snapshot import AgentConfig
 from agentd.state.store import AgentState, load_state, save_state
 from agentd.system.commands import CommandResult
 from agentd.system.host import Host
@@ -186,27 +186,7 @@ def record(host: Host, config: AgentConfig, state: AgentState, run: HealthRun) -
     now = time.time()
     state.watch = {k: v for k, v in state.watch.items() if now <= v.until}
     save_state(host.paths, state)
-    publish(host, config, state)
-
-
-def publish(host: Host, config: AgentConfig, state: AgentState) -> None:
-    """Write the metrics file (when metrics are on); a failure is logged, never fatal."""
-    target = config.metrics_path
-    if target is None:
-        return
-    from agentd.report import metrics  # noqa: PLC0415
-
-    text = metrics.render(
-        state.to_json(),
-        fleet_generation=FleetStore(host.paths).good_generation(),
-        suspended=suspend_reason(host.paths, config) is not None,
-    )
-    try:
-        metrics.write(host.paths.under(target), text)
-    except OSError as exc:
-        from agentd.system.log import get_logger  # noqa: PLC0415
-
-        get_logger().warning("cannot write metrics", path=target, error=str(exc))
+    publish_metrics(host, config, state)
 
 
 def note_remediation(state: AgentState, finding: Finding, backoff_s: float, ok: bool) -> None:

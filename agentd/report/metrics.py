@@ -10,7 +10,11 @@ from typing import Any, Optional
 
 from agentd import __version__
 from agentd.core.timespec import utc_stamp_seconds
+from agentd.settings.snapshot import AgentConfig, suspend_reason
+from agentd.sources.store import FleetStore
+from agentd.state.store import AgentState
 from agentd.system.files import temp_beside
+from agentd.system.host import Host
 
 _HELP = {
     "agentd_info": ("gauge", "agentd's version (always 1)"),
@@ -138,3 +142,21 @@ def write(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def publish_metrics(host: Host, config: AgentConfig, state: AgentState) -> None:
+    """Write the metrics file (when metrics are on); a failure is logged, never fatal."""
+    target = config.metrics_path
+    if target is None:
+        return
+    text = render(
+        state.to_json(),
+        fleet_generation=FleetStore(host.paths).good_generation(),
+        suspended=suspend_reason(host.paths, config) is not None,
+    )
+    try:
+        write(host.paths.under(target), text)
+    except OSError as exc:
+        from agentd.system.log import get_logger  # noqa: PLC0415
+
+        get_logger().warning("cannot write metrics", path=target, error=str(exc))
