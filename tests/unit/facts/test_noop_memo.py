@@ -151,3 +151,27 @@ def test_every_identity_input_is_planned_again(targeted: Node, path: str, conten
     assert "cached" not in result
     assert result["actions"] == []
     assert apply_here(targeted)["cached"] is True  # the new identity is memoised in turn
+
+
+def test_a_no_op_apply_loads_no_planner_detector_or_health_check(converged: Node) -> None:
+    # The digest answers for an unchanged node: nothing that plans, detects, checks or validates
+    # may be imported on the way (a module imported lazily at run time counts too). Found when
+    # the metrics step imported every health check module and the no-op grew 15%.
+    res = converged.agentd(
+        "apply",
+        "--desired",
+        str(converged.root.parent / "desired.yaml"),
+        "--json",
+        env={"PYTHONPROFILEIMPORTTIME": "1"},
+    )
+    assert res.code == 0, res.stderr
+    assert res.json()["cached"] is True
+    loaded = {
+        line.rsplit("|", 1)[1].strip()
+        for line in res.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert "agentd.run" in loaded
+    slow_path = ("agentd.plan", "agentd.health", "agentd.converge", "agentd.facts.detect")
+    heavy = ("pydantic", "yaml", "structlog", "requests", "psutil")
+    assert sorted(m for m in loaded if m.startswith(slow_path) or m.split(".")[0] in heavy) == []
