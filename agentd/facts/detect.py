@@ -15,10 +15,11 @@ from agentd.core.arch import host_arch
 from agentd.core.components import BINARY_KINDS, WASMEDGE, ComponentKind
 from agentd.core.paths import Paths
 from agentd.core.versions import is_k3s_version
-from agentd.facts.loader import elf_dynamic, find_library
+from agentd.facts.loader import find_library
 from agentd.facts.model import NOT_INSTALLED, ComponentFacts, Facts, HostFacts, PluginFact
 from agentd.facts.osrelease import os_name
 from agentd.system.commands import CommandResult, Runner, node_commands, run_command
+from agentd.system.elf import elf_dynamic
 from agentd.system.files import atomic_write
 
 # --- pure parsers --------------------------------------------------------------------------------

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Optional
+from typing import Optional
 
 from agentd.core.paths import Paths
 from agentd.system.commands import CommandResult
+from agentd.system.elf import elf_dynamic
 
 # glibc's built-in "system search path": searched after the cache, and also with no cache at
 # all. Debian's multiarch glibc: /lib/<triplet>, /usr/lib/<triplet>, /lib, /usr/lib (`ld.so
@@ -28,88 +27,6 @@ SYSTEM_DIRS = (
 # Where agentd installs libwasmedge (the upstream layout); Debian and Ubuntu list /usr/local/lib
 # in /etc/ld.so.conf.d/libc.conf, so it is found through the cache once ldconfig has run.
 AGENT_DIRS = ("/usr/local/lib", "/usr/local/lib64")
-
-_PT_LOAD, _PT_DYNAMIC = 1, 2
-_DT_NEEDED, _DT_STRTAB, _DT_RPATH, _DT_RUNPATH = 1, 5, 15, 29
-_MAX_DYNAMIC = 1 << 16  # bytes of dynamic section and string table read, at most
-
-
-@dataclass(frozen=True)
-class Dynamic:
-    """What an ELF object's dynamic section tells the loader: the libraries it needs and where
-    it looks for them first (DT_RUNPATH, else DT_RPATH)."""
-
-    needed: tuple[str, ...]
-    search: tuple[str, ...]
-
-
-def _read(handle: BinaryIO, offset: int, size: int) -> bytes:
-    handle.seek(offset)
-    return handle.read(size)
-
-
-def _string(table: bytes, offset: int) -> str:
-    end = table.find(b"\0", offset)
-    return table[offset : end if end >= 0 else len(table)].decode("utf-8", "replace")
-
-
-def elf_dynamic(path: Path) -> Optional[Dynamic]:
-    """The dynamic section of the ELF file at `path`; None when it is no dynamic ELF object
-    (a script stand-in, a text file, a static binary) or cannot be read."""
-    try:
-        with path.open("rb") as handle:
-            ident = handle.read(64)
-            if len(ident) < 52 or ident[:4] != b"\x7fELF" or ident[4] not in (1, 2):
-                return None
-            wide, order = ident[4] == 2, "<" if ident[5] == 1 else ">"
-            if wide:
-                phoff, phentsize, phnum = struct.unpack_from(order + "Q14xHH", ident, 32)
-                header, entry = order + "II QQQ QQQ", order + "qQ"
-            else:
-                phoff, phentsize, phnum = struct.unpack_from(order + "I10xHH", ident, 28)
-                header, entry = order + "IIIIIIII", order + "iI"
-            loads: list[tuple[int, int, int]] = []  # (vaddr, offset, size)
-            dynamic: Optional[tuple[int, int]] = None
-            for i in range(min(phnum, 256)):
-                raw = _read(handle, phoff + i * phentsize, struct.calcsize(header))
-                if len(raw) < struct.calcsize(header):
-                    return None
-                fields = struct.unpack(header, raw)
-                if wide:
-                    kind, _, offset, vaddr, _, filesz, _, _ = fields
-                else:
-                    kind, offset, vaddr, _, filesz, _, _, _ = fields
-                if kind == _PT_LOAD:
-                    loads.append((vaddr, offset, filesz))
-                elif kind == _PT_DYNAMIC:
-                    dynamic = (offset, filesz)
-            if dynamic is None:
-                return None
-            raw = _read(handle, dynamic[0], min(dynamic[1], _MAX_DYNAMIC))
-            size = struct.calcsize(entry)
-            tags: list[tuple[int, int]] = []
-            for start in range(0, len(raw) - size + 1, size):
-                tag, value = struct.unpack_from(entry, raw, start)
-                if tag == 0:
-                    break
-                tags.append((tag, value))
-            strtab = next((v for t, v in tags if t == _DT_STRTAB), None)
-            # DT_STRTAB is an address: the PT_LOAD segment holding it says where it is in the file.
-            where = next(
-                (o + strtab - v for v, o, n in loads if strtab is not None and v <= strtab < v + n),
-                None,
-            )
-            if where is None:
-                return None
-            table = _read(handle, where, _MAX_DYNAMIC)
-    except (OSError, struct.error):
-        return None
-    needed = tuple(_string(table, v) for t, v in tags if t == _DT_NEEDED)
-    runpath = [_string(table, v) for t, v in tags if t == _DT_RUNPATH]
-    rpath = [_string(table, v) for t, v in tags if t == _DT_RPATH]
-    # The loader ignores DT_RPATH when DT_RUNPATH is there.
-    search = tuple(d for entry_ in (runpath or rpath) for d in entry_.split(":") if d)
-    return Dynamic(needed, search)
 
 
 def conf_dirs(paths: Paths) -> list[str]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import struct
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agentd.core.paths import Paths
+from agentd.system.elf import elf_interpreter
 
 COMMAND_TIMEOUT_S = 10.0
 
@@ -169,33 +169,6 @@ def _node_view(root: str, arg: str) -> str:
     if value.startswith(root + "/"):
         return prefix + sep + value[len(root) :]
     return arg
-
-
-def elf_interpreter(path: Path) -> str | None:
-    """The dynamic loader an ELF program names (PT_INTERP); None for a script, a static
-    program or an unreadable file."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(64)
-            if head[:4] != b"\x7fELF" or len(head) < 64:
-                return None
-            wide, order = head[4] == 2, "<" if head[5] == 1 else ">"
-            (phoff,) = struct.unpack_from(order + ("Q" if wide else "I"), head, 32 if wide else 28)
-            size, count = struct.unpack_from(order + "HH", head, 54 if wide else 42)
-            f.seek(phoff)
-            table = f.read(size * count)
-            for i in range(count):
-                entry = table[i * size : (i + 1) * size]
-                if struct.unpack_from(order + "I", entry)[0] != 3:  # PT_INTERP
-                    continue
-                field = order + ("Q" if wide else "I")
-                (offset,) = struct.unpack_from(field, entry, 8 if wide else 4)
-                (length,) = struct.unpack_from(field, entry, 32 if wide else 16)
-                f.seek(offset)
-                return f.read(length).rstrip(b"\0").decode("utf-8", "replace")
-    except (OSError, struct.error):
-        return None
-    return None
 
 
 Process = subprocess.Popen[bytes]

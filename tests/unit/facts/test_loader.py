@@ -8,12 +8,12 @@ from pathlib import Path
 from agentd.core.paths import Paths
 from agentd.facts.loader import (
     SYSTEM_DIRS,
-    elf_dynamic,
     find_library,
     needs_missing,
     parse_ldconfig_cache,
 )
 from agentd.system.commands import CommandResult
+from agentd.system.elf import elf_dynamic
 
 REAL = Path(__file__).resolve().parents[2] / "fixtures" / "real"
 

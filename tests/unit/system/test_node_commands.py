@@ -12,7 +12,8 @@ import pytest
 
 from agentd.core.paths import Paths
 from agentd.facts.detect import detect_components
-from agentd.system.commands import NodeCommands, _node_view, elf_interpreter, node_commands
+from agentd.system.commands import NodeCommands, _node_view, node_commands
+from agentd.system.elf import elf_interpreter
 from agentd.system.host import Host
 from agentd.system.services import RecordedServices
 
