@@ -17,6 +17,7 @@ from typing import Any
 
 from tests.e2e import rootfs
 from tests.e2e.container import Container, ContainerError
+from tests.e2e.firstrun import check_firstrun
 from tests.e2e.hosts import CI_HOSTS, HOSTS, HostSpec
 from tests.e2e.launchers import check_launcher
 from tests.e2e.packages import REPO, Built, PackageBuildError, build
@@ -32,7 +33,10 @@ def say(text: str) -> None:
 
 def _needs(spec: HostSpec) -> list[str]:
     tools = ["systemd-nspawn", "nsenter", "debootstrap", "zstd"]
-    tools += ["rpmbuild"] if spec.package == "rpm" else ["dpkg-buildpackage", "dh"]
+    if spec.checks == "firstrun":
+        tools.append("git")
+    else:
+        tools += ["rpmbuild"] if spec.package == "rpm" else ["dpkg-buildpackage", "dh"]
     return [t for t in tools if shutil.which(t) is None]
 
 
@@ -54,7 +58,7 @@ def _save_logs(node: Container, directory: Path) -> None:
 def run_host(
     spec: HostSpec,
     args: argparse.Namespace,
-    built: Built,
+    built: Built | None,
     mirror: Mirror,
     base_url: str,
 ) -> HostResult:
@@ -74,6 +78,11 @@ def run_host(
         if tree.debootstrap_seconds is not None:
             result.figures["debootstrap_s"] = round(tree.debootstrap_seconds, 1)
         say(f"{spec.name}: {result.figures['rootfs']} in {tree.seconds:.1f} s")
+        if spec.checks == "firstrun":
+            check_firstrun(spec, tree.path, result, say)
+            result.ok = True
+            return result
+        assert built is not None  # every host but a first run's has its package built
         if spec.checks == "launcher":
             check_launcher(spec, tree.path, built, mirror, result, say)
             result.ok = True
@@ -155,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     packages: dict[tuple[str, str], Built] = {}
     for spec in specs:
         key = (spec.package, spec.package_arch)
-        if key in packages:
+        if key in packages or spec.checks == "firstrun":
             continue
         say(f"building {spec.package} {spec.package_arch}, twice (the upgrade is the second)")
         try:
@@ -177,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     with MirrorServer(mirror_dir) as server:
         say(f"mirror on {server.url}")
         for spec in specs:
-            built = packages[(spec.package, spec.package_arch)]
-            results.append(run_host(spec, args, built, mirror, server.url))
+            host_built = packages.get((spec.package, spec.package_arch))
+            results.append(run_host(spec, args, host_built, mirror, server.url))
         summary["mirrorRequests"] = len(server.requests)
     summary["hosts"] = [r.to_json() for r in results]
     summary["seconds"] = round(time.monotonic() - started, 1)

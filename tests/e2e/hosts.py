@@ -33,6 +33,7 @@ class HostSpec:
     includes: tuple[str, ...] = BASE_INCLUDES
     # "life-cycle": booted, the whole scenario. "launcher": not booted; the package unpacked
     # into the tree and its launcher run on the tree's python3 (tests/e2e/launchers.py).
+    # "firstrun": no package; a clean checkout's `make demo` (tests/e2e/firstrun.py).
     checks: str = "life-cycle"
 
     @property
@@ -75,6 +76,18 @@ HOSTS: dict[str, HostSpec] = {
                 checks="launcher",
             )
             for suite, release in (("bullseye", "Debian 11"), ("trixie", "Debian 13"))
+        ),
+        # The README's first lines on a fresh Debian: only its python3 and make, no pip.
+        *(
+            HostSpec(
+                f"firstrun-{suite}",
+                suite,
+                "amd64",
+                f"{release}: make demo in a clean checkout",
+                includes=("python3", "make"),
+                checks="firstrun",
+            )
+            for suite, release in (("bookworm", "Debian 12"), ("trixie", "Debian 13"))
         ),
         # The .rpm in a booted Debian: Debian's own rpm (4.18) is its package manager there.
         HostSpec(
