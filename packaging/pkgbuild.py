@@ -521,6 +521,9 @@ def gzip_to(source: Path, target: Path) -> None:
     target.chmod(0o644)
 
 
+MONITORING_FILES = ("agentd.rules.yml", "agentd.rules.test.yml", "agentd.dashboard.json")
+
+
 def stage(fmt: str, arch: str, out: Path, cache: Path, date: float) -> None:
     """The package's files for one format and architecture under `out` (a fresh directory)."""
     deps, lock = load_json(DEPS_FILE), load_json(LOCK_FILE)
@@ -537,6 +540,9 @@ def stage(fmt: str, arch: str, out: Path, cache: Path, date: float) -> None:
     docs = out / "usr/share/doc" / PACKAGE
     for example_file in ("agentd.example.yaml", "desired.example.yaml"):
         install(ROOT / "config" / example_file, docs / "examples" / example_file)
+    # Prometheus alerting rules, their promtool tests and a Grafana dashboard (README, Monitoring).
+    for name in MONITORING_FILES:
+        install(HERE / "monitoring" / name, out / "usr/share" / PACKAGE / "monitoring" / name)
     if fmt == "deb":
         # dh_compress compresses the man page; dh_installsystemd installs the unit.
         install(HERE / "agentd.1", out / "usr/share/man/man1/agentd.1")

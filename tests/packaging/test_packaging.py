@@ -404,6 +404,9 @@ def test_staged_tree_layout(staged_deb: Path) -> None:
     assert not (staged_deb / "usr/share/man/man1/agentd.1.gz").exists()  # dh_compress's job
     shipped = (staged_deb / "etc/wasm-edge/agentd.yaml").read_text(encoding="utf-8")
     assert "# source:" in shipped
+    monitoring = staged_deb / "usr/share/wasm-edge-agentd/monitoring"
+    for name in pkgbuild.MONITORING_FILES:
+        assert (monitoring / name).read_bytes() == (PACKAGING / "monitoring" / name).read_bytes()
 
 
 def test_staged_bundle_runs_on_this_python(staged_deb: Path, tmp_path: Path) -> None:
