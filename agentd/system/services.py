@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agentd.system.commands import NodeCommands, run_command
+from agentd.system.packages import outside_the_unit
 
 
 class ServiceManager(Protocol):
@@ -52,7 +53,8 @@ class SystemdServices:
 
     def ldconfig(self) -> None:
         self.calls.append("ldconfig")
-        result = run_command(["ldconfig"], timeout=60)
+        # It replaces /etc/ld.so.cache, which the unit's sandbox keeps read-only for agentd.
+        result = run_command(outside_the_unit(["ldconfig"], {}), timeout=60)
         if not result.ok:
             raise ServiceError(f"ldconfig failed: {result.stderr.strip()}")
 

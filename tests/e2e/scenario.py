@@ -355,6 +355,32 @@ class Scenario:
             }
             self.result.figures["daemon_sandbox"] = kernel
             self.check(kernel.get("NoNewPrivs") == "1", f"the daemon's /proc status: {kernel}")
+            if not self.spec.foreign:
+                self.check(kernel.get("CapBnd") == "0" * 16, f"capabilities left: {kernel}")
+                self.sandbox_view(shown["MainPID"])
+
+    def sandbox_view(self, pid: str) -> None:
+        """The daemon's own mount namespace: what it may write, what not; and the exposure
+        systemd-analyze gives the loaded unit (packaging/README.md, "The unit's sandbox")."""
+        probe = 'for p in "$@"; do if test -w "$p"; then echo "$p rw"; else echo "$p ro"; fi; done'
+        paths = {
+            "/etc/rancher": "rw",
+            "/etc/systemd/system": "rw",
+            "/usr/local/bin": "rw",
+            "/var/lib/wasm-edge": "rw",
+            "/etc": "ro",
+            "/etc/wasm-edge": "ro",
+            "/etc/ld.so.cache": "ro",
+            "/usr/local/sbin": "ro",
+        }
+        out = self.node.run(["nsenter", "-t", pid, "-m", "--", "sh", "-c", probe, "-", *paths])
+        seen = dict(line.rsplit(" ", 1) for line in out.stdout.splitlines())
+        self.check(seen == paths, f"the daemon's view: {seen}, expected {paths}")
+        security = self.node.run(["systemd-analyze", "security", "--no-pager", UNIT]).stdout
+        found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", security)
+        exposure = float(found.group(1)) if found else None
+        self.result.figures["exposure"] = exposure
+        self.check(exposure is not None and exposure <= 2.0, f"exposure {exposure}")
 
     def operator_settings(self) -> None:
         with self.step("operator edits agentd.yaml, reload"):
