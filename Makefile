@@ -30,6 +30,7 @@ help:
 
 # Says which Debian package is missing (python3-venv, gcc, python3-dev...) when one is.
 venv:
+	@command -v $(PYTHON) >/dev/null || { echo "make: no $(PYTHON): apt-get install python3" >&2; exit 69; }
 	@$(PYTHON) tools/makevenv.py $(VENV)
 
 install: venv
