@@ -52,7 +52,9 @@ def host_trust(tree: Path) -> dict[str, str]:
     for var in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
         bundle = os.environ.get(var)
         if bundle and Path(bundle).is_file():
-            shutil.copyfile(bundle, tree / HOST_CA.lstrip("/"))
+            inside = tree / HOST_CA.lstrip("/")
+            inside.parent.mkdir(parents=True, exist_ok=True)  # a minbase tree has no /etc/ssl
+            shutil.copyfile(bundle, inside)
             return {"PIP_CERT": HOST_CA}
     return {}
 
@@ -99,9 +101,9 @@ def check_firstrun(
     """Each step below, timed, into result; the first that fails raises E2EFailure."""
     try:
         files = copy_checkout(tree / CHECKOUT.lstrip("/"))
+        env = host_trust(tree)
     except (OSError, subprocess.CalledProcessError) as exc:
-        raise E2EFailure(f"copying the checkout into {tree}: {exc}") from exc
-    env = host_trust(tree)
+        raise E2EFailure(f"copying the checkout and CA bundle into {tree}: {exc}") from exc
     result.figures["pip_cert"] = env.get("PIP_CERT", "")
     result.figures["checkout_files"] = files
 
