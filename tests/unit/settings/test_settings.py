@@ -89,7 +89,10 @@ def test_the_commented_example_is_valid_and_means_what_it_says() -> None:
             "  verify: {method: gpg, keyring: keys.gpg}\n",
             "4:11: keyring must be an absolute path",
         ),
-        ("labels: {'bad label': x}\n", "1:9: label 'bad label': the name is 1-63"),
+        (
+            "labels: {'bad label': x}\n",
+            "1:10: label key 'bad label': the name must consist of alphanumeric",
+        ),
         ("tls: {caFile: ca.pem}\n", "1:15: caFile must be an absolute path"),
         ("metrics: {path: /tmp/agentd.txt}\n", "1:17: metrics path is absolute and ends in .prom"),
         (
