@@ -73,6 +73,10 @@ def test_the_commented_example_is_valid_and_means_what_it_says() -> None:
             "4:8: not a git ref: '--upload-pack=x'",
         ),
         (
+            'source:\n  type: git\n  url: https://g.example/f.git\n  ref: "main\\n"\n',
+            "4:8: not a git ref: 'main\\n'",
+        ),
+        (
             "source:\n  type: git\n  url: https://g.example/f.git\n  path: ../../etc/shadow\n",
             "4:9: path is relative to the repository's top, without . or ..",
         ),
