@@ -12,7 +12,7 @@ from pydantic import (
     model_validator,
 )
 
-from agentd.core.names import label_error, taint_error
+from agentd.core.names import dns1123_subdomain_error, label_error, taint_error
 from agentd.core.paths import PROBE_RUNTIME_CLASS
 from agentd.core.versions import compare, is_k3s_version, parse_constraint, parse_version
 from agentd.schema.types import (
@@ -328,6 +328,9 @@ def _k3s_problems(k3s: K3s) -> list[Problem]:
             )
         elif bare in ("node-label", "node-taint"):
             problems.extend(_label_problems((*base, "config", key), bare, value))
+        elif bare == "node-name" and isinstance(value, str) and dns1123_subdomain_error(value):
+            why = dns1123_subdomain_error(value)
+            problems.append(Problem((*base, "config", key), f"node-name {value!r}: {why}"))
         elif key.endswith("-mode") and isinstance(value, int) and not isinstance(value, bool):
             problems.append(
                 Problem(

@@ -9,7 +9,13 @@ from typing import Any, Literal, Optional
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from agentd.core.errors import AgentError
-from agentd.schema.types import Duration, Labels, MaintenanceWindowSpec, StrictModel
+from agentd.schema.types import (
+    DnsSubdomain,
+    Duration,
+    Labels,
+    MaintenanceWindowSpec,
+    StrictModel,
+)
 from agentd.schema.validation import check_schema, format_problems
 from agentd.schema.yamlload import Loaded, load_file
 
@@ -188,7 +194,7 @@ class Health(StrictModel):
     # healthy before), put back the previous version and do not retry that change.
     rollbackWindow: Duration = 600.0
     # The k3s node name, when it is not the host name (k3s's node-name).
-    nodeName: Optional[str] = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    nodeName: Optional[DnsSubdomain] = None  # a Node's name is a DNS subdomain
     # Label the node wasm-runtime=enabled while its Wasm stack is healthy (the guide's
     # RuntimeClass selects on it), and remove the label when it is not.
     label: bool = True

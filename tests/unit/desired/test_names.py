@@ -124,3 +124,12 @@ def test_k3s_node_labels_and_taints_follow_the_api_servers_rules(tmp_path: Path)
         f"{path}:{bad_taint}: node-taint 'dedicated=wasm:Sometimes': "
         "the taint effect must be one of NoSchedule, PreferNoSchedule, NoExecute, not 'Sometimes'",
     ]
+
+
+def test_k3s_node_name_must_be_a_dns_subdomain(tmp_path: Path) -> None:
+    text = _edit(VALID, '      write-kubeconfig-mode: "0644"\n', "      node-name: Edge_1\n")
+    path, errors = _errors(tmp_path, text)
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(
+        f"{path}:{_at(text, 'Edge_1')}: node-name 'Edge_1': a DNS-1123 subdomain must consist"
+    )

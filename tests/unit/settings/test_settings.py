@@ -72,6 +72,7 @@ def test_the_commented_example_is_valid_and_means_what_it_says() -> None:
             "source:\n  type: git\n  url: https://g.example/f.git\n  ref: --upload-pack=x\n",
             "4:8: not a git ref: '--upload-pack=x'",
         ),
+        ("health:\n  nodeName: edge..1\n", "2:13: 'edge..1': a DNS-1123 subdomain must"),
         (
             'source:\n  type: git\n  url: https://g.example/f.git\n  ref: "main\\n"\n',
             "4:8: not a git ref: 'main\\n'",
