@@ -14,6 +14,7 @@ from pydantic import (
 
 from agentd.core.names import dns1123_subdomain_error, label_error, taint_error
 from agentd.core.paths import PROBE_RUNTIME_CLASS
+from agentd.core.printable import unprintable
 from agentd.core.versions import compare, is_k3s_version, parse_constraint, parse_version
 from agentd.schema.types import (
     DnsLabel,
@@ -141,6 +142,10 @@ class K3s(_Versioned):
     def _token_file(cls, path: Optional[str]) -> Optional[str]:
         if path is not None and not path.startswith("/"):
             raise ValueError("tokenFile must be an absolute path")
+        bad = unprintable(path) if path is not None else None
+        if bad:
+            # k3s's config.yaml would carry it, and no file is named so on a sane node.
+            raise ValueError(f"tokenFile has {bad}: {path!r}")
         return path
 
     @model_validator(mode="after")

@@ -133,3 +133,12 @@ def test_k3s_node_name_must_be_a_dns_subdomain(tmp_path: Path) -> None:
     assert errors[0].startswith(
         f"{path}:{_at(text, 'Edge_1')}: node-name 'Edge_1': a DNS-1123 subdomain must consist"
     )
+
+
+def test_a_token_file_with_a_control_character_is_refused(tmp_path: Path) -> None:
+    text = _edit(VALID, "tokenFile: /etc/wasm-edge/k3s-token", 'tokenFile: "/etc/k3s\\0token"')
+    path, errors = _errors(tmp_path, text)
+    where = _at(text, '"/etc/k3s')
+    assert errors == [
+        f"{path}:{where}: tokenFile has the control character \\x00: '/etc/k3s\\x00token'"
+    ]
