@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from agentd.cli.main import agent_config, print_json
+from agentd.core.printable import printable_line
 from agentd.health.remedy import check
 from agentd.run import apply
 from agentd.settings.snapshot import suspend_reason
@@ -36,7 +37,10 @@ def handle(args: argparse.Namespace) -> int:
     if args.json:
         print_json(doc)
     else:
-        out = sys.stdout.write
+
+        def out(text: str) -> None:
+            sys.stdout.write(printable_line(text))  # findings name the host's files
+
         if run.before is not None:
             # --act: what was found and done first; the verdict below is the node after it.
             codes = ", ".join(f.code for f in run.before if f.unhealthy) or "none unhealthy"

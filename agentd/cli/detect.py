@@ -7,6 +7,7 @@ import sys
 
 from agentd.cli.main import print_json
 from agentd.core.paths import Paths
+from agentd.core.printable import printable
 from agentd.facts.detect import detect
 from agentd.facts.model import COMPONENTS, Facts
 from agentd.state.store import load_state
@@ -51,4 +52,5 @@ def format_facts(facts: Facts) -> str:
             lines.append(f"{'':9} features: {' '.join(c.features) or '-'}; Wasm handler: {wasm}")
         for p in c.plugins:
             lines.append(f"{'':9} plugin {p.name} at {p.path}")
-    return "\n".join(lines) + "\n"
+    # Paths and names are the host's: each line is escaped whole, so none can hold a newline.
+    return "".join(printable(line) + "\n" for line in lines)

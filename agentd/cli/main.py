@@ -9,11 +9,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 from agentd import __version__
 from agentd.core.errors import AgentError
 from agentd.core.paths import Paths
+from agentd.core.printable import PrintableWriter, printable
 from agentd.settings.snapshot import AgentConfig, load_config
 
 # Subcommand modules are imported only when used: start-up cost matters on a Raspberry Pi.
@@ -108,6 +109,18 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Every byte a host's file name or a document put in the output reaches the terminal (and
+    # a log reader) escaped: no screen clear, no forged line (agentd/core/printable.py).
+    out, err = sys.stdout, sys.stderr
+    sys.stdout = cast(TextIO, PrintableWriter(out))
+    sys.stderr = cast(TextIO, PrintableWriter(err))
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(_selected(args_list)).parse_args(args_list)
     root = getattr(args, "root", None) or Path(os.environ.get("AGENTD_ROOT") or "/")
@@ -118,16 +131,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.handler(args)
     except AgentError as exc:
-        sys.stderr.write(f"agentd: error: {exc}\n")
+        sys.stderr.write(f"agentd: error: {printable(str(exc))}\n")
         for problem in getattr(exc, "problems", []):
-            sys.stderr.write(f"{problem}\n")
+            sys.stderr.write(f"{printable(str(problem))}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # pragma: no cover - a bug; say so plainly, with its own code
         from agentd.core.redact import redact_text  # noqa: PLC0415
 
-        sys.stderr.write(f"agentd: internal error: {type(exc).__name__}: {redact_text(str(exc))}\n")
+        sys.stderr.write(
+            f"agentd: internal error: {type(exc).__name__}: {printable(redact_text(str(exc)))}\n"
+        )
         return EXIT_INTERNAL
     return code
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from agentd.core.printable import printable, printable_tree
 from agentd.state.records import RunResult
 
 MARKERS = {
@@ -30,7 +31,7 @@ def _versions(a: dict[str, Any]) -> str:
 
 def format_actions(actions: list[dict[str, Any]], with_status: bool = False) -> list[str]:
     lines = []
-    for a in actions:
+    for a in printable_tree(actions):  # names and reasons come from the host and the fleet
         head = f"  {MARKERS.get(a['action'], '?')} {a['action']:<9} {a['component']}{_versions(a)}"
         if with_status and "status" in a:
             head += f"  [{STATUS.get(a['status'], a['status'])}]"
@@ -40,6 +41,7 @@ def format_actions(actions: list[dict[str, Any]], with_status: bool = False) -> 
 
 
 def format_plan(plan: dict[str, Any]) -> str:
+    plan = printable_tree(plan)
     actions = plan["actions"]
     lines = [f"Plan for generation {plan['generation']} on this {plan['arch']} node:"]
     lines += format_actions(actions) if actions else ["  nothing to do"]
@@ -66,16 +68,16 @@ def format_run(result: RunResult) -> str:
     head = f"{result.kind}: generation {generation}: {result.outcome}"
     if result.duration_ms is not None:
         head += f" in {result.duration_ms:.0f} ms"
-    lines = [head]
+    lines = [printable(head)]
     if result.actions:
         lines += format_actions(result.actions, with_status=True)
     elif result.outcome == "converged":
         lines.append("  nothing to do: the node already matches the desired state")
-    for d in result.downloads or []:
+    for d in printable_tree(result.downloads or []):
         how = "from cache" if d["cached"] else f"downloaded {d['bytes']} bytes"
         lines.append(f"  fetched {d['component']}: {how}, sha256 {d['sha256'][:12]}... verified")
     for call in result.service_calls or []:
-        lines.append(f"  service: {call}")
+        lines.append(f"  service: {printable(str(call))}")
     if result.error:
-        lines.append(f"  error: {result.error}")
+        lines.append(f"  error: {printable(str(result.error))}")
     return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from agentd.cli.main import agent_config, print_json
 from agentd.cli.output import format_plan
+from agentd.core.printable import printable
 from agentd.run import make_plan
 from agentd.system.host import Host
 
@@ -42,7 +43,7 @@ def handle(args: argparse.Namespace) -> int:
     if planned.loaded.warnings:
         doc["warnings"] = planned.loaded.warnings
         for w in planned.loaded.warnings:
-            sys.stderr.write(w + "\n")
+            sys.stderr.write(printable(w) + "\n")
     if args.explain:
         from agentd.core.redact import redact_text  # noqa: PLC0415
         from agentd.schema.yamlload import load_merged, provenance  # noqa: PLC0415

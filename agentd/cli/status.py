@@ -9,6 +9,7 @@ from typing import Any
 from agentd.cli.main import print_json
 from agentd.cli.output import format_run
 from agentd.core.paths import Paths
+from agentd.core.printable import printable_line
 from agentd.daemon.status import read_status
 from agentd.sources.store import FleetStore
 from agentd.state.store import load_state
@@ -48,7 +49,10 @@ def handle(args: argparse.Namespace) -> int:
         doc.update(daemon=shown, source=source, suspendFile=suspended, tlsVerification=tls)
         print_json(doc)
         return 0
-    out = sys.stdout.write
+
+    def out(text: str) -> None:
+        sys.stdout.write(printable_line(text))  # what state and the daemon recorded, escaped
+
     if tls != "on":
         out(f"TLS verification: {tls}\n")
     if daemon is not None:
@@ -78,7 +82,7 @@ def handle(args: argparse.Namespace) -> int:
     gen = state.last_applied_generation
     out(f"last applied generation: {gen if gen is not None else 'none'}\n")
     if state.last_run is not None:
-        out("last run: " + format_run(state.last_run))
+        sys.stdout.write("last run: " + format_run(state.last_run))  # escaped by format_run
     if state.deferred:
         d = state.deferred
         out(f"waiting for the maintenance window ({d.window}), opens {d.until}:\n")

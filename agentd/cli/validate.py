@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from agentd.core.printable import printable
 from agentd.desired.load import desired_sources
 from agentd.desired.model import ARCHES
 from agentd.desired.validate import load_and_validate
@@ -53,7 +54,7 @@ def handle(args: argparse.Namespace) -> int:
         errors += report.errors
         warnings += report.warnings
     for line in warnings + errors:
-        sys.stderr.write(line + "\n")
+        sys.stderr.write(printable(line) + "\n")  # a file name may hold anything
     if args.json:
         from agentd.cli.main import print_json  # noqa: PLC0415
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO
 
 from agentd.core.errors import ArchiveError
+from agentd.core.printable import unprintable
 
 MAX_MEMBERS = 10000
 MAX_BYTES = 2 << 30
@@ -45,8 +46,11 @@ def _display(parts: Parts) -> str:
 
 def _normalize(name: str) -> Parts:
     """The member name as path components; ValueError (the reason) when it could leave the root."""
-    if "\x00" in name:
-        raise ValueError("has a NUL byte in its name")
+    # A NUL, an ESC or a newline in a name would end up in file names, state and every line of
+    # output that names them: an archive with one is refused whole, as one with a '..'.
+    bad = unprintable(name)
+    if bad:
+        raise ValueError(f"has {bad} in its name")
     if name.startswith("/"):
         raise ValueError("has an absolute name")
     parts = tuple(p for p in name.split("/") if p not in ("", "."))
@@ -142,6 +146,9 @@ def _plan(
         if member.issym():
             if not member.linkname:
                 raise ArchiveError(f"{where} is a symlink with an empty target")
+            bad_target = unprintable(member.linkname)
+            if bad_target:
+                raise ArchiveError(f"{where} is a symlink to a target with {bad_target}")
             if member.linkname.startswith("/"):
                 raise ArchiveError(f"{where} is a symlink to absolute path {member.linkname!r}")
             links[parts] = member.linkname

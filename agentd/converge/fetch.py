@@ -23,7 +23,7 @@ from agentd.system.files import fsync_dir
 MAX_DOWNLOAD_BYTES = 2 << 30
 _CHUNK = 1 << 20
 _SLOW_CHUNK = 16 << 10
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 _ERRNO_RE = re.compile(r"\[Errno -?\d+\] [^'\"()\[\]]+")
 _INCOMPLETE_RE = re.compile(r"IncompleteRead\((\d+) bytes read, (\d+) more expected\)")
 

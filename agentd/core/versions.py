@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from functools import total_ordering
 
-_K3S_RE = re.compile(r"^v(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.]+))?\+k3s(\d+)$")
-_GENERIC_RE = re.compile(r"^v?(\d+(?:\.\d+)*)(?:[-~]([0-9A-Za-z.]+))?$")
+_K3S_RE = re.compile(r"^v(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.]+))?\+k3s(\d+)\Z")
+_GENERIC_RE = re.compile(r"^v?(\d+(?:\.\d+)*)(?:[-~]([0-9A-Za-z.]+))?\Z")
 
 
 def is_k3s_version(text: str) -> bool:

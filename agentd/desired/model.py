@@ -12,9 +12,18 @@ from pydantic import (
     model_validator,
 )
 
+from agentd.core.names import dns1123_subdomain_error, label_error, taint_error
 from agentd.core.paths import PROBE_RUNTIME_CLASS
+from agentd.core.printable import unprintable
 from agentd.core.versions import compare, is_k3s_version, parse_constraint, parse_version
-from agentd.schema.types import MaintenanceWindowSpec, StrictModel
+from agentd.schema.types import (
+    DnsLabel,
+    DnsSubdomain,
+    Labels,
+    MaintenanceWindowSpec,
+    SafeName,
+    StrictModel,
+)
 from agentd.schema.yamlload import Loc
 
 ARCHES = ("amd64", "arm64", "armv7")
@@ -36,7 +45,6 @@ KNOWN_PLUGINS = (
     "wasmedge_rustls",
 )
 SOCKET_PLUGIN_NAMES = ("wasi_socket", "wasmedge_wasi_socket", "wasi-socket", "socket")
-RFC1123_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 NO_ARMV7_WASMEDGE = "WasmEdge publishes no 32-bit ARM (armv7) build"
 ARMV7_WASMEDGE_REFUSED = (
@@ -89,7 +97,7 @@ class _Versioned(StrictModel):
 
 
 class Plugin(StrictModel):
-    name: str = Field(min_length=1)
+    name: SafeName
     state: Literal["present", "absent"] = "present"
     artifacts: Artifacts = Field(default_factory=dict)
 
@@ -134,6 +142,10 @@ class K3s(_Versioned):
     def _token_file(cls, path: Optional[str]) -> Optional[str]:
         if path is not None and not path.startswith("/"):
             raise ValueError("tokenFile must be an absolute path")
+        bad = unprintable(path) if path is not None else None
+        if bad:
+            # k3s's config.yaml would carry it, and no file is named so on a sane node.
+            raise ValueError(f"tokenFile has {bad}: {path!r}")
         return path
 
     @model_validator(mode="after")
@@ -150,9 +162,11 @@ class Components(StrictModel):
 
 
 class RuntimeClass(StrictModel):
-    name: str
-    handler: str
-    nodeSelector: dict[str, str] = Field(default_factory=dict)
+    # What the API server checks (k8s.io/kubernetes/pkg/apis/node/validation): the name is a
+    # DNS subdomain, the handler a DNS label, scheduling.nodeSelector labels.
+    name: DnsSubdomain
+    handler: DnsLabel
+    nodeSelector: Labels = Field(default_factory=dict)
 
 
 class Selector(StrictModel):
@@ -161,7 +175,7 @@ class Selector(StrictModel):
     arch: list[Arch] = Field(default_factory=list)  # any of
     hostname: list[str] = Field(default_factory=list)  # shell globs, any of: "edge-*"
     os: list[str] = Field(default_factory=list)  # "debian" or "debian 12", any of
-    labels: dict[str, str] = Field(default_factory=dict)  # the agent settings' labels, all of
+    labels: Labels = Field(default_factory=dict)  # the agent settings' labels, all of
 
 
 class Rollout(StrictModel):
@@ -170,13 +184,13 @@ class Rollout(StrictModel):
 
     percent: float = Field(ge=0, le=100)
     key: str = Field(min_length=1)
-    canary: dict[str, str] = Field(default_factory=dict)  # nodes with these labels go first
+    canary: Labels = Field(default_factory=dict)  # nodes with these labels go first
 
 
 class Override(StrictModel):
     """Changes for some nodes only, merged over the document where selector and wave say so."""
 
-    name: str = Field(min_length=1)
+    name: SafeName
     selector: Selector = Field(default_factory=Selector)
     rollout: Optional[Rollout] = None
     # Validated where they are merged, as part of the document.
@@ -266,10 +280,6 @@ def sanity_problems(doc: DesiredState, arch: str | None) -> list[Problem]:
         problems.append(Problem(("components", "crun", "minimumVersion"), "not a version"))
     seen: set[str] = set()
     for i, rc in enumerate(doc.runtimeClasses):
-        if not RFC1123_RE.match(rc.name) or len(rc.name) > 253:
-            problems.append(
-                Problem(("runtimeClasses", i, "name"), "a RuntimeClass name must be RFC 1123")
-            )
         if rc.name in seen:
             problems.append(Problem(("runtimeClasses", i, "name"), f"duplicate {rc.name!r}"))
         if rc.name == PROBE_RUNTIME_CLASS:
@@ -321,6 +331,11 @@ def _k3s_problems(k3s: K3s) -> list[Problem]:
             problems.append(
                 Problem((*base, "config", key), "config keys are flag names without '--'")
             )
+        elif bare in ("node-label", "node-taint"):
+            problems.extend(_label_problems((*base, "config", key), bare, value))
+        elif bare == "node-name" and isinstance(value, str) and dns1123_subdomain_error(value):
+            why = dns1123_subdomain_error(value)
+            problems.append(Problem((*base, "config", key), f"node-name {value!r}: {why}"))
         elif key.endswith("-mode") and isinstance(value, int) and not isinstance(value, bool):
             problems.append(
                 Problem(
@@ -330,6 +345,20 @@ def _k3s_problems(k3s: K3s) -> list[Problem]:
                     "warning",
                 )
             )
+    return problems
+
+
+def _label_problems(loc: Loc, flag: str, value: Any) -> list[Problem]:
+    """k3s's node-label (key=value) and node-taint (key=value:Effect), which k3s hands to the
+    API server: what it would refuse, validate refuses first."""
+    check = label_error if flag == "node-label" else taint_error
+    items = value if isinstance(value, list) else [value]
+    problems: list[Problem] = []
+    for i, item in enumerate(items):
+        at: Loc = (*loc, i) if isinstance(value, list) else loc
+        why = check(item) if isinstance(item, str) else f"{flag} entries are strings"
+        if why:
+            problems.append(Problem(at, f"{flag} {item!r}: {why}"))
     return problems
 
 

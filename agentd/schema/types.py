@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, Optional
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+)
 
+from agentd.core import names
 from agentd.core.timespec import (
     MaintenanceWindows,
     day_numbers,
@@ -38,6 +48,71 @@ Duration = Annotated[
             ]
         }
     ),
+]
+
+
+def _checked(why: Callable[[str], Optional[str]], what: str = "") -> Callable[[str], str]:
+    def check(value: str) -> str:
+        reason = why(value)
+        if reason:
+            shown = repr(value) if len(value) <= 70 else f"{value[:64]!r}..."
+            raise ValueError(f"{what} {shown}: {reason}".lstrip())
+        return value
+
+    return check
+
+
+# Kubernetes' syntax (agentd/core/names.py): what the API server would refuse, validate refuses
+# first, at its FILE:LINE:COL.
+DnsLabel = Annotated[
+    str,
+    AfterValidator(_checked(names.dns1123_label_error)),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": f"^{names.DNS1123_LABEL_FMT}$",
+            "maxLength": names.DNS1123_LABEL_MAX,
+        }
+    ),
+]
+DnsSubdomain = Annotated[
+    str,
+    AfterValidator(_checked(names.dns1123_subdomain_error)),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": f"^{names.DNS1123_SUBDOMAIN_FMT}$",
+            "maxLength": names.DNS1123_SUBDOMAIN_MAX,
+        }
+    ),
+]
+LabelKey = Annotated[
+    str,
+    AfterValidator(_checked(names.label_key_error, "label key")),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": f"^({names.DNS1123_SUBDOMAIN_FMT}/)?{names.QUALIFIED_NAME_FMT}$",
+        }
+    ),
+]
+LabelValue = Annotated[
+    str,
+    AfterValidator(_checked(names.label_value_error, "label value")),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": f"^{names.LABEL_VALUE_FMT}$",
+            "maxLength": names.LABEL_VALUE_MAX,
+        }
+    ),
+]
+Labels = dict[LabelKey, LabelValue]
+# Plugin and override names: they become file names, state keys and lines of output.
+SafeName = Annotated[
+    str,
+    AfterValidator(_checked(names.safe_name_error)),
+    WithJsonSchema({"type": "string", "pattern": f"^{names.SAFE_NAME_FMT}$"}),
 ]
 
 

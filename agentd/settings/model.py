@@ -9,17 +9,21 @@ from typing import Any, Literal, Optional
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from agentd.core.errors import AgentError
-from agentd.schema.types import Duration, MaintenanceWindowSpec, StrictModel
+from agentd.schema.types import (
+    DnsSubdomain,
+    Duration,
+    Labels,
+    MaintenanceWindowSpec,
+    StrictModel,
+)
 from agentd.schema.validation import check_schema, format_problems
 from agentd.schema.yamlload import Loaded, load_file
 
 # Debian's prometheus-node-exporter reads its textfile collector from this directory.
 DEFAULT_METRICS_PATH = "/var/lib/prometheus/node-exporter/agentd.prom"
 
-_LABEL_NAME_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-_DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 # A git ref as a fleet names it: a branch, a tag or refs/...; never an option (a leading "-").
-_REF_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/+-]*$")
+_REF_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/+-]*\Z")
 _SCP_LIKE_RE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^/]")
 
 
@@ -190,7 +194,7 @@ class Health(StrictModel):
     # healthy before), put back the previous version and do not retry that change.
     rollbackWindow: Duration = 600.0
     # The k3s node name, when it is not the host name (k3s's node-name).
-    nodeName: Optional[str] = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    nodeName: Optional[DnsSubdomain] = None  # a Node's name is a DNS subdomain
     # Label the node wasm-runtime=enabled while its Wasm stack is healthy (the guide's
     # RuntimeClass selects on it), and remove the label when it is not.
     label: bool = True
@@ -209,7 +213,7 @@ class Settings(StrictModel):
     backoff: Backoff = Field(default_factory=Backoff)
     # How long local edits must settle before a run starts (editors write in several steps).
     debounce: Duration = 0.2
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: Labels = Field(default_factory=dict)  # Kubernetes label syntax
     # What fleet selectors see: the host name (default: the machine's) and the node id that
     # places it in rollout waves (default: /etc/machine-id).
     hostname: Optional[str] = Field(
@@ -236,19 +240,6 @@ class Settings(StrictModel):
         if seconds > 10:
             raise ValueError("debounce is at most 10s")
         return seconds
-
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        for key, value in labels.items():
-            prefix, _, name = key.rpartition("/")
-            if not name or not _LABEL_NAME_RE.match(name):
-                raise ValueError(f"label {key!r}: the name is 1-63 of [A-Za-z0-9-_.]")
-            if prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN_RE.match(prefix)):
-                raise ValueError(f"label {key!r}: the prefix must be a DNS subdomain")
-            if len(value) > 63 or not _LABEL_NAME_RE.match(value):
-                raise ValueError(f"label {key!r}: the value is 0-63 of [A-Za-z0-9-_.]")
-        return labels
 
 
 def parse_settings(loaded: Loaded) -> Settings:

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from agentd.core.printable import printable, printable_lines, printable_tree
 from agentd.core.redact import redact_text
 
 if TYPE_CHECKING:
@@ -49,6 +50,19 @@ def _redact(
     for key, value in list(event.items()):
         event[key] = "***" if _secret_key(key) else _scrub(value)
     return event
+
+
+def _printable(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Console lines are read on a terminal: no value may clear it or start a line of its own.
+    A traceback keeps its lines; JSON lines need no such step (json.dumps escapes them)."""
+    return {
+        printable(str(k)): printable_lines(v)
+        if k == "exception" and isinstance(v, str)
+        else printable_tree(v)
+        for k, v in event.items()
+    }
 
 
 def _to_journal(
@@ -130,7 +144,8 @@ def _setup() -> None:
             else structlog.dev.ConsoleRenderer(colors=False)
         )
         # Tracebacks become text first, so that they are redacted like every other string.
-        processors += [structlog.processors.format_exc_info, _redact, renderer]
+        processors += [structlog.processors.format_exc_info, _redact]
+        processors += [renderer] if fmt == "json" else [_printable, renderer]
         factory = structlog.PrintLoggerFactory(file=sys.stderr)
     structlog.configure(
         processors=processors,

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
+from agentd.core.printable import printable
+
 # The variables systemd sets for the main process only (sd_notify(3), sd_watchdog_enabled(3)).
 NOTIFY_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 # systemd ignores a whole notify datagram of more than PIPE_BUF (NOTIFY_BUFFER_MAX, 4096 bytes),
@@ -41,8 +43,10 @@ def socket_address(value: str) -> bytes | None:
 
 def _one_line(text: str) -> str:
     # systemd splits a notify message at "\n" and "\r": a newline inside a value would start a
-    # new (and wrong) assignment.
-    return " ".join(part for part in text.splitlines() if part) if text else text
+    # new (and wrong) assignment (a forged READY=1 or MAINPID=). `systemctl status` shows
+    # STATUS= on a terminal, and a file name's non-UTF-8 bytes could not even be encoded: the
+    # other control characters are escaped.
+    return printable(" ".join(part for part in text.splitlines() if part)) if text else text
 
 
 def _cut(text: str, limit: int) -> str:

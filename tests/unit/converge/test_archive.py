@@ -298,6 +298,16 @@ HOSTILE: dict[str, tuple[Builder, str]] = {
     ),
     "file-under-file": (lambda out: [_file("x"), _file("x/y")], "inside file 'x'"),
     "empty-name": (lambda out: [_file("./")], "empty name"),
+    # A name that would clear the screen, forge a line or is not UTF-8 reaches no file name.
+    "escape-in-name": (lambda out: [_file("lib/\x1b[2J.so")], "control character \\x1b"),
+    "newline-in-name": (lambda out: [_file('a\n{"level":"error"}')], "control character \\n"),
+    "c1-in-name": (lambda out: [_file("lib/\x9b31m.so")], "control character \\x9b"),
+    "line-separator-in-name": (lambda out: [_file("a\u2028b")], "control character \\u2028"),
+    "non-utf8-name": (lambda out: [_file(os.fsdecode(b"lib/\xff.so"))], "not UTF-8"),
+    "escape-in-symlink-target": (
+        lambda out: [_file("a"), _symlink("b", "a\x1b[2J")],
+        "a target with the control character \\x1b",
+    ),
 }
 
 

@@ -118,3 +118,10 @@ def test_compare_unparseable_versions_as_text() -> None:
     assert compare("1.15", "unknown") == -1
     assert compare("garbage-a", "garbage-b") == -1
     assert compare("garbage-b", "garbage-a") == -1
+
+
+@pytest.mark.parametrize("text", ["1.15\n", "v1.30.4+k3s1\n", "0.14.1\n\n"])
+def test_a_final_newline_is_no_part_of_a_version(text: str) -> None:
+    # Python's `$` matches before a final newline; a version must end where its text does.
+    assert parse_version(text) is None
+    assert not is_k3s_version(text)

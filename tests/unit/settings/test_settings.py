@@ -72,6 +72,11 @@ def test_the_commented_example_is_valid_and_means_what_it_says() -> None:
             "source:\n  type: git\n  url: https://g.example/f.git\n  ref: --upload-pack=x\n",
             "4:8: not a git ref: '--upload-pack=x'",
         ),
+        ("health:\n  nodeName: edge..1\n", "2:13: 'edge..1': a DNS-1123 subdomain must"),
+        (
+            'source:\n  type: git\n  url: https://g.example/f.git\n  ref: "main\\n"\n',
+            "4:8: not a git ref: 'main\\n'",
+        ),
         (
             "source:\n  type: git\n  url: https://g.example/f.git\n  path: ../../etc/shadow\n",
             "4:9: path is relative to the repository's top, without . or ..",
@@ -89,7 +94,10 @@ def test_the_commented_example_is_valid_and_means_what_it_says() -> None:
             "  verify: {method: gpg, keyring: keys.gpg}\n",
             "4:11: keyring must be an absolute path",
         ),
-        ("labels: {'bad label': x}\n", "1:9: label 'bad label': the name is 1-63"),
+        (
+            "labels: {'bad label': x}\n",
+            "1:10: label key 'bad label': the name must consist of alphanumeric",
+        ),
         ("tls: {caFile: ca.pem}\n", "1:15: caFile must be an absolute path"),
         ("metrics: {path: /tmp/agentd.txt}\n", "1:17: metrics path is absolute and ends in .prom"),
         (

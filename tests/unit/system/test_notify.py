@@ -99,6 +99,19 @@ def test_a_multi_line_status_arrives_as_one_line(receiver: tuple[socket.socket, 
         assert sock.recv(4096) == b"READY=1\nSTATUS=done WATCHDOG=trigger"
 
 
+def test_a_status_with_a_hostile_file_name_arrives_escaped(
+    receiver: tuple[socket.socket, str],
+) -> None:
+    sock, path = receiver
+    # A plugin file named with a screen clear and a non-UTF-8 byte (as os.fsdecode gives it).
+    name = os.fsdecode(b"/opt/wasmedge/plugin/\x1b[2J\xff.so")
+    with Notifier(path, use_systemd_python=False) as notifier:
+        assert notifier.status(f"unhealthy: {name}\u2028READY=1")
+        assert sock.recv(4096) == (
+            b"STATUS=unhealthy: /opt/wasmedge/plugin/\\x1b[2J\\xff.so READY=1"
+        )
+
+
 def test_a_long_status_is_cut_to_fit_what_systemd_accepts(
     receiver: tuple[socket.socket, str],
 ) -> None:
