@@ -266,6 +266,12 @@ def test_git_ssh_verification_refuses_unsigned_and_unknown_signers(
     assert pulled["outcome"] == "rejected"
     assert pulled["origin"] == by_mallory
     assert "No principal matched" in pulled["detail"]
+    # plan says apply refuses it, with its own exit code (issue 15.2).
+    planned = node.agentd("plan", "--json", "--detailed-exitcode")
+    assert planned.code == 3, planned.stdout
+    (refused,) = planned.json()["refusals"]
+    assert (refused["kind"], refused["subject"]) == ("signature", "fleet document")
+    assert "No principal matched" in refused["reason"]
 
     # The node keeps converging to the last good generation, and says why it keeps it.
     code, result = apply(node)
