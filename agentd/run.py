@@ -76,6 +76,8 @@ class Planned:
     timings_ms: dict[str, float]
     sources: Sources
     judged: Judged  # what apply refuses of the plan, and why (`plan` is what it runs)
+    # The managed config files as planned from (None: absent), for `plan`'s diffs.
+    configs: Mapping[str, Optional[bytes]] = field(default_factory=dict)
 
 
 def make_plan(
@@ -113,7 +115,8 @@ def make_plan(
     facts = _with_packages(host, facts, loaded.desired)
     timings["load"] = _ms(t1)
     t2 = time.perf_counter()
-    the_plan = plan(loaded.desired, facts, state.inventory, read_configs(host.paths), force)
+    configs = read_configs(host.paths)
+    the_plan = plan(loaded.desired, facts, state.inventory, configs, force)
     # What apply refuses (an older generation, suspend, a change rolled back, one held for
     # the window) or adds (a k3s restart still owed): `plan`, `apply --dry-run` and apply
     # itself all see the same judgement.
@@ -128,7 +131,7 @@ def make_plan(
         rejected=_rejected(host) if desired_file is None else None,
     )
     timings["plan"] = _ms(t2)
-    return Planned(loaded, facts, state, judged.plan, timings, sources, judged)
+    return Planned(loaded, facts, state, judged.plan, timings, sources, judged, configs)
 
 
 def _rejected(host: Host) -> Optional[str]:

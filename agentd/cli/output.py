@@ -43,6 +43,9 @@ def format_plan(plan: dict[str, Any]) -> str:
     actions = plan["actions"]
     lines = [f"Plan for generation {plan['generation']} on this {plan['arch']} node:"]
     lines += format_actions(actions) if actions else ["  nothing to do"]
+    for d in plan.get("diffs") or []:
+        lines.append(f"Diff of {d['target']} ({d['component']}):")
+        lines += _cut(d["diff"].splitlines())
     refusals = plan.get("refusals") or []
     if refusals:
         lines.append("Refused:")
@@ -68,6 +71,16 @@ def format_plan(plan: dict[str, Any]) -> str:
         verdict = "applies" if t.get("applies") else "does NOT apply"
         lines.append(f"Targeting: {what} of {t['source']} {verdict}: {t['why']}")
     return "\n".join(lines) + "\n"
+
+
+DIFF_LINES = 40  # a diff longer than this is cut in the human plan (`--json` has it all)
+
+
+def _cut(diff: list[str]) -> list[str]:
+    shown = [f"    {line}" for line in diff[:DIFF_LINES]]
+    if len(diff) > DIFF_LINES:
+        shown.append(f"    ... {len(diff) - DIFF_LINES} more lines (plan --json shows them all)")
+    return shown
 
 
 def format_run(result: RunResult) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from agentd.cli.main import agent_config, print_json
 from agentd.cli.output import format_plan
+from agentd.plan.filediff import config_diffs
 from agentd.run import make_plan
 from agentd.system.host import Host
 
@@ -36,6 +37,7 @@ def handle(args: argparse.Namespace) -> int:
     planned = make_plan(Host.at(args.root), args.desired, config=agent_config(args))
     doc = planned.plan.to_json()
     doc["refusals"] = planned.judged.to_json()
+    doc["diffs"] = config_diffs(planned.plan, planned.configs)
     doc["sources"] = planned.loaded.sources
     if planned.sources.fleet:
         fleet = planned.sources.fleet
