@@ -9,7 +9,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from agentd.core.errors import AgentError, Cancelled, DesiredStateError, GenerationError
+from agentd.core.errors import (
+    AgentError,
+    Cancelled,
+    DesiredStateError,
+    GenerationError,
+    SuspendedError,
+)
 from agentd.desired.identity import node_identity
 from agentd.desired.load import (
     Loaded,
@@ -20,7 +26,7 @@ from agentd.desired.load import (
     without_urls,
 )
 from agentd.facts.configs import read_configs
-from agentd.settings.snapshot import AgentConfig
+from agentd.settings.snapshot import AgentConfig, suspend_reason
 from agentd.sources.store import FleetStore
 from agentd.state.records import Noop, RunResult
 from agentd.state.store import AgentState, StateLock, load_state, save_state
@@ -30,6 +36,7 @@ if TYPE_CHECKING:
     from agentd.desired.model import DesiredState
     from agentd.facts.model import Facts
     from agentd.plan.model import Plan
+    from agentd.plan.refusals import Judged
 
 # pydantic, yaml and the planner are imported only when a plan is really needed: an unchanged
 # node answers from the no-op digest without them (start-up time matters on a Raspberry Pi).
@@ -68,6 +75,9 @@ class Planned:
     plan: Plan
     timings_ms: dict[str, float]
     sources: Sources
+    judged: Judged  # what apply refuses of the plan, and why (`plan` is what it runs)
+    # The managed config files as planned from (None: absent), for `plan`'s diffs.
+    configs: Mapping[str, Optional[bytes]] = field(default_factory=dict)
 
 
 def make_plan(
@@ -77,14 +87,16 @@ def make_plan(
     sources: Optional[Sources] = None,
     force: Optional[Mapping[str, str]] = None,
     config: Optional[AgentConfig] = None,
+    now: Optional[datetime] = None,
 ) -> Planned:
     """Load, detect and plan; `state` and `sources` are read here unless the caller has them.
 
     Without `sources`, a pulled fleet document that is waiting to be judged is planned with
-    when it is valid (as apply would accept it first)."""
+    when it is valid (as apply would accept it first). `now` is for the maintenance window."""
     from agentd.facts.detect import detect  # noqa: PLC0415
     from agentd.plan import policy  # noqa: PLC0415
     from agentd.plan.diff import plan  # noqa: PLC0415
+    from agentd.plan.refusals import judge  # noqa: PLC0415
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -103,13 +115,31 @@ def make_plan(
     facts = _with_packages(host, facts, loaded.desired)
     timings["load"] = _ms(t1)
     t2 = time.perf_counter()
-    the_plan = plan(loaded.desired, facts, state.inventory, read_configs(host.paths), force)
-    # What apply would leave out (a change rolled back for this generation) or add (a k3s
-    # restart still owed): `plan`, `apply --dry-run` and apply itself all see the same plan.
-    the_plan = policy.without_blocked(state, the_plan, loaded.desired.generation)
-    the_plan = policy.with_owed_restart(state, the_plan)
+    configs = read_configs(host.paths)
+    the_plan = plan(loaded.desired, facts, state.inventory, configs, force)
+    # What apply refuses (an older generation, suspend, a change rolled back, one held for
+    # the window) or adds (a k3s restart still owed): `plan`, `apply --dry-run` and apply
+    # itself all see the same judgement.
+    config = config or AgentConfig()
+    judged = judge(
+        state,
+        the_plan,
+        loaded.desired,
+        window=policy.window(config, loaded.desired),
+        now=now or datetime.now(timezone.utc),
+        suspended=suspend_reason(host.paths, config),
+        rejected=_rejected(host) if desired_file is None else None,
+    )
     timings["plan"] = _ms(t2)
-    return Planned(loaded, facts, state, the_plan, timings, sources)
+    return Planned(loaded, facts, state, judged.plan, timings, sources, judged, configs)
+
+
+def _rejected(host: Host) -> Optional[str]:
+    """Why the last pull refused the source's document (its status), if it did."""
+    last = FleetStore(host.paths).status().get("lastPull")
+    if isinstance(last, dict) and last.get("outcome") == "rejected":
+        return str(last.get("detail") or "rejected")
+    return None
 
 
 def _with_packages(host: Host, facts: Facts, desired: DesiredState) -> Facts:
@@ -172,7 +202,9 @@ def apply(
         state = load_state(host.paths) or AgentState()
         sources = desired_sources(host, desired_file)
         digest = _digest(host, sources, state, config)
-        unchanged = None if force else _unchanged_result(host, state, digest, started, t0, pulled)
+        # Suspended, the memo is not answered: the plan's judgement refuses the run.
+        replan = force or suspend_reason(host.paths, config)
+        unchanged = None if replan else _unchanged_result(host, state, digest, started, t0, pulled)
         if unchanged is not None:
             publish(host, config, state)
             return unchanged
@@ -254,7 +286,7 @@ class _Run:
         host, started, t0 = self.host, self.started, self.t0
         try:
             planned = make_plan(
-                host, self.desired_file, self.state, self.sources, self.force, self.config
+                host, self.desired_file, self.state, self.sources, self.force, self.config, now
             )
         except AgentError as exc:
             self.record(
@@ -268,22 +300,21 @@ class _Run:
                 )
             )
             raise
-        state, desired = planned.state, planned.loaded.desired
-        last = state.last_applied_generation
-        if last is not None and desired.generation < last:
-            error = (
-                f"desired generation {desired.generation} is older than generation {last} "
-                "already applied on this node; nothing was changed (publish a higher generation)"
+        state, desired, judged = planned.state, planned.loaded.desired, planned.judged
+        refused = judged.refused_run
+        if refused is not None:
+            self.record(replace(_result(planned, started, t0, "refused"), error=refused.reason))
+            raise (GenerationError if refused.kind == "generation" else SuspendedError)(
+                refused.reason
             )
-            self.record(replace(_result(planned, started, t0, "refused"), error=error))
-            raise GenerationError(error)
         if self.desired_file is None:
             # For the daemon's health checks, which need no URL: none is kept (credentials).
             state.desired = without_urls(desired.model_dump(mode="json"))
-        moment = now or datetime.now(timezone.utc)
         window = policy.window(self.config, desired)
-        the_plan, held = policy.gate(planned.plan, state, window, moment)
-        planned.plan = the_plan
+        the_plan, held = planned.plan, list(judged.held)
+        policy.defer(state, held, judged.opens, window)
+        for component in judged.released:
+            del state.rollback_holds[component]
         from agentd.converge.sweep import sweep  # noqa: PLC0415
 
         swept = sweep(host, state, self.config.metrics_path)
@@ -358,6 +389,7 @@ def _result(
         timings=timings,
         fleet={k: fleet.get(k) for k in ("generation", "origin", "signedBy")} if fleet else None,
         warnings=loaded.warnings or None,
+        refusals=planned.judged.to_json() or None,
         targeting=[t.to_json() for t in loaded.targeting] or None,
         downloads=report.downloads if report is not None else None,
         service_calls=report.service_calls if report is not None else None,

@@ -45,9 +45,19 @@ def format_plan(plan: dict[str, Any]) -> str:
     actions = plan["actions"]
     lines = [f"Plan for generation {plan['generation']} on this {plan['arch']} node:"]
     lines += format_actions(actions) if actions else ["  nothing to do"]
-    if plan["unchanged"]:
+    for d in plan.get("diffs") or []:
+        lines.append(f"Diff of {d['target']} ({d['component']}):")
+        lines += _cut(d["diff"].splitlines())
+    refusals = plan.get("refusals") or []
+    if refusals:
+        lines.append("Refused:")
+        lines += [f"  x {r['subject']:<26} {r['kind']}: {r['reason']}" for r in refusals]
+    # A change refused for a rollback is said once, under Refused.
+    said = {r["subject"] for r in refusals if r["kind"].startswith("rollback-")}
+    unchanged = [u for u in plan["unchanged"] if u["component"] not in said]
+    if unchanged:
         lines.append("Unchanged:")
-        lines += [f"  = {u['component']:<26} {u['reason']}" for u in plan["unchanged"]]
+        lines += [f"  = {u['component']:<26} {u['reason']}" for u in unchanged]
     counts: dict[str, int] = {}
     for a in actions:
         counts[a["action"]] = counts.get(a["action"], 0) + 1
@@ -55,12 +65,24 @@ def format_plan(plan: dict[str, Any]) -> str:
     disruptive = sum(1 for a in actions if a.get("disruptive"))
     if disruptive:
         summary += f" ({disruptive} disruptive)"
+    if refusals:
+        summary += f"; {len(refusals)} refused"
     lines.append(f"Plan: {summary}.")
     for t in plan.get("targeting") or []:
         what = f"override {t['override']}" if t.get("override") else "the document"
         verdict = "applies" if t.get("applies") else "does NOT apply"
         lines.append(f"Targeting: {what} of {t['source']} {verdict}: {t['why']}")
     return "\n".join(lines) + "\n"
+
+
+DIFF_LINES = 40  # a diff longer than this is cut in the human plan (`--json` has it all)
+
+
+def _cut(diff: list[str]) -> list[str]:
+    shown = [f"    {line}" for line in diff[:DIFF_LINES]]
+    if len(diff) > DIFF_LINES:
+        shown.append(f"    ... {len(diff) - DIFF_LINES} more lines (plan --json shows them all)")
+    return shown
 
 
 def format_run(result: RunResult) -> str:
@@ -73,6 +95,8 @@ def format_run(result: RunResult) -> str:
         lines += format_actions(result.actions, with_status=True)
     elif result.outcome == "converged":
         lines.append("  nothing to do: the node already matches the desired state")
+    for r in printable_tree(result.refusals or []):
+        lines.append(f"  refused {r['subject']} ({r['kind']}): {r['reason']}")
     for d in printable_tree(result.downloads or []):
         how = "from cache" if d["cached"] else f"downloaded {d['bytes']} bytes"
         lines.append(f"  fetched {d['component']}: {how}, sha256 {d['sha256'][:12]}... verified")

@@ -10,10 +10,12 @@ from pathlib import Path
 from agentd.cli.main import agent_config, print_json
 from agentd.cli.output import format_plan
 from agentd.core.printable import printable
+from agentd.plan.filediff import config_diffs
 from agentd.run import make_plan
 from agentd.system.host import Host
 
 EXIT_CHANGES = 2
+EXIT_REFUSED = 3  # apply would refuse something (see agentd.plan.refusals)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--detailed-exitcode",
         action="store_true",
-        help="exit 0 when there is nothing to do, 2 when changes are pending",
+        help="exit 0 when there is nothing to do, 2 when changes are pending, 3 when apply "
+        "would refuse something (the plan's Refused: section)",
     )
     parser.add_argument(
         "--explain",
@@ -34,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def handle(args: argparse.Namespace) -> int:
     planned = make_plan(Host.at(args.root), args.desired, config=agent_config(args))
     doc = planned.plan.to_json()
+    doc["refusals"] = planned.judged.to_json()
+    doc["diffs"] = config_diffs(planned.plan, planned.configs)
     doc["sources"] = planned.loaded.sources
     if planned.sources.fleet:
         fleet = planned.sources.fleet
@@ -55,9 +60,10 @@ def handle(args: argparse.Namespace) -> int:
             | {"from": str(pos)}
             for path, value, pos in provenance(merged)
         ]
+    code = _exit_code(planned.plan.empty, bool(doc["refusals"])) if args.detailed_exitcode else 0
     if args.json:
         print_json(doc)
-        return EXIT_CHANGES if args.detailed_exitcode and not planned.plan.empty else 0
+        return code
     sys.stdout.write(format_plan(doc))
     if args.explain:
         sys.stdout.write("Desired values (later sources win):\n")
@@ -69,6 +75,11 @@ def handle(args: argparse.Namespace) -> int:
             if len(value) > 60:
                 value = value[:57] + "..."
             sys.stdout.write(f"  {entry['path']:<{width}} = {value:<20}  <- {entry['from']}\n")
-    if args.detailed_exitcode and not planned.plan.empty:
-        return EXIT_CHANGES
-    return 0
+    return code
+
+
+def _exit_code(empty: bool, refused: bool) -> int:
+    """--detailed-exitcode: a refusal first (a CI gate must not read it as "changes")."""
+    if refused:
+        return EXIT_REFUSED
+    return 0 if empty else EXIT_CHANGES

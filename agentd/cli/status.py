@@ -110,6 +110,12 @@ def handle(args: argparse.Namespace) -> int:
             f"rolled back {component} {b.version} -> {b.restored} at {b.at}"
             f" (not retried for generation {b.generation}): {b.reason}\n"
         )
+    for component, hold in sorted(state.rollback_holds.items()):
+        away, back = hold.away or "a changed file", hold.restored or "what was there"
+        out(
+            f"held by rollback since {hold.since}: {component} at {back}"
+            f" while the desired state names {away} (agentd rollback --release {component})\n"
+        )
     for code, r in sorted(state.remediations.items()):
         out(f"remediation {r.get('fix')} for {code}: {r.get('attempts')} attempt(s)\n")
     if state.inventory:

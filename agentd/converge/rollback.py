@@ -7,13 +7,14 @@ import shutil
 import time
 from typing import Any
 
-from agentd.converge.kept import keep, kept_dir, kept_version
+from agentd.converge.kept import KeptVersion, keep, kept_dir, kept_version
 from agentd.converge.undo import Journal, Op
-from agentd.core.components import PLUGIN_PREFIX, restarts_k3s
+from agentd.core.components import PLUGIN_PREFIX, kind_of, restarts_k3s
 from agentd.core.errors import RollbackError
 from agentd.core.paths import SYSTEMD_DIR
 from agentd.core.redact import redact_text
 from agentd.plan import render
+from agentd.plan.refusals import content_sha256
 from agentd.state.store import AgentState
 from agentd.system.host import Host
 from agentd.system.services import ServiceError
@@ -38,6 +39,8 @@ def rollback(host: Host, state: AgentState, component: str) -> dict[str, Any]:
     work = host.paths.staging_dir / f"rollback-{secrets.token_hex(3)}"
     journal = Journal(host, work / "backup")
     current = state.inventory.get(component)
+    away = _config_sha256(host, component, manifest)
+    removes = all(item.kind == "absent" for item in manifest.files)
     try:
         for item in manifest.files:
             if item.kind == "file" and item.blob is not None:
@@ -52,7 +55,7 @@ def rollback(host: Host, state: AgentState, component: str) -> dict[str, Any]:
         if component == "k3s/unit":
             host.services.daemon_reload()
         restarted = None
-        if restarts_k3s(component):
+        if _needs_restart(component, manifest, removes, current is None):
             restarted = _k3s_unit_present(host)
             if restarted:
                 host.services.restart(restarted)
@@ -82,8 +85,35 @@ def rollback(host: Host, state: AgentState, component: str) -> dict[str, Any]:
         "restoredVersion": manifest.version,
         "replacedVersion": manifest.replaced_by,
         "files": [i.path for i in manifest.files],
+        # A first install rolled back: nothing was there before, and nothing is now.
+        "removed": removes,
         "restarted": restarted,
+        "awaySha256": away,
     }
+
+
+def _config_sha256(host: Host, component: str, manifest: KeptVersion) -> str | None:
+    """A config file's content as the rollback finds it (what it rolls away from), hashed as
+    the planner hashes what it would write; None for a component with versions."""
+    kind = kind_of(component)
+    if kind is None or not kind.configs or len(manifest.files) != 1:
+        return None
+    try:
+        return content_sha256(host.paths.under(manifest.files[0].path).read_bytes())
+    except FileNotFoundError:
+        return content_sha256(None)
+
+
+def _needs_restart(component: str, manifest: KeptVersion, removes: bool, adds: bool) -> bool:
+    """Whether what is put back needs k3s restarted, as the planner decides for a change: k3s
+    reads its binary and files at start, but crun is run anew for every container, so only
+    crun appearing or going (the containerd template names it) does."""
+    if not restarts_k3s(component):
+        return False
+    if component == "crun":
+        return removes or adds
+    # Removing the k3s binary of a first install leaves nothing to restart.
+    return not (component == "k3s" and removes) and bool(manifest.files)
 
 
 def _k3s_unit_present(host: Host) -> str | None:

@@ -28,6 +28,10 @@ class GenerationError(AgentError):
     """The desired generation is older than the one this node already applied."""
 
 
+class SuspendedError(AgentError):
+    """Convergence is suspended (the `suspend` setting or the suspend file)."""
+
+
 class LockHeldError(AgentError):
     """Another agentd run holds the state lock."""
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Optional
 
 from agentd.plan.model import Action, Plan, Unchanged
@@ -46,26 +46,22 @@ def with_owed_restart(state: AgentState, plan: Plan) -> Plan:
     return replace(plan, actions=(*plan.actions, restart))
 
 
-def gate(
-    plan: Plan, state: AgentState, window: Optional[MaintenanceWindows], now: datetime
-) -> tuple[Plan, list[Action]]:
-    """The plan without its disruptive actions while the window is closed, and those held."""
-    if window is None or window.open_at(now):
+def defer(
+    state: AgentState,
+    held: Sequence[Action],
+    opens: Optional[str],
+    window: Optional[MaintenanceWindows],
+) -> None:
+    """Record the disruptive actions held for the window (agentd.plan.refusals judges which)."""
+    if not held or window is None or opens is None:
         state.deferred = None
-        return plan, []
-    held = [a for a in plan.actions if a.disruptive]
-    if not held:
-        state.deferred = None
-        return plan, []
-    opens = window.next_opening(now).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return
     state.deferred = Deferred([a.to_json() for a in held], opens, window.describe())
     for a in held:
         if a.action == "restart":
             causes = a.reason.split(": ", 1)[-1]
             since = state.pending_restart.since if state.pending_restart else _now()
             state.pending_restart = OwedRestart(str(a.target), causes, since)
-    kept = tuple(a for a in plan.actions if not a.disruptive)
-    return replace(plan, actions=kept), held
 
 
 def without_blocked(state: AgentState, plan: Plan, generation: int) -> Plan:

@@ -1,4 +1,4 @@
-"""What state.json holds between runs: an owed restart, watches after a change, rollback blocks."""
+"""What state.json holds between runs: an owed restart, watches, rollback blocks and holds."""
 
 from __future__ import annotations
 
@@ -101,3 +101,37 @@ def blocks(data: Any) -> dict[str, Block]:
     """`blocked` as state.json has it (absent: none)."""
     table = as_object({} if data is None else data, "blocked")
     return {str(k): Block.from_json(v, f"blocked.{k}") for k, v in table.items()}
+
+
+@dataclass(frozen=True)
+class RollbackHold:
+    """A manual `agentd rollback`: the component stays at what it put back until the desired
+    state names something else than what it was rolled away from (`rollbackHolds.<component>`)."""
+
+    since: str  # UTC
+    away: Optional[str]  # the version rolled away from (None: a config file, see away_sha256)
+    restored: Optional[str]  # the version put back (None: a config file, or nothing)
+    away_sha256: Optional[str] = None  # a config file: the content rolled away from
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "since": self.since,
+            "away": self.away,
+            "restored": self.restored,
+            "awaySha256": self.away_sha256,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "rollbackHolds") -> RollbackHold:
+        return cls(
+            typed(data, "since", str, where),
+            typed(data, "away", OPT_STR, where),
+            typed(data, "restored", OPT_STR, where),
+            typed(data, "awaySha256", OPT_STR, where),
+        )
+
+
+def rollback_holds(data: Any) -> dict[str, RollbackHold]:
+    """`rollbackHolds` as state.json has it (absent: none)."""
+    table = as_object({} if data is None else data, "rollbackHolds")
+    return {str(k): RollbackHold.from_json(v, f"rollbackHolds.{k}") for k, v in table.items()}

@@ -85,6 +85,7 @@ _RUN_KEYS = (
     ("unchanged", "unchanged", list),
     ("timings", "timings", dict),
     ("warnings", "warnings", list),
+    ("refusals", "refusals", list),
     ("targeting", "targeting", list),
     ("downloads", "downloads", list),
     ("service_calls", "serviceCalls", list),
@@ -110,6 +111,7 @@ _MEMO_FIELDS = (
     "actions",
     "unchanged",
     "warnings",
+    "refusals",
     "targeting",
 )
 
@@ -133,6 +135,7 @@ class RunResult:
     unchanged: Optional[list[dict[str, Any]]] = None
     timings: Optional[dict[str, float]] = None
     warnings: Optional[list[str]] = None
+    refusals: Optional[list[dict[str, Any]]] = None  # what apply refused, and why
     targeting: Optional[list[dict[str, Any]]] = None
     downloads: Optional[list[dict[str, Any]]] = None
     service_calls: Optional[list[str]] = None

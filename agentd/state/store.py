@@ -20,7 +20,7 @@ from agentd.system.files import read_json, write_json
 
 if TYPE_CHECKING:
     # Read only when state.json has them: a no-op apply, the common case, loads neither.
-    from agentd.state.holds import Block, OwedRestart, Watch
+    from agentd.state.holds import Block, OwedRestart, RollbackHold, Watch
     from agentd.state.intent import Intent
 
 STATE_VERSION = 1
@@ -62,6 +62,8 @@ class AgentState:
     # first target is touched, and drops it with the inventory it becomes): still here at the
     # start of a run, that run was killed half-way and the inventory is not what is installed.
     installing: Intent | None = None
+    # Components a manual `agentd rollback` holds at what it put back (see RollbackHold).
+    rollback_holds: dict[str, RollbackHold] = field(default_factory=dict)
 
     def interrupted(self) -> dict[str, str]:
         """The components a killed run was changing, each with why it is done again: its files
@@ -118,6 +120,7 @@ class AgentState:
             "desired": self.desired,
             "counters": self.counters,
             "installing": self.installing.to_json() if self.installing else None,
+            "rollbackHolds": {k: v.to_json() for k, v in self.rollback_holds.items()},
         }
 
     @classmethod
@@ -157,7 +160,16 @@ class AgentState:
             desired=record("desired"),
             counters={k: dict(v) for k, v in counters.items()},
             installing=_intent(data.get("installing")),
+            rollback_holds=_rollback_holds(data.get("rollbackHolds")),
         )
+
+
+def _rollback_holds(data: Any) -> dict[str, RollbackHold]:
+    if data is None or data == {}:
+        return {}
+    from agentd.state.holds import rollback_holds  # noqa: PLC0415
+
+    return rollback_holds(data)
 
 
 def _intent(data: Any) -> Intent | None:

@@ -993,3 +993,34 @@ def test_the_unit_is_type_notify_with_a_watchdog_reload_and_an_off_switch() -> N
     assert int(watchdog.group(1)) * unit_s >= 10
     assert service["Restart"] in ("always", "on-failure")
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+# --- a manual rollback ----------------------------------------------------------------------------
+
+
+def test_the_daemon_honours_a_manual_rollback_until_it_is_released(
+    start_daemon: StartDaemon, node: Node, local: LocalFiles, desired: dict[str, Any]
+) -> None:
+    """`agentd rollback crun` holds crun at what it put back: the daemon's cycles (a worker's
+    plan, then the no-op memo) leave it there; `rollback --release` lets the next cycle change
+    it again (issue 15.5)."""
+    assert node.agentd("apply").code == 0
+    local.drop_in(2, "1.14")
+    assert node.agentd("apply").code == 0
+    assert crun_version(node) == "crun version 1.14"
+    rolled = node.agentd("rollback", "crun")
+    assert rolled.code == 0, rolled.stderr
+    assert crun_version(node) == "crun version 1.15"
+    daemon = start_daemon(QUIET)
+    assert daemon.notices.ready().status == "converged generation 2, N findings", daemon.stderr()
+    daemon.send(signal.SIGHUP)  # a second cycle: answered from the memo the first one left
+    daemon.notices.next(lambda n: n.has("RELOADING"), "RELOADING=1")
+    daemon.notices.ready()
+    assert crun_version(node) == "crun version 1.15"
+    assert node.state()["rollbackHolds"]["crun"]["away"] == "1.14"
+    assert node.state()["lastRun"]["refusals"][0]["kind"] == "rollback-hold"
+    assert node.agentd("rollback", "--release", "crun").code == 0
+    daemon.send(signal.SIGHUP)
+    wait_until(lambda: crun_version(node) == "crun version 1.14", "the downgrade after release")
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait(timeout=10) == 0

@@ -100,10 +100,14 @@ def test_a_change_that_breaks_a_component_is_rolled_back_and_not_retried(
     assert "without Wasm support" in state["blocked"]["crun"]["reason"]
     assert "crun" not in state["watch"]
     assert state["counters"]["rollbacks"] == {"crun": 1}
-    # plan says what apply will do: nothing, and why (found by tests/e2e/wasm_converge.py).
+    # plan says what apply will do: nothing, and why (found by tests/e2e/wasm_converge.py);
+    # a refusal is exit 3 (issue 15.2).
     planned = node.agentd("plan", "--json", "--detailed-exitcode")
-    assert planned.code == 0, planned.stdout
+    assert planned.code == 3, planned.stdout
     assert planned.json()["actions"] == []
+    assert [(r["kind"], r["subject"]) for r in planned.json()["refusals"]] == [
+        ("rollback-block", "crun")
+    ]
     blocked = next(u for u in planned.json()["unchanged"] if u["component"] == "crun")
     assert "rolled back" in blocked["reason"]
     # Converging generation 2 again does not retry the change, and says why.

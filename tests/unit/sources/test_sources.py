@@ -266,6 +266,12 @@ def test_git_ssh_verification_refuses_unsigned_and_unknown_signers(
     assert pulled["outcome"] == "rejected"
     assert pulled["origin"] == by_mallory
     assert "No principal matched" in pulled["detail"]
+    # plan says apply refuses it, with its own exit code (issue 15.2).
+    planned = node.agentd("plan", "--json", "--detailed-exitcode")
+    assert planned.code == 3, planned.stdout
+    (refused,) = planned.json()["refusals"]
+    assert (refused["kind"], refused["subject"]) == ("signature", "fleet document")
+    assert "No principal matched" in refused["reason"]
 
     # The node keeps converging to the last good generation, and says why it keeps it.
     code, result = apply(node)
@@ -879,11 +885,17 @@ def test_candidate_invalid_with_the_node_files_is_rejected_with_the_reason(
         assert source["lastPull"]["detail"] == pulled["reason"]
         assert source["lastGood"]["origin"] == good
         assert not node.path(f"{SOURCE_DIR}/candidate.yaml").exists()
+    planned = node.agentd("plan", "--json", "--detailed-exitcode")
+    assert planned.code == 3, planned.stdout  # issue 15.2
+    (refused,) = planned.json()["refusals"]
+    assert (refused["kind"], refused["subject"]) == ("document", "fleet document")
+    assert "invalid with this node's files: " in refused["reason"]
 
     code, result = apply(node)
     assert code == 0, result
     assert result["fleet"]["origin"] == good
     assert crun(node) == "crun version 1.14"
+    assert result["refusals"] == planned.json()["refusals"]
 
 
 def test_a_broken_node_drop_in_does_not_blame_the_candidate(

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from agentd.core.paths import Paths
-from agentd.state.holds import Block, OwedRestart, Watch
+from agentd.state.holds import Block, OwedRestart, RollbackHold, Watch
 from agentd.state.intent import Intent, IntentEntry
 from agentd.state.inventory import InventoryEntry
 from agentd.state.records import Deferred, Noop, RunResult
@@ -35,6 +35,7 @@ def full_state() -> AgentState:
         pending_restart=OwedRestart("k3s.service", "config changed", "2029-12-31T12:00:00Z"),
         watch={"crun": Watch("2029-12-31T12:00:00Z", 1.9e9, 3, "1.14", "1.15", True)},
         blocked={"wasmedge": Block(3, "0.14.1", "0.13.5", "wasmedge fails", "2029-12-31T13:00Z")},
+        rollback_holds={"crun": RollbackHold("2029-12-31T14:00:00Z", "1.15", "1.14")},
     )
 
 
@@ -66,6 +67,12 @@ def test_the_records_keep_state_jsons_keys(tmp_path: Path) -> None:
         "restored": "0.13.5",
         "reason": "wasmedge fails",
         "at": "2029-12-31T13:00Z",
+    }
+    assert doc["rollbackHolds"]["crun"] == {
+        "since": "2029-12-31T14:00:00Z",
+        "away": "1.15",
+        "restored": "1.14",
+        "awaySha256": None,
     }
     assert doc["noop"] == {
         "digest": "d" * 64,
@@ -130,6 +137,8 @@ def _corrupt(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str
         (("blocked", "wasmedge", "generation"), "3", "blocked.wasmedge.generation"),
         (("blocked",), [], "blocked"),
         (("counters",), {"runs": 3}, "state.counters"),
+        (("rollbackHolds", "crun", "since"), None, "rollbackHolds.crun.since"),
+        (("rollbackHolds",), [], "rollbackHolds"),
     ],
 )
 def test_a_field_of_the_wrong_type_is_a_corrupt_state_file(
@@ -166,6 +175,10 @@ def test_status_shows_every_record(sandbox_root: Path) -> None:
     assert (
         "rolled back wasmedge 0.14.1 -> 0.13.5 at 2029-12-31T13:00Z "
         "(not retried for generation 3): wasmedge fails\n"
+    ) in res.stdout
+    assert (
+        "held by rollback since 2029-12-31T14:00:00Z: crun at 1.14 while the desired state "
+        "names 1.15 (agentd rollback --release crun)\n"
     ) in res.stdout
 
 
