@@ -41,13 +41,18 @@ def format_actions(actions: list[dict[str, Any]], with_status: bool = False) -> 
 
 
 def format_plan(plan: dict[str, Any]) -> str:
-    plan = printable_tree(plan)
+    # A diff is split into lines before escaping: each line is escaped, the newlines between stay.
+    diffs = [
+        {**printable_tree({k: v for k, v in d.items() if k != "diff"}), "lines_of": d["diff"]}
+        for d in plan.get("diffs") or []
+    ]
+    plan = printable_tree({k: v for k, v in plan.items() if k != "diffs"})
     actions = plan["actions"]
     lines = [f"Plan for generation {plan['generation']} on this {plan['arch']} node:"]
     lines += format_actions(actions) if actions else ["  nothing to do"]
-    for d in plan.get("diffs") or []:
+    for d in diffs:
         lines.append(f"Diff of {d['target']} ({d['component']}):")
-        lines += _cut(d["diff"].splitlines())
+        lines += _cut([printable(line) for line in d["lines_of"].splitlines()])
     refusals = plan.get("refusals") or []
     if refusals:
         lines.append("Refused:")
