@@ -7,12 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-from agentd.cli.main import agent_config, print_json
-from agentd.cli.output import format_plan
+from agentd.cli.color import paint_plan
+from agentd.cli.exits import EXIT_CHANGES, print_json, require_file
+from agentd.cli.main import agent_config
+from agentd.cli.output import format_plan, plan_legend
 from agentd.run import make_plan
 from agentd.system.host import Host
-
-EXIT_CHANGES = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    require_file(args.desired, "--desired")
     planned = make_plan(Host.at(args.root), args.desired, config=agent_config(args))
     doc = planned.plan.to_json()
     doc["sources"] = planned.loaded.sources
@@ -57,7 +58,7 @@ def handle(args: argparse.Namespace) -> int:
     if args.json:
         print_json(doc)
         return EXIT_CHANGES if args.detailed_exitcode and not planned.plan.empty else 0
-    sys.stdout.write(format_plan(doc))
+    sys.stdout.write(paint_plan(format_plan(doc) + plan_legend(doc), sys.stdout))
     if args.explain:
         sys.stdout.write("Desired values (later sources win):\n")
         sources = planned.loaded.sources

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 import time
 
-from agentd.cli.main import print_json
+from agentd.cli.exits import print_json
 from agentd.converge.rollback import rollback
+from agentd.core.components import KINDS, PLUGIN_PREFIX
+from agentd.core.errors import RollbackError
 from agentd.state.records import RunResult
 from agentd.state.store import AgentState, StateLock, load_state, save_state
 from agentd.system.host import Host
@@ -26,6 +29,7 @@ def handle(args: argparse.Namespace) -> int:
     with StateLock(host.paths).held("rollback", args.wait):
         state = load_state(host.paths) or AgentState()
         started, t0 = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.perf_counter()
+        _known_or_suggest(host, state, args.component)
         done = rollback(host, state, args.component)
         result = RunResult(
             "rollback",
@@ -48,3 +52,18 @@ def handle(args: argparse.Namespace) -> int:
         for call in result.service_calls or []:
             sys.stdout.write(f"  service: {call}\n")
     return 0
+
+
+def _known_or_suggest(host: Host, state: AgentState, component: str) -> None:
+    """A name agentd does not know (`crn`) is refused with the closest one it does (`crun`)."""
+    known = {kind.name for kind in KINDS if not kind.name.startswith(PLUGIN_PREFIX)}
+    known |= set(state.inventory)
+    if host.paths.kept_dir.is_dir():
+        known |= {p.name.replace("__", "/") for p in host.paths.kept_dir.iterdir() if p.is_dir()}
+    if component in known or component.startswith(PLUGIN_PREFIX):
+        return
+    close = difflib.get_close_matches(component, sorted(known), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise RollbackError(
+        f"unknown component {component!r}: {hint}(known: {', '.join(sorted(known))})"
+    )

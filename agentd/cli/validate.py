@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from agentd.cli.exits import diagnostic, print_json, require_file
 from agentd.desired.load import desired_sources
 from agentd.desired.model import ARCHES
 from agentd.desired.validate import load_and_validate
@@ -41,6 +42,8 @@ def handle(args: argparse.Namespace) -> int:
     elif arch == "none":
         arch = None
     names: dict[Path, str] = {}
+    for path in args.files:
+        require_file(path, "a FILE to validate")
     if args.files:
         groups = [args.files] if args.merge else [[f] for f in args.files]
     else:
@@ -52,12 +55,23 @@ def handle(args: argparse.Namespace) -> int:
         report = load_and_validate(group, arch, merge_all=True, names=names)
         errors += report.errors
         warnings += report.warnings
+    read = [names.get(p, str(p)) for group in groups for p in group]
     for line in warnings + errors:
         sys.stderr.write(line + "\n")
     if args.json:
-        from agentd.cli.main import print_json  # noqa: PLC0415
-
-        print_json({"valid": not errors, "errors": errors, "warnings": warnings})
-    elif not errors:
-        sys.stdout.write(f"valid ({sum(len(g) for g in groups)} file(s))\n")
+        print_json(
+            {
+                "valid": not errors,
+                "files": read,
+                "errors": errors,
+                "warnings": warnings,
+                "diagnostics": [diagnostic(e) for e in errors]
+                + [diagnostic(w, "warning") for w in warnings],
+            }
+        )
+    else:
+        # Which files were read: a file in the wrong place (or not merged) shows here.
+        verdict = f"invalid: {len(errors)} error(s)" if errors else "valid"
+        sys.stdout.write(f"{verdict}: {len(read)} file(s) read:\n")
+        sys.stdout.write("".join(f"  {name}\n" for name in read))
     return 1 if errors else 0
