@@ -55,7 +55,8 @@ def handle(args: argparse.Namespace) -> int:
         report = load_and_validate(group, arch, merge_all=True, names=names)
         errors += report.errors
         warnings += report.warnings
-    read = [names.get(p, str(p)) for group in groups for p in group]
+    shown = Host.at(args.root).paths.host_view if not args.files else str
+    read = [names.get(p) or shown(p) for group in groups for p in group]
     for line in warnings + errors:
         sys.stderr.write(line + "\n")
     if args.json:
