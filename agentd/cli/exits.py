@@ -9,9 +9,12 @@ import re
 import select
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 from agentd.core.errors import AgentError, Cancelled
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -103,6 +106,18 @@ class UsageParser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise UsageError(message)
+
+    # --help and --version: argparse drops a write error and leaves the rest to the exit's
+    # flush; here both reach main, so a closed stdout ends them as any output (141).
+    def _print_message(self, message: str, file: Optional[SupportsWrite[str]] = None) -> None:
+        if message:
+            (file or sys.stderr).write(message)
+
+    def exit(self, status: int = 0, message: Optional[str] = None) -> NoReturn:
+        if message:
+            sys.stderr.write(message)
+        sys.stdout.flush()
+        sys.exit(status)
 
 
 _printed = False  # whether this process already put its one JSON document on stdout
