@@ -7,9 +7,12 @@ import sys
 from pathlib import Path
 
 from agentd.cli.exits import diagnostic, print_json, require_file
+from agentd.core.errors import AgentError
 from agentd.desired.load import desired_sources
 from agentd.desired.model import ARCHES
+from agentd.desired.onnode import OnNode
 from agentd.desired.validate import load_and_validate
+from agentd.state.store import load_state
 from agentd.system.host import Host
 
 
@@ -51,8 +54,9 @@ def handle(args: argparse.Namespace) -> int:
         groups, names = [sources.files], sources.names
     errors: list[str] = []
     warnings: list[str] = []
+    on_node = _on_node(Host.at(args.root))
     for group in groups:
-        report = load_and_validate(group, arch, merge_all=True, names=names)
+        report = load_and_validate(group, arch, merge_all=True, names=names, on_node=on_node)
         errors += report.errors
         warnings += report.warnings
     shown = Host.at(args.root).paths.host_view if not args.files else str
@@ -76,3 +80,13 @@ def handle(args: argparse.Namespace) -> int:
         sys.stdout.write(f"{verdict}: {len(read)} file(s) read:\n")
         sys.stdout.write("".join(f"  {name}\n" for name in read))
     return 1 if errors else 0
+
+
+def _on_node(host: Host) -> OnNode:
+    """This node (--root), for the warnings that read it; a broken state file only skips the
+    sha256 one (`status` and `apply` say what is wrong with it)."""
+    try:
+        state = load_state(host.paths)
+    except AgentError:
+        state = None
+    return OnNode(host.paths, state.inventory if state else {})
