@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import re
@@ -99,10 +100,21 @@ def require_file(path: Path | None, given_as: str) -> None:
         raise MissingInput(f"{path}: no such file (given as {given_as})")
 
 
+def _did_you_mean(message: str) -> str:
+    """argparse's "invalid choice: 'pln' (choose from ...)" with the closest choice named."""
+    m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if m is None:
+        return ""
+    choices = re.findall(r"'([^']*)'", m[2])
+    close = difflib.get_close_matches(m[1], choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 class UsageParser(argparse.ArgumentParser):
     """argparse, exiting 64 (EX_USAGE) on a bad command line instead of its 2."""
 
     def error(self, message: str) -> NoReturn:
+        message += _did_you_mean(message)
         self.print_usage(sys.stderr)
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise UsageError(message)

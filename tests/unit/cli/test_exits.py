@@ -42,6 +42,15 @@ def test_a_usage_error_exits_64_never_2(node: Node, argv: tuple[str, ...]) -> No
     assert "Traceback" not in res.stderr
 
 
+def test_a_misspelt_command_or_choice_is_named(node: Node) -> None:
+    res = node.agentd("pln")
+    assert res.code == 64
+    assert "invalid choice: 'pln'" in res.stderr
+    assert "did you mean 'plan'?" in res.stderr
+    assert "did you mean 'journal'?" in node.agentd("--log-format", "jurnal", "status").stderr
+    assert "did you mean" not in node.agentd("zzzzzz").stderr
+
+
 def _help_exit_rows(text: str) -> list[tuple[int, str]]:
     block = text.split("exit status:\n", 1)[1]
     return [(int(code), what) for code, what in re.findall(r"^  (\d+) +(.+)$", block, re.M)]
