@@ -160,3 +160,12 @@ def test_the_man_page_examples_are_real_command_lines() -> None:
         args = build_parser(command).parse_args(argv[1:])  # a usage error raises
         assert args.command == command
     assert {"validate", "plan", "apply", "check", "rollback", "status"} <= used
+
+
+def test_check_colours_its_verdict_and_errors_their_prefix(node: Node, tmp_path: Path) -> None:
+    res = node.agentd("check", "--color=always")
+    verdict = f"{ESC}32mhealthy{ESC}0m" if res.code == 0 else f"{ESC}31mUNHEALTHY{ESC}0m"
+    assert res.stdout.startswith(verdict), res.stdout
+    assert ESC not in node.agentd("check", "--color=never").stdout
+    missing = node.agentd("plan", "--desired", str(tmp_path / "nope.yaml"), "--color=always")
+    assert missing.stderr.startswith(f"{ESC}31magentd: error:{ESC}0m ")

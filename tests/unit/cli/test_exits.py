@@ -3,6 +3,7 @@ code, and a closed standard output ends quietly (issue 15.6)."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -96,6 +97,52 @@ def test_the_man_page_exit_status_matches_the_code() -> None:
         for code, _ in rows:
             if code not in {c for c, _ in exits.SHARED}:
                 assert command in documented[code], (command, code)
+
+
+def _codes_in_the_code() -> dict[str, set[int]]:
+    """Every exit code the commands can return: literal `return N` (N in an if-expression too)
+    and EXIT_* names in each cli module's handle(), and every error class's `exit_code = N`."""
+    found: dict[str, set[int]] = {}
+    constants = {name: getattr(exits, name) for name in dir(exits) if name.startswith("EXIT_")}
+    for path in sorted((REPO / "agentd" / "cli").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        handle = next((n for n in tree.body if getattr(n, "name", "") == "handle"), None)
+        if handle is None:
+            continue
+        codes = found.setdefault(path.stem.replace("_", "-"), set())
+        for ret in (n for n in ast.walk(handle) if isinstance(n, ast.Return) and n.value):
+            for leaf in ast.walk(ret.value):  # type: ignore[arg-type]
+                if isinstance(leaf, ast.Constant) and isinstance(leaf.value, int):
+                    codes.add(leaf.value)
+                elif isinstance(leaf, ast.Name) and leaf.id in constants:
+                    codes.add(constants[leaf.id])
+    raised = set()
+    for path in sorted((REPO / "agentd").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                for stmt in node.body:
+                    target = getattr(stmt, "targets", [None])[0]
+                    if isinstance(target, ast.Name) and target.id == "exit_code":
+                        value = stmt.value  # type: ignore[attr-defined]
+                        if isinstance(value, ast.Name):
+                            raised.add(constants[value.id])
+                        else:
+                            raised.add(value.value)
+    found["*"] = raised
+    return found
+
+
+def test_every_code_the_commands_return_is_documented() -> None:
+    found = _codes_in_the_code()
+    # The walk sees what it should (else the test below would pass on nothing).
+    assert found["plan"] >= {0, 2}
+    assert found["check"] >= {0, 2}
+    assert found["*"] >= {1, 64, 66, 70, 130}, found["*"]
+    anywhere = {code for command in [None, *COMMANDS] for code, _ in exits.exit_codes(command)}
+    assert found.pop("*") <= anywhere
+    for command, codes in found.items():
+        documented = {code for code, _ in exits.exit_codes(command)}
+        assert codes <= documented, (command, codes - documented)
 
 
 def _agentd(root: Path, *args: str) -> list[str]:
