@@ -111,7 +111,10 @@ def make_plan(
     facts = detect(host.paths, state.recorded_plugins())
     timings["detect"] = _ms(t0)
     t1 = time.perf_counter()
-    loaded = load_desired(sources, facts.host.arch, node)
+    from agentd.desired.onnode import OnNode  # noqa: PLC0415
+
+    # on_node: a tokenFile missing here, a pinned sha256 that is not re-checked, as warnings.
+    loaded = load_desired(sources, facts.host.arch, node, OnNode(host.paths, state.inventory))
     facts = _with_packages(host, facts, loaded.desired)
     timings["load"] = _ms(t1)
     t2 = time.perf_counter()

@@ -10,9 +10,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Optional
 
-from agentd.cli.main import agent_config, print_json
-from agentd.cli.output import format_plan, format_run
-from agentd.core.errors import AgentError, Cancelled
+from agentd.cli.color import paint_plan
+from agentd.cli.exits import print_json, require_file
+from agentd.cli.main import agent_config
+from agentd.cli.output import format_plan, format_run, plan_legend
+from agentd.core.errors import Cancelled
 from agentd.run import apply
 from agentd.system.host import Host
 
@@ -48,6 +50,7 @@ def _stop_at_a_safe_point() -> tuple[threading.Event, object]:
 
 
 def handle(args: argparse.Namespace) -> int:
+    require_file(args.desired, "--desired")
     host = Host.at(args.root)
     config = agent_config(args)
     asked, _ = _stop_at_a_safe_point()
@@ -56,35 +59,21 @@ def handle(args: argparse.Namespace) -> int:
         if asked.is_set():
             raise Cancelled("stopped on request before changing anything; nothing was changed")
 
-    try:
-        result = apply(
-            host,
-            args.desired,
-            config=config,
-            pull=not args.offline,
-            dry_run=args.dry_run,
-            lock_wait_s=args.wait,
-            cancel=cancel,
-        )
-    except AgentError as exc:
-        if args.json:
-            # This run's own result: never an earlier run's, when this one failed too early
-            # to record any (no desired state, the lock held, a broken fleet document).
-            print_json(
-                exc.result.to_json()
-                if exc.result is not None
-                else {
-                    "kind": "apply",
-                    "outcome": "cancelled" if isinstance(exc, Cancelled) else "failed",
-                    "error": str(exc),
-                    "problems": getattr(exc, "problems", []),
-                }
-            )
-        raise
+    # A failure's JSON document (this run's own result, never an earlier run's) is main's.
+    result = apply(
+        host,
+        args.desired,
+        config=config,
+        pull=not args.offline,
+        dry_run=args.dry_run,
+        lock_wait_s=args.wait,
+        cancel=cancel,
+    )
     if args.json:
         print_json(result.to_json())
     elif args.dry_run:
-        sys.stdout.write(format_plan(result.to_json()))
+        doc = result.to_json()
+        sys.stdout.write(paint_plan(format_plan(doc) + plan_legend(doc), sys.stdout))
     else:
-        sys.stdout.write(format_run(result))
+        sys.stdout.write(paint_plan(format_run(result), sys.stdout))
     return 0

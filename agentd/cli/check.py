@@ -7,14 +7,15 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from agentd.cli.main import agent_config, print_json
+from agentd.cli.color import paint
+from agentd.cli.exits import EXIT_UNHEALTHY, print_json
+from agentd.cli.main import agent_config
 from agentd.core.printable import printable_line
 from agentd.health.remedy import check
 from agentd.run import apply
 from agentd.settings.snapshot import suspend_reason
 from agentd.system.host import Host
 
-EXIT_UNHEALTHY = 2
 MARKERS = {"critical": "!!", "error": "x ", "warning": "! ", "info": "i "}
 
 
@@ -47,7 +48,9 @@ def handle(args: argparse.Namespace) -> int:
             out(f"before acting: {len(run.before)} finding(s) ({codes})\n")
             for act in run.acted:
                 out(f"  acted: {_acted(act)}\n")
-        verdict = "healthy" if run.healthy else "UNHEALTHY"
+        verdict = paint(
+            *(("healthy", "green") if run.healthy else ("UNHEALTHY", "red")), sys.stdout
+        )
         after = " after acting" if run.before is not None else ""
         out(f"{verdict}{after}: {len(run.findings)} finding(s) on node {run.node}\n")
         for f in run.findings:

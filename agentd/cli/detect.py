@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agentd.cli.main import print_json
+from agentd.cli.exits import print_json
 from agentd.core.paths import Paths
 from agentd.core.printable import printable
 from agentd.facts.detect import detect

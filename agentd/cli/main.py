@@ -9,12 +9,21 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import TextIO, cast
 
 from agentd import __version__
+from agentd.cli.exits import (
+    InternalError,
+    Interrupted,
+    UsageParser,
+    end_quietly,
+    epilog,
+    report_failure,
+    stdout_closed,
+)
 from agentd.core.errors import AgentError
 from agentd.core.paths import Paths
-from agentd.core.printable import PrintableWriter, printable
+from agentd.core.printable import PrintableWriter
 from agentd.settings.snapshot import AgentConfig, load_config
 
 # Subcommand modules are imported only when used: start-up cost matters on a Raspberry Pi.
@@ -35,11 +44,10 @@ COMMANDS = {
 # The daemon hands its workers the settings it validated (the file may be broken since).
 SETTINGS_JSON_ENV = "AGENTD_SETTINGS_JSON"
 SETTINGS_ORIGIN_ENV = "AGENTD_SETTINGS_ORIGIN"
-EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug, as opposed to an expected failure (exit 1)
 
 
-def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+def _common() -> UsageParser:
+    common = UsageParser(add_help=False)
     # SUPPRESS lets an option be given before or after the subcommand name.
     common.add_argument(
         "--root",
@@ -58,21 +66,37 @@ def _common() -> argparse.ArgumentParser:
         "--log-format", choices=("auto", "console", "json", "journal"), default=argparse.SUPPRESS
     )
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    common.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default=argparse.SUPPRESS,
+        help="colour the output (default auto: on a terminal, unless NO_COLOR is set)",
+    )
     return common
 
 
 def build_parser(selected: str | None) -> argparse.ArgumentParser:
     common = _common()
-    parser = argparse.ArgumentParser(
+    # Raw epilogs: the exit-status list keeps one code a line.
+    parser = UsageParser(
         prog="agentd",
         description="Declarative node agent for k3s + WebAssembly edge nodes.",
         parents=[common],
+        epilog=epilog(None),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"agentd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, help_text in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            parents=[common],
+            epilog=epilog(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         if name == selected:
             module = importlib.import_module(f"agentd.cli.{name.replace('-', '_')}")
             module.add_arguments(p)
@@ -86,17 +110,13 @@ def _selected(argv: Sequence[str]) -> str | None:
         if skip_next:
             skip_next = False
             continue
-        if arg in ("--root", "--log-format", "--settings"):
+        if arg in ("--root", "--log-format", "--settings", "--color"):
             skip_next = True
         elif arg in COMMANDS:
             return arg
         elif not arg.startswith("-"):
             return None
     return None
-
-
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
 def agent_config(args: argparse.Namespace) -> AgentConfig:
@@ -111,9 +131,11 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     # Every byte a host's file name or a document put in the output reaches the terminal (and
     # a log reader) escaped: no screen clear, no forged line (agentd/core/printable.py).
+    from agentd.cli.color import OWN_SEQUENCES  # noqa: PLC0415
+
     out, err = sys.stdout, sys.stderr
-    sys.stdout = cast(TextIO, PrintableWriter(out))
-    sys.stderr = cast(TextIO, PrintableWriter(err))
+    sys.stdout = cast(TextIO, PrintableWriter(out, OWN_SEQUENCES))
+    sys.stderr = cast(TextIO, PrintableWriter(err, OWN_SEQUENCES))
     try:
         return _main(argv)
     finally:
@@ -122,29 +144,42 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(_selected(args_list)).parse_args(args_list)
+    command = _selected(args_list)
+    # Known before parsing, so that a usage error of a `--json` command is a document too.
+    wants_json = "--json" in args_list
+    try:
+        code = _run(build_parser(command), args_list)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
+    except BrokenPipeError as exc:
+        if stdout_closed():
+            return end_quietly()
+        return report_failure(_internal(exc), command, wants_json)
+    except AgentError as exc:
+        return report_failure(exc, command, wants_json)
+    except KeyboardInterrupt:
+        return report_failure(Interrupted("interrupted"), command, wants_json)
+    except Exception as exc:  # pragma: no cover - a bug; say so plainly, with its own code
+        return report_failure(_internal(exc), command, wants_json)
+    return code
+
+
+def _run(parser: argparse.ArgumentParser, args_list: list[str]) -> int:
+    args = parser.parse_args(args_list)
     root = getattr(args, "root", None) or Path(os.environ.get("AGENTD_ROOT") or "/")
     args.root = root.absolute()
+    from agentd.cli import color  # noqa: PLC0415
     from agentd.system import log  # noqa: PLC0415
 
+    color.configure(getattr(args, "color", "auto"))
     log.configure(getattr(args, "log_format", "auto"), getattr(args, "verbose", False))
-    try:
-        code: int = args.handler(args)
-    except AgentError as exc:
-        sys.stderr.write(f"agentd: error: {printable(str(exc))}\n")
-        for problem in getattr(exc, "problems", []):
-            sys.stderr.write(f"{printable(str(problem))}\n")
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:  # pragma: no cover - a bug; say so plainly, with its own code
-        from agentd.core.redact import redact_text  # noqa: PLC0415
-
-        sys.stderr.write(
-            f"agentd: internal error: {type(exc).__name__}: {printable(redact_text(str(exc)))}\n"
-        )
-        return EXIT_INTERNAL
+    code: int = args.handler(args)
     return code
+
+
+def _internal(exc: Exception) -> InternalError:
+    from agentd.core.redact import redact_text  # noqa: PLC0415
+
+    return InternalError(f"{type(exc).__name__}: {redact_text(str(exc))}")
 
 
 if __name__ == "__main__":

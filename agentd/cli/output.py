@@ -90,6 +90,17 @@ def _cut(diff: list[str]) -> list[str]:
     return shown
 
 
+def plan_legend(plan: dict[str, Any]) -> str:
+    """One line saying what the markers of the plan above mean (only those it shows)."""
+    shown = {a["action"] for a in plan["actions"]}
+    parts = [f"{MARKERS[verb]} {verb}" for verb in MARKERS if verb in shown]
+    if plan.get("refusals"):
+        parts.append("x refused")
+    if plan["unchanged"]:
+        parts.append("= unchanged")
+    return f"Legend: {', '.join(parts)}\n" if parts else ""
+
+
 def format_run(result: RunResult) -> str:
     generation = "?" if result.generation is None else result.generation
     head = f"{result.kind}: generation {generation}: {result.outcome}"

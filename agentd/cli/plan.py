@@ -7,15 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from agentd.cli.main import agent_config, print_json
-from agentd.cli.output import format_plan
+from agentd.cli.color import paint_plan
+from agentd.cli.exits import EXIT_CHANGES, EXIT_REFUSED, print_json, require_file
+from agentd.cli.main import agent_config
+from agentd.cli.output import format_plan, plan_legend
 from agentd.core.printable import printable
 from agentd.plan.filediff import config_diffs
 from agentd.run import make_plan
 from agentd.system.host import Host
-
-EXIT_CHANGES = 2
-EXIT_REFUSED = 3  # apply would refuse something (see agentd.plan.refusals)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    require_file(args.desired, "--desired")
     planned = make_plan(Host.at(args.root), args.desired, config=agent_config(args))
     doc = planned.plan.to_json()
     doc["refusals"] = planned.judged.to_json()
@@ -64,7 +64,7 @@ def handle(args: argparse.Namespace) -> int:
     if args.json:
         print_json(doc)
         return code
-    sys.stdout.write(format_plan(doc))
+    sys.stdout.write(paint_plan(format_plan(doc) + plan_legend(doc), sys.stdout))
     if args.explain:
         sys.stdout.write("Desired values (later sources win):\n")
         sources = planned.loaded.sources

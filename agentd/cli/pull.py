@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agentd.cli.main import agent_config, print_json
+from agentd.cli.exits import print_json
+from agentd.cli.main import agent_config
 from agentd.core.errors import AgentError
 from agentd.desired.identity import node_identity
 from agentd.desired.load import settle_candidate
@@ -47,6 +48,12 @@ def handle(args: argparse.Namespace) -> int:
     }
     if result.outcome == "updated" and seen.get("verdict") == "candidate":
         doc["reason"] = "waiting: this node's own desired-state files are invalid"
+    refused = result.outcome in ("failed", "rejected") or seen.get("verdict") == "rejected"
+    if refused:
+        # Like every failed --json command's document (main's error_document).
+        why = doc["reason"] or result.detail
+        doc |= {"kind": "pull", "ok": False, "exitCode": 1, "errorKind": "pull", "error": why}
+        doc["diagnostics"] = []
     if args.json:
         print_json(doc)
     else:
@@ -58,5 +65,4 @@ def handle(args: argparse.Namespace) -> int:
             f"  last good: generation {good.get('generation', 'none')}"
             f" ({good.get('origin') or 'nothing accepted yet'})\n"
         )
-    refused = result.outcome in ("failed", "rejected") or seen.get("verdict") == "rejected"
     return 1 if refused else 0

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 import time
 from typing import Any
 
-from agentd.cli.main import print_json
+from agentd.cli.exits import print_json
 from agentd.converge.rollback import rollback
-from agentd.core.components import restarts_k3s
-from agentd.core.errors import AgentError
+from agentd.core.components import KINDS, PLUGIN_PREFIX, restarts_k3s
+from agentd.core.errors import AgentError, RollbackError
 from agentd.state.holds import RollbackHold
 from agentd.state.records import RunResult
 from agentd.state.store import AgentState, StateLock, load_state, save_state
@@ -45,6 +46,7 @@ def handle(args: argparse.Namespace) -> int:
     with StateLock(host.paths).held("rollback", args.wait):
         state = load_state(host.paths) or AgentState()
         started, t0 = _now(), time.perf_counter()
+        _known_or_suggest(host, state, args.component)
         done = rollback(host, state, args.component)
         hold = RollbackHold(
             started, done["replacedVersion"], done["restoredVersion"], done["awaySha256"]
@@ -113,3 +115,18 @@ def _release(host: Host, args: argparse.Namespace) -> int:
             "converges it to the desired state\n"
         )
     return 0
+
+
+def _known_or_suggest(host: Host, state: AgentState, component: str) -> None:
+    """A name agentd does not know (`crn`) is refused with the closest one it does (`crun`)."""
+    known = {kind.name for kind in KINDS if not kind.name.startswith(PLUGIN_PREFIX)}
+    known |= set(state.inventory)
+    if host.paths.kept_dir.is_dir():
+        known |= {p.name.replace("__", "/") for p in host.paths.kept_dir.iterdir() if p.is_dir()}
+    if component in known or component.startswith(PLUGIN_PREFIX):
+        return
+    close = difflib.get_close_matches(component, sorted(known), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise RollbackError(
+        f"unknown component {component!r}: {hint}(known: {', '.join(sorted(known))})"
+    )

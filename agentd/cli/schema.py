@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from agentd.cli.main import print_json
+from agentd.cli.exits import print_json
 from agentd.desired.model import json_schema
 
 

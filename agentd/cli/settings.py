@@ -10,8 +10,7 @@ from typing import Any
 
 import yaml
 
-from agentd.cli.main import print_json
-from agentd.core.errors import AgentError
+from agentd.cli.exits import print_json
 from agentd.core.paths import Paths
 from agentd.core.redact import redact_url
 from agentd.settings.snapshot import load_config
@@ -32,14 +31,7 @@ def _redacted(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 def handle(args: argparse.Namespace) -> int:
     settings = getattr(args, "settings", None)
-    try:
-        config = load_config(Paths(args.root), settings.absolute() if settings else None)
-    except AgentError as exc:
-        if args.json:
-            print_json(
-                {"valid": False, "error": str(exc), "problems": getattr(exc, "problems", [])}
-            )
-        raise
+    config = load_config(Paths(args.root), settings.absolute() if settings else None)
     shown = _redacted(config.raw)
     if args.json:
         print_json({"valid": True, "origin": config.origin, "settings": shown})

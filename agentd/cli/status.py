@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from agentd.cli.main import print_json
+from agentd.cli.exits import print_json
 from agentd.cli.output import format_run
 from agentd.core.paths import Paths
 from agentd.core.printable import printable_line
@@ -39,9 +39,15 @@ def handle(args: argparse.Namespace) -> int:
     source = FleetStore(paths).status() or None
     suspended = paths.suspend_file.exists()
     if (state is None or state.last_run is None) and daemon is None:
+        error = f"no state yet in {paths.host_view(paths.state_dir)}"
         if args.json:
-            print_json({"lastRun": None, "daemon": None, "source": source})
-        sys.stderr.write(f"agentd: no state yet in {paths.host_view(paths.state_dir)}\n")
+            print_json(
+                {"lastRun": None, "daemon": None, "source": source}
+                | {"kind": "status", "ok": False, "exitCode": 1, "errorKind": "no-state"}
+                | {"error": error}
+                | {"diagnostics": []}
+            )
+        sys.stderr.write(f"agentd: {error}\n")
         return 1
     if args.json:
         doc: dict[str, Any] = state.to_json() if state else {"lastRun": None}

@@ -6,10 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from agentd.cli.exits import diagnostic, print_json, require_file
+from agentd.core.errors import AgentError
 from agentd.core.printable import printable
 from agentd.desired.load import desired_sources
 from agentd.desired.model import ARCHES
+from agentd.desired.onnode import OnNode
 from agentd.desired.validate import load_and_validate
+from agentd.state.store import load_state
 from agentd.system.host import Host
 
 
@@ -42,6 +46,8 @@ def handle(args: argparse.Namespace) -> int:
     elif arch == "none":
         arch = None
     names: dict[Path, str] = {}
+    for path in args.files:
+        require_file(path, "a FILE to validate")
     if args.files:
         groups = [args.files] if args.merge else [[f] for f in args.files]
     else:
@@ -49,16 +55,39 @@ def handle(args: argparse.Namespace) -> int:
         groups, names = [sources.files], sources.names
     errors: list[str] = []
     warnings: list[str] = []
+    on_node = _on_node(Host.at(args.root))
     for group in groups:
-        report = load_and_validate(group, arch, merge_all=True, names=names)
+        report = load_and_validate(group, arch, merge_all=True, names=names, on_node=on_node)
         errors += report.errors
         warnings += report.warnings
+    shown = Host.at(args.root).paths.host_view if not args.files else str
+    read = [names.get(p) or shown(p) for group in groups for p in group]
     for line in warnings + errors:
         sys.stderr.write(printable(line) + "\n")  # a file name may hold anything
     if args.json:
-        from agentd.cli.main import print_json  # noqa: PLC0415
-
-        print_json({"valid": not errors, "errors": errors, "warnings": warnings})
-    elif not errors:
-        sys.stdout.write(f"valid ({sum(len(g) for g in groups)} file(s))\n")
+        print_json(
+            {
+                "valid": not errors,
+                "files": read,
+                "errors": errors,
+                "warnings": warnings,
+                "diagnostics": [diagnostic(e) for e in errors]
+                + [diagnostic(w, "warning") for w in warnings],
+            }
+        )
+    else:
+        # Which files were read: a file in the wrong place (or not merged) shows here.
+        verdict = f"invalid: {len(errors)} error(s)" if errors else "valid"
+        sys.stdout.write(f"{verdict}: {len(read)} file(s) read:\n")
+        sys.stdout.write("".join(f"  {name}\n" for name in read))
     return 1 if errors else 0
+
+
+def _on_node(host: Host) -> OnNode:
+    """This node (--root), for the warnings that read it; a broken state file only skips the
+    sha256 one (`status` and `apply` say what is wrong with it)."""
+    try:
+        state = load_state(host.paths)
+    except AgentError:
+        state = None
+    return OnNode(host.paths, state.inventory if state else {})

@@ -75,11 +75,18 @@ class PrintableWriter:
     """Stands in for a text stream (stdout, stderr) and makes everything written printable,
     newlines kept: the last guard for whatever a renderer forgot to escape."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, keep: re.Pattern[str] | None = None) -> None:
         self.stream = stream
+        self.keep = keep  # agentd's own sequences (its colours), passed as they are
 
     def write(self, text: str) -> int:
-        self.stream.write(printable_lines(text))
+        if self.keep is None:
+            self.stream.write(printable_lines(text))
+        else:
+            pieces = self.keep.split(text)  # the pattern's one group keeps each sequence
+            self.stream.write(
+                "".join(p if i % 2 else printable_lines(p) for i, p in enumerate(pieces))
+            )
         return len(text)
 
     def __getattr__(self, name: str) -> Any:

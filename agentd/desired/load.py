@@ -13,6 +13,7 @@ from agentd.system.host import Host
 
 if TYPE_CHECKING:
     from agentd.desired.model import DesiredState
+    from agentd.desired.onnode import OnNode
     from agentd.desired.targeting import Targeting
     from agentd.desired.validate import ValidationReport
 
@@ -89,10 +90,17 @@ class Loaded:
     targeting: list[Targeting] = field(default_factory=list)
 
 
-def load_desired(sources: Sources, arch: str, node: Optional[NodeIdentity] = None) -> Loaded:
+def load_desired(
+    sources: Sources,
+    arch: str,
+    node: Optional[NodeIdentity] = None,
+    on_node: Optional[OnNode] = None,
+) -> Loaded:
     from agentd.desired.validate import load_and_validate  # noqa: PLC0415
 
-    report = load_and_validate(sources.files, arch, merge_all=True, names=sources.names, node=node)
+    report = load_and_validate(
+        sources.files, arch, merge_all=True, names=sources.names, node=node, on_node=on_node
+    )
     if report.errors or report.state is None:
         n = len(report.errors)
         raise DesiredStateError(

@@ -10,6 +10,7 @@ from typing import Optional
 from agentd.core.errors import DesiredStateError
 from agentd.desired.identity import NodeIdentity
 from agentd.desired.model import DesiredState, sanity_problems
+from agentd.desired.onnode import OnNode, node_problems
 from agentd.desired.targeting import Targeting, apply_targeting
 from agentd.schema.validation import check_schema, format_problems
 from agentd.schema.yamlload import Loaded, Pos, load_file, locate, merge
@@ -29,12 +30,18 @@ class ValidationReport:
         return not self.errors
 
 
-def validate(loaded: Loaded, arch: Optional[str]) -> ValidationReport:
-    """Schema, then (if the schema holds) the checks that know k3s, crun, WasmEdge and `arch`."""
+def validate(
+    loaded: Loaded, arch: Optional[str], on_node: Optional[OnNode] = None
+) -> ValidationReport:
+    """Schema, then (if the schema holds) the checks that know k3s, crun, WasmEdge and `arch`,
+    and with `on_node` those that read the node (its files, what agentd installed)."""
     warnings: list[tuple[Pos, str]] = []
     state, errors = check_schema(DesiredState, loaded)
     if state is not None:
-        for problem in sanity_problems(state, arch):
+        problems = sanity_problems(state, arch)
+        if on_node is not None:
+            problems += node_problems(state, on_node, arch)
+        for problem in problems:
             found = warnings if problem.severity == "warning" else errors
             found.append((locate(loaded, problem.loc), problem.message))
     return ValidationReport(
@@ -50,6 +57,7 @@ def load_and_validate(
     merge_all: bool,
     names: Optional[Mapping[Path, str]] = None,
     node: Optional[NodeIdentity] = None,
+    on_node: Optional[OnNode] = None,
 ) -> ValidationReport:
     """Each file loaded, then validated merged (in order) or one by one.
 
@@ -79,12 +87,12 @@ def load_and_validate(
         merged = docs[0]
         for doc in docs[1:]:
             merged = merge(merged, doc)
-        report = validate(merged, arch)
+        report = validate(merged, arch, on_node)
         report.targeting = targeting
         return report
     report = ValidationReport(None, load_errors)
     for doc in docs:
-        one = validate(doc, arch)
+        one = validate(doc, arch, on_node)
         report.errors.extend(one.errors)
         report.warnings.extend(one.warnings)
         report.state = one.state

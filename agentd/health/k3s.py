@@ -16,6 +16,30 @@ def _k3s_unit(inp: CheckInput) -> str:
 
 
 def check_k3s(inp: CheckInput) -> list[Finding]:
+    """The desired tokenFile present, then k3s's own state."""
+    return _token_file(inp) + _k3s_state(inp)
+
+
+def _token_file(inp: CheckInput) -> list[Finding]:
+    """A tokenFile the desired state names must exist: k3s cannot join a cluster without it
+    (validate only warns: it may run on another machine than the node)."""
+    token = (wanted(inp, "k3s") or {}).get("tokenFile")
+    if not isinstance(token, str) or not token.startswith("/"):
+        return []
+    if inp.paths.under(token).exists():
+        return []
+    return [
+        Finding(
+            "k3s.token-file-missing",
+            "error",
+            "k3s",
+            f"the desired tokenFile {token} does not exist: k3s cannot join the cluster with it",
+            f"put the cluster's token in {token} (mode 0600, owned by root)",
+        )
+    ]
+
+
+def _k3s_state(inp: CheckInput) -> list[Finding]:
     """k3s installed, its unit active, the API answering, this node Ready. One finding when k3s
     is not there or not running, never a cascade of failures behind it."""
     paths, found = inp.paths, inp.facts.component("k3s")

@@ -243,6 +243,8 @@ def test_fixes_that_rewrite_the_template_and_restart_k3s(
     restarted (under --root the systemctl calls are recorded, not made)."""
     node = Node(sandbox_root)
     install(sandbox_root, "/etc/resolv.conf", b"nameserver 10.0.0.53\n", 0o644)
+    # The token the desired tokenFile names, as on a real node (else k3s.token-file-missing).
+    install(sandbox_root, "/etc/wasm-edge/k3s-token", b"K10test\n", 0o600)
     write_yaml(
         node.path("/etc/wasm-edge/desired.yaml"),
         desired_document(mirror.url, mirror_index, arches=(arch,)),
