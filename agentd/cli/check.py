@@ -52,7 +52,9 @@ def handle(args: argparse.Namespace) -> int:
             *(("healthy", "green") if run.healthy else ("UNHEALTHY", "red")), sys.stdout
         )
         after = " after acting" if run.before is not None else ""
-        out(f"{verdict}{after}: {len(run.findings)} finding(s) on node {run.node}\n")
+        # The verdict is agentd's own (its colour stays); the node's name is escaped.
+        sys.stdout.write(verdict)
+        out(f"{after}: {len(run.findings)} finding(s) on node {run.node}\n")
         for f in run.findings:
             out(f"  {MARKERS.get(f.severity, '? ')}{f.code:<28} {f.component}: {f.message}\n")
             out(f"      remedy: {f.remedy}\n")

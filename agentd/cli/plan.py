@@ -60,12 +60,11 @@ def handle(args: argparse.Namespace) -> int:
             | {"from": str(pos)}
             for path, value, pos in provenance(merged)
         ]
-    code = _exit_code(planned.plan.empty, bool(doc["refusals"])) if args.detailed_exitcode else 0
     if args.json:
         print_json(doc)
-        return code
-    sys.stdout.write(paint_plan(format_plan(doc) + plan_legend(doc), sys.stdout))
-    if args.explain:
+    else:
+        sys.stdout.write(paint_plan(format_plan(doc) + plan_legend(doc), sys.stdout))
+    if args.explain and not args.json:
         sys.stdout.write("Desired values (later sources win):\n")
         sources = planned.loaded.sources
         sys.stdout.write("".join(f"  source {i + 1}: {s}\n" for i, s in enumerate(sources)))
@@ -75,11 +74,8 @@ def handle(args: argparse.Namespace) -> int:
             if len(value) > 60:
                 value = value[:57] + "..."
             sys.stdout.write(f"  {entry['path']:<{width}} = {value:<20}  <- {entry['from']}\n")
-    return code
-
-
-def _exit_code(empty: bool, refused: bool) -> int:
-    """--detailed-exitcode: a refusal first (a CI gate must not read it as "changes")."""
-    if refused:
+    if not args.detailed_exitcode:
+        return 0
+    if doc["refusals"]:  # first: a CI gate must not read a refusal as "changes"
         return EXIT_REFUSED
-    return 0 if empty else EXIT_CHANGES
+    return 0 if planned.plan.empty else EXIT_CHANGES

@@ -19,12 +19,14 @@ from agentd.system.host import Host
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    # One of the two, never both: argparse says so as a usage error (exit 64).
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument(
         "component",
         nargs="?",
         help="k3s, crun, wasmedge, wasmedge/plugins/NAME, k3s/config, ...",
     )
-    parser.add_argument(
+    which.add_argument(
         "--release",
         metavar="COMPONENT",
         help="end the hold of an earlier rollback: apply and the daemon change COMPONENT again",
@@ -38,8 +40,6 @@ def _now() -> str:
 
 
 def handle(args: argparse.Namespace) -> int:
-    if (args.component is None) == (args.release is None):
-        raise AgentError("name one component to roll back, or --release COMPONENT")
     host = Host.at(args.root)
     if args.release is not None:
         return _release(host, args)

@@ -79,7 +79,7 @@ def handle(args: argparse.Namespace) -> int:
         # Which files were read: a file in the wrong place (or not merged) shows here.
         verdict = f"invalid: {len(errors)} error(s)" if errors else "valid"
         sys.stdout.write(f"{verdict}: {len(read)} file(s) read:\n")
-        sys.stdout.write("".join(f"  {name}\n" for name in read))
+        sys.stdout.write("".join(f"  {printable(name)}\n" for name in read))
     return 1 if errors else 0
 
 

@@ -4,7 +4,7 @@ _agentd() {
     local cmd="" i
     for ((i = 1; i < COMP_CWORD; i++)); do
         case "${COMP_WORDS[i]}" in
-            --arch|--color|--desired|--log-format|--out|--root|--settings|--wait) ((i++)) ;;
+            --arch|--color|--desired|--log-format|--out|--release|--root|--settings|--wait) ((i++)) ;;
             -*) ;;
             *) cmd="${COMP_WORDS[i]}"; break ;;
         esac
@@ -15,6 +15,7 @@ _agentd() {
         apply\ --desired) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         apply\ --wait) COMPREPLY=(); return ;;
         pull\ --wait) COMPREPLY=(); return ;;
+        rollback\ --release) COMPREPLY=(); return ;;
         rollback\ --wait) COMPREPLY=(); return ;;
         probe-wasm\ --out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         *\ --root) COMPREPLY=($(compgen -d -- "$cur")); return ;;
@@ -31,7 +32,7 @@ _agentd() {
         check) COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color --json --act" -- "$cur")) ;;
         pull) COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color --json --wait" -- "$cur")) ;;
         status) COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color --json" -- "$cur")) ;;
-        rollback) if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color --wait --json" -- "$cur")); else COMPREPLY=($(compgen -W "k3s crun wasmedge k3s/config k3s/unit k3s/containerd k3s/runtimeclasses" -- "$cur")); fi ;;
+        rollback) if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color --release --wait --json" -- "$cur")); else COMPREPLY=($(compgen -W "k3s crun wasmedge k3s/config k3s/unit k3s/containerd k3s/runtimeclasses" -- "$cur")); fi ;;
         run) COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color" -- "$cur")) ;;
         settings) COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color --json" -- "$cur")) ;;
         schema) COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color --json" -- "$cur")) ;;

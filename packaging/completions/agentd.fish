@@ -26,7 +26,7 @@ complete -c agentd -n '__fish_seen_subcommand_from validate' -l json -d 'one JSO
 complete -c agentd -n '__fish_seen_subcommand_from validate' -F
 complete -c agentd -n '__fish_seen_subcommand_from plan' -l desired -r -F -d 'a desired-state file instead of the sources'
 complete -c agentd -n '__fish_seen_subcommand_from plan' -l json -d 'one JSON document on stdout'
-complete -c agentd -n '__fish_seen_subcommand_from plan' -l detailed-exitcode -d 'exit 0 when there is nothing to do, 2 when changes are pending'
+complete -c agentd -n '__fish_seen_subcommand_from plan' -l detailed-exitcode -d 'exit 0 when there is nothing to do, 2 when changes are pending, 3 when apply would refuse something'
 complete -c agentd -n '__fish_seen_subcommand_from plan' -l explain -d 'also show every desired value and the file'
 complete -c agentd -n '__fish_seen_subcommand_from apply' -l desired -r -F -d 'a desired-state file instead of the sources'
 complete -c agentd -n '__fish_seen_subcommand_from apply' -l dry-run -d 'plan only'
@@ -38,6 +38,7 @@ complete -c agentd -n '__fish_seen_subcommand_from check' -l act -d 'also roll b
 complete -c agentd -n '__fish_seen_subcommand_from pull' -l json -d 'one JSON document on stdout'
 complete -c agentd -n '__fish_seen_subcommand_from pull' -l wait -x -d 'wait for another run\'s lock'
 complete -c agentd -n '__fish_seen_subcommand_from status' -l json -d 'one JSON document on stdout'
+complete -c agentd -n '__fish_seen_subcommand_from rollback' -l release -x -d 'end the hold of an earlier rollback: apply and the daemon change COMPONENT again'
 complete -c agentd -n '__fish_seen_subcommand_from rollback' -l wait -x -d ''
 complete -c agentd -n '__fish_seen_subcommand_from rollback' -l json -d 'one JSON document on stdout'
 complete -c agentd -n '__fish_seen_subcommand_from rollback' -a 'k3s crun wasmedge k3s/config k3s/unit k3s/containerd k3s/runtimeclasses'
