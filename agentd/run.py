@@ -273,7 +273,8 @@ class _Run:
         if last is not None and desired.generation < last:
             error = (
                 f"desired generation {desired.generation} is older than generation {last} "
-                "already applied on this node; nothing was changed (publish a higher generation)"
+                "already applied on this node; nothing was changed (publish a higher generation, "
+                "or lower the ratchet: agentd ratchet lower N --confirm)"
             )
             self.record(replace(_result(planned, started, t0, "refused"), error=error))
             raise GenerationError(error)

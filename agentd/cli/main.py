@@ -26,6 +26,7 @@ COMMANDS = {
     "pull": "fetch the fleet's desired state now (git or HTTPS), and check its signature",
     "status": "the last run, the daemon and the fleet source, from the state dir",
     "rollback": "put back the version a component had before its last change",
+    "ratchet": "lower the generation ratchet (after a mistaken publish), keeping the inventory",
     "run": "the daemon: keep this node converged (what the systemd unit starts)",
     "settings": "check the agent settings and print them with every default filled in",
     "schema": "print the desired state's JSON Schema",
