@@ -125,12 +125,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # pragma: no cover - a bug; say so plainly, with its own code
-        from agentd.core.redact import redact_text  # noqa: PLC0415
+    except OSError as exc:
+        from agentd.system.storage import describe, storage_error  # noqa: PLC0415
 
-        sys.stderr.write(f"agentd: internal error: {type(exc).__name__}: {redact_text(str(exc))}\n")
-        return EXIT_INTERNAL
+        full = storage_error(exc)
+        if full is None:
+            return _internal(exc)
+        # A full or failing disk is the node's state, not a bug: say which file system.
+        sys.stderr.write(
+            f"agentd: error: {describe(full)}; the command stopped there (every file agentd "
+            "writes is replaced whole: each is old or new)\n"
+        )
+        return 1
+    except Exception as exc:  # pragma: no cover - a bug; say so plainly, with its own code
+        return _internal(exc)
     return code
+
+
+def _internal(exc: BaseException) -> int:
+    from agentd.core.redact import redact_text  # noqa: PLC0415
+
+    sys.stderr.write(f"agentd: internal error: {type(exc).__name__}: {redact_text(str(exc))}\n")
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":
