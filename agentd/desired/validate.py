@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from agentd.core.errors import DesiredStateError
+from agentd.core.generation import shown
 from agentd.desired.identity import NodeIdentity
 from agentd.desired.model import DesiredState, sanity_problems
 from agentd.desired.targeting import Targeting, apply_targeting
@@ -106,9 +107,15 @@ def _without_generation(doc: Loaded, base: Loaded, ignored: list[tuple[Pos, str]
         ignored.append(
             (
                 locate(doc, ("generation",)),
-                f"generation {data['generation']!r} is ignored: only the first source "
-                f"(the fleet document, else desired.yaml) sets the generation ({first!r})",
+                f"generation {_shown(data['generation'])} is ignored: only the first source "
+                f"(the fleet document, else desired.yaml) sets the generation ({_shown(first)})",
             )
         )
     rest = {k: v for k, v in data.items() if k != "generation"}
     return Loaded(rest, doc.positions, doc.keys)
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return shown(value)
+    return "none" if value is None else f"of type {type(value).__name__}"
