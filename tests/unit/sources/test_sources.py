@@ -1056,3 +1056,28 @@ def test_ratchet_lower_refuses_a_generation_out_of_bounds(node: Node) -> None:
     res = node.agentd("ratchet", "lower", str(2**53 + 1), "--confirm")
     assert res.code == 1
     assert "is above the largest agentd accepts" in res.stderr
+
+
+def test_ratchet_lower_brings_back_a_node_an_older_agentd_left_above_2_53(node: Node) -> None:
+    """state.json written before the bound may say 10^18: it is read as it is, apply says how
+    to get out, and `ratchet lower` does it with the inventory kept."""
+    inventory = {"crun": {"version": "1.15", "sha256": "c" * 64, "files": ["/usr/local/bin/crun"]}}
+    node_file(
+        node.root,
+        "/var/lib/wasm-edge/state.json",
+        json.dumps({"stateVersion": 1, "lastAppliedGeneration": 10**18, "inventory": inventory}),
+    )
+    node_file(
+        node.root,
+        "/etc/wasm-edge/desired.yaml",
+        "apiVersion: agentd/v1\nkind: NodeState\ngeneration: 3\n",
+    )
+    refused = node.agentd("apply")
+    assert refused.code == 1
+    assert "agentd ratchet lower N --confirm" in refused.stderr
+    done = node.agentd("ratchet", "lower", "2", "--confirm")
+    assert done.code == 0, done.stderr
+    assert "the last applied generation 1000000000000000000 becomes 2" in done.stdout
+    state = node.state()
+    assert state["lastAppliedGeneration"] == 2
+    assert state["inventory"] == inventory
