@@ -128,22 +128,26 @@ def test_a_disk_full_at_every_step_is_a_clear_error_and_the_next_run_converges(
 # --- a real file system, filled to the last byte ----------------------------------------------
 
 
-@pytest.fixture
-def full_state_dir(sandbox_root: Path) -> Iterator[Path]:
-    """The node's state dir on a 1 MiB tmpfs of its own (root only), left with no free block."""
-    state = sandbox_root / STATE_DIR.lstrip("/")
-    state.mkdir(parents=True)
+@contextlib.contextmanager
+def tmpfs(at: Path, options: str) -> Iterator[Path]:
+    """A tmpfs of its own at `at` (root only; the test is skipped elsewhere)."""
+    at.mkdir(parents=True, exist_ok=True)
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(state)],
-        capture_output=True,
-        check=False,
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(at)], capture_output=True, check=False
     )
     if os.geteuid() != 0 or mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:
-        yield state
+        yield at
     finally:
-        subprocess.run(["umount", "-l", str(state)], check=False)
+        subprocess.run(["umount", "-l", str(at)], check=False)
+
+
+@pytest.fixture
+def full_state_dir(sandbox_root: Path) -> Iterator[Path]:
+    """The node's state dir on a 1 MiB tmpfs of its own, to be filled by the test."""
+    with tmpfs(sandbox_root / STATE_DIR.lstrip("/"), "size=1m,mode=0700") as state:
+        yield state
 
 
 def fill(directory: Path) -> Path:
@@ -187,3 +191,18 @@ def test_a_real_full_file_system_is_named_and_the_run_after_freeing_it_converges
     assert res.code == 0, res.stderr
     assert res.json()["outcome"] == "converged"
     assert node.version_of("/usr/local/bin/crun") == "crun version 1.15"
+
+
+def test_a_read_only_state_dir_is_a_clear_error_not_an_internal_one(
+    sandbox_root: Path, mirror: MirrorServer, mirror_index: Mirror, arch: str
+) -> None:
+    node = Node(sandbox_root)
+    doc = desired_document(mirror.url, mirror_index, arches=(arch,))
+    with tmpfs(sandbox_root / STATE_DIR.lstrip("/"), "ro,size=1m,mode=0700") as state:
+        res = node.apply(doc)
+        assert res.code == 1, res.stderr
+        assert "internal error" not in res.stderr
+        assert f"read-only file system writing {state}/" in res.stderr
+        assert f"(the file system mounted at {state}: " in res.stderr
+        assert "the next run" in res.stderr
+        assert not node.path("/usr/local/bin/crun").exists()
