@@ -959,12 +959,13 @@ def test_the_daemon_checks_health_and_rolls_back_a_change_that_broke_crun(
     (releases / "crun-1.16").write_bytes(broken)
     with MirrorServer(releases) as server:
         artifact = {"url": f"{server.url}/crun-1.16", "sha256": sha256_hex(broken)}
+        # Generation 2 in desired.yaml (a drop-in cannot set it), then its crun in a drop-in.
+        main = node.path("/etc/wasm-edge/desired.yaml")
+        tmp = write_yaml(main.with_name(".desired.yaml.tmp"), {**desired, "generation": 2})
+        tmp.replace(main)
         write_yaml(
             node.path(DROP_IN),
-            {
-                "generation": 2,
-                "components": {"crun": {"version": "1.16", "artifacts": {arch: artifact}}},
-            },
+            {"components": {"crun": {"version": "1.16", "artifacts": {arch: artifact}}}},
         )
         wait_until(lambda: "crun" in node.state().get("blocked", {}), "the rollback", 60)
     state = node.state()
