@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
@@ -14,6 +14,7 @@ from agentd.core.errors import (
     Cancelled,
     DesiredStateError,
     GenerationError,
+    StorageError,
     SuspendedError,
 )
 from agentd.desired.identity import node_identity
@@ -31,6 +32,7 @@ from agentd.sources.store import FleetStore
 from agentd.state.records import Noop, RunResult
 from agentd.state.store import AgentState, StateLock, load_state, save_state
 from agentd.system.host import Host
+from agentd.system.storage import describe, storage_error
 
 if TYPE_CHECKING:
     from agentd.desired.model import DesiredState
@@ -189,10 +191,52 @@ def apply(
     `force`: components to install again although their version is right (a health fix).
     """
     config = config or AgentConfig()
-    started, t0 = _now(), time.perf_counter()
     if dry_run:
+        started, t0 = _now(), time.perf_counter()
         planned = make_plan(host, desired_file, config=config)
         return _result(planned, started, t0, "planned", dry_run=True)
+    try:
+        return _apply_locked(host, desired_file, config, pull, lock_wait_s, cancel, now, force)
+    except OSError as exc:
+        full = storage_error(exc)
+        if full is None:
+            raise
+        error = f"{describe(full, host.paths.state_dir)}; {_node_state(host)}"
+        _log().error("apply failed: storage", error=error)
+        raise StorageError(error) from exc
+
+
+def _node_state(host: Host) -> str:
+    """What a run stopped by its storage left, from state.json (which is always whole)."""
+    try:
+        disk = load_state(host.paths)
+    except AgentError as exc:
+        return f"the node's state is unknown ({exc})"
+    if disk is not None and disk.installing is not None:
+        names = ", ".join(sorted(disk.installing.components))
+        return (
+            f"state.json holds the write-ahead record of generation {disk.installing.generation} "
+            f"for {names}: each of their files is old or new, and the next run with space "
+            "installs them again and records them"
+        )
+    gen = disk.last_applied_generation if disk is not None else None
+    return (
+        "no file of this run was installed: the node is as it was (generation "
+        f"{gen if gen is not None else 'none'}); the next run with space applies it again"
+    )
+
+
+def _apply_locked(
+    host: Host,
+    desired_file: Optional[Path],
+    config: AgentConfig,
+    pull: bool,
+    lock_wait_s: float,
+    cancel: Optional[Callable[[], None]],
+    now: Optional[datetime],
+    force: Optional[Mapping[str, str]],
+) -> RunResult:
+    started, t0 = _now(), time.perf_counter()
     with StateLock(host.paths).held("apply", lock_wait_s):
         pulled = None
         source = config.source
@@ -272,12 +316,37 @@ class _Run:
     pulled: Optional[dict[str, Any]]  # the pull before the run, when there was one
     force: Mapping[str, str] = field(default_factory=dict)
 
+    unsaved: Optional[str] = None  # why the run's result could not be saved, if it could not
+
     def record(self, result: RunResult) -> RunResult:
-        recorded = _record(
-            self.host, replace(result, pull=self.pulled or None), self.t0, self.state
-        )
+        """Record `result` in state.json; on a full disk, in the journal (and stderr) only."""
+        try:
+            recorded = _record(
+                self.host, replace(result, pull=self.pulled or None), self.t0, self.state
+            )
+        except OSError as exc:
+            full = storage_error(exc)
+            if full is None:
+                raise
+            self.unsaved = describe(full, self.host.paths.state_dir)
+            recorded = self.state.last_run or result
+            _log().error(
+                "the run's result could not be saved",
+                outcome=result.outcome,
+                error=f"{result.error or result.outcome}; not saved: {self.unsaved}",
+            )
         publish(self.host, self.config, self.state)
         return recorded
+
+    def as_on_disk(self) -> None:
+        """After a write the storage refused, forget what only memory holds: state.json (whole,
+        old or new) is the truth the failure is recorded onto."""
+        try:
+            disk = load_state(self.host.paths) or AgentState()
+        except AgentError:
+            return
+        for f in fields(AgentState):
+            setattr(self.state, f.name, getattr(disk, f.name))
 
     def apply(
         self, digest: str, cancel: Optional[Callable[[], None]], now: Optional[datetime]
@@ -338,6 +407,8 @@ class _Run:
             self.record(replace(_result(planned, started, t0, "cancelled"), error=str(exc)))
             raise
         except AgentError as exc:
+            if storage_error(exc) is not None:
+                self.as_on_disk()
             failed = _result(planned, started, t0, "failed", report=getattr(exc, "report", None))
             self.record(replace(failed, error=str(exc)))
             raise
@@ -360,7 +431,14 @@ class _Run:
         state.noop = None
         if the_plan.empty and not held and not state.pending_restart:
             state.noop = Noop(digest, result.memo())
-        return self.record(result)
+        recorded = self.record(result)
+        if self.unsaved is not None:
+            raise StorageError(
+                f"generation {desired.generation} is installed and its inventory recorded, but "
+                f"the run's result could not be saved: {self.unsaved}; the next run with space "
+                f"finds nothing to do and records generation {desired.generation}"
+            )
+        return recorded
 
 
 def _result(

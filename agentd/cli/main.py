@@ -21,7 +21,7 @@ from agentd.cli.exits import (
     report_failure,
     stdout_closed,
 )
-from agentd.core.errors import AgentError
+from agentd.core.errors import AgentError, StorageError
 from agentd.core.paths import Paths
 from agentd.core.printable import PrintableWriter
 from agentd.settings.snapshot import AgentConfig, load_config
@@ -36,6 +36,7 @@ COMMANDS = {
     "pull": "fetch the fleet's desired state now (git or HTTPS), and check its signature",
     "status": "the last run, the daemon and the fleet source, from the state dir",
     "rollback": "put back the version a component had before its last change",
+    "ratchet": "lower the generation ratchet (after a mistaken publish), keeping the inventory",
     "run": "the daemon: keep this node converged (what the systemd unit starts)",
     "settings": "check the agent settings and print them with every default filled in",
     "schema": "print the desired state's JSON Schema",
@@ -158,6 +159,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return report_failure(exc, command, wants_json)
     except KeyboardInterrupt:
         return report_failure(Interrupted("interrupted"), command, wants_json)
+    except OSError as exc:
+        return report_failure(_storage(exc) or _internal(exc), command, wants_json)
     except Exception as exc:  # pragma: no cover - a bug; say so plainly, with its own code
         return report_failure(_internal(exc), command, wants_json)
     return code
@@ -180,6 +183,19 @@ def _internal(exc: Exception) -> InternalError:
     from agentd.core.redact import redact_text  # noqa: PLC0415
 
     return InternalError(f"{type(exc).__name__}: {redact_text(str(exc))}")
+
+
+def _storage(exc: OSError) -> AgentError | None:
+    """A full or failing disk is the node's state, not a bug: an error naming the file system."""
+    from agentd.system.storage import describe, storage_error  # noqa: PLC0415
+
+    full = storage_error(exc)
+    if full is None:
+        return None
+    return StorageError(
+        f"{describe(full)}; the command stopped there (every file agentd writes is replaced "
+        "whole: each is old or new)"
+    )
 
 
 if __name__ == "__main__":

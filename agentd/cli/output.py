@@ -118,6 +118,8 @@ def format_run(result: RunResult) -> str:
         lines.append(f"  fetched {d['component']}: {how}, sha256 {d['sha256'][:12]}... verified")
     for call in result.service_calls or []:
         lines.append(f"  service: {printable(str(call))}")
+    if result.kind == "ratchet":
+        lines += [f"  {printable(w)}" for w in result.warnings or []]
     if result.error:
         lines.append(f"  error: {printable(str(result.error))}")
     return "\n".join(lines) + "\n"

@@ -19,7 +19,7 @@ from agentd.converge.kept import keep
 from agentd.converge.staging import Stager, choose_package
 from agentd.converge.undo import Journal, Op, Saved
 from agentd.core.components import kind_of, restarts_k3s
-from agentd.core.errors import AgentError, Cancelled, ConvergeError
+from agentd.core.errors import AgentError, Cancelled, ConvergeError, StorageError
 from agentd.core.redact import redact_text, redact_url
 from agentd.core.versions import upstream_version
 from agentd.plan import render
@@ -30,6 +30,7 @@ from agentd.system.host import Host
 from agentd.system.log import get_logger, log_fields
 from agentd.system.packages import PackageError
 from agentd.system.services import ServiceError
+from agentd.system.storage import describe, storage_error
 
 
 @dataclass
@@ -137,7 +138,7 @@ def _converge(
                 raise
             except AgentError as exc:
                 step.status = "failed"
-                raise _fail(report, step, exc, "nothing was changed") from exc
+                raise _fail(report, step, exc, "nothing was changed", host.paths.cache_dir) from exc
             step.sha256 = art.sha256
             report.downloads.append(
                 {
@@ -159,7 +160,7 @@ def _converge(
                     step.ops = stager.ops(step.action, blobs.get(i))
             except (AgentError, OSError, PackageError) as exc:
                 step.status = "failed"
-                raise _fail(report, step, exc, "nothing was changed") from exc
+                raise _fail(report, step, exc, "nothing was changed", run_dir) from exc
     check()  # the last point at which stopping leaves the node exactly as it was
     # The backups outlive a killed run (the intent names them): not in the swept staging dir.
     journal = Journal(host, backups_dir(host) / run_dir.name)
@@ -185,10 +186,20 @@ def _converge(
         if failed:
             failed.status = "failed"
         report.undo_failures = journal.undo()
+        unsettled = ""
         if not report.undo_failures:
             # Undone: only what an earlier killed run left half-done is still to be done again.
             # An undo that failed leaves files of unknown versions: this run's intent stays.
-            settle_intent(host, state, earlier)
+            try:
+                settle_intent(host, state, earlier)
+            except OSError as again:
+                if storage_error(again) is None:
+                    raise
+                unsettled = (
+                    f"; state.json could not be updated ({describe(again)}): it still holds "
+                    "this run's write-ahead record, so the next run installs those components "
+                    "again"
+                )
         kept = [s for s in report.steps if s.status == "done" and s.action.package]
         for s in report.steps:
             if s.status == "done" and not s.action.package:
@@ -200,9 +211,35 @@ def _converge(
             names = ", ".join(f"{s.action.package} {s.package_version}" for s in kept)
             suffix += f", except the distribution package {names}, which stays installed"
         if report.undo_failures:
-            suffix = "undo FAILED for: " + "; ".join(report.undo_failures)
-        raise _fail(report, failed, exc, suffix) from exc
-    _commit(host, report, state, generation)
+            suffix = (
+                "undo FAILED for: "
+                + "; ".join(report.undo_failures)
+                + " (each is whole, old or new: state.json's write-ahead record names them, so "
+                "the next run installs them again)"
+            )
+        raise _fail(report, failed, exc, suffix + unsettled) from exc
+    try:
+        _commit(host, report, state, generation)
+    except OSError as exc:
+        if storage_error(exc) is None:
+            raise
+        raise _unrecorded(report, generation, exc) from exc
+
+
+def _unrecorded(report: RunReport, generation: int, exc: OSError) -> StorageError:
+    """Installed, but the record of it could not be written: what the node is, and what then."""
+    done = [s.action for s in report.steps if s.status == "done" and s.action.action != "restart"]
+    names = ", ".join(" ".join(filter(None, (a.component, a.to_version))) for a in done)
+    report.error = redact_text(
+        f"generation {generation} is installed ({names}) but could not be recorded: "
+        f"{describe(exc)}. state.json still holds the inventory from before, with this run's "
+        "write-ahead record: the next run with space installs these components again and "
+        "records them"
+    )
+    get_logger().error("converge not recorded", error=report.error)
+    err = StorageError(report.error)
+    err.report = report
+    return err
 
 
 def _run_step(host: Host, journal: Journal, step: Step) -> None:
@@ -292,9 +329,19 @@ def _recover_services(host: Host, report: RunReport) -> None:
             host.services.restart(restart.target)
 
 
-def _fail(report: RunReport, step: Step | None, exc: BaseException, outcome: str) -> ConvergeError:
+def _fail(
+    report: RunReport,
+    step: Step | None,
+    exc: BaseException,
+    outcome: str,
+    near: Optional[Path] = None,
+) -> ConvergeError:
     where = f"{step.action.component} {step.action.action}: " if step else ""
-    report.error = redact_text(f"{where}{exc}; {outcome}")
+    full = storage_error(exc)
+    reason = describe(full, near) if full is not None else str(exc)
+    if full is not None:
+        outcome += "; the next run with space plans again from what is installed"
+    report.error = redact_text(f"{where}{reason}; {outcome}")
     get_logger().error(
         "converge failed",
         component=step.action.component if step else None,

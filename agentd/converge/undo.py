@@ -11,8 +11,15 @@ from typing import Optional
 from agentd.core.errors import ConvergeError
 from agentd.core.paths import Paths
 from agentd.state.intent import Replaced
-from agentd.system.files import atomic_copy, atomic_symlink, atomic_write, remove_path
+from agentd.system.files import (
+    atomic_copy,
+    atomic_symlink,
+    atomic_write,
+    remove_path,
+    temp_beside,
+)
 from agentd.system.host import Host
+from agentd.system.storage import storage_error
 
 
 @dataclass(frozen=True)
@@ -115,11 +122,29 @@ class Journal:
         return failures
 
 
+def _link_back(backup: Path, target: Path, mode: int) -> None:
+    """On a full disk, put the saved inode itself back (a hard link takes no data block):
+    linked beside the target and renamed over it, so the target is still old or new."""
+    tmp = temp_beside(target)
+    try:
+        os.link(backup, tmp)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _restore(host: Host, entry: Saved) -> None:
     target = host.paths.under(entry.path)
     if entry.kind == "file":
         assert entry.backup is not None
-        atomic_copy(entry.backup, target, entry.mode)
+        try:
+            atomic_copy(entry.backup, target, entry.mode)
+        except OSError as exc:
+            if storage_error(exc) is None:
+                raise
+            _link_back(entry.backup, target, entry.mode)
     elif entry.kind == "symlink":
         assert entry.link is not None
         atomic_symlink(entry.link, target)

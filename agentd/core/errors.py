@@ -56,3 +56,10 @@ class RollbackError(AgentError):
 
 class Cancelled(AgentError):
     """A stop was asked for before the run changed anything; nothing was changed."""
+
+
+class StorageError(AgentError):
+    """The node's storage refused a write (full, over quota, read-only, I/O error): the message
+    names the file system, the state the node was left in and what the next run will do."""
+
+    report: Any = None  # the run's report, when converging got that far

@@ -12,6 +12,7 @@ from pydantic import (
     model_validator,
 )
 
+from agentd.core.generation import MAX_GENERATION
 from agentd.core.names import dns1123_subdomain_error, label_error, taint_error
 from agentd.core.paths import PROBE_RUNTIME_CLASS
 from agentd.core.printable import unprintable
@@ -202,7 +203,8 @@ class Override(StrictModel):
 class DesiredState(StrictModel):
     apiVersion: Literal["agentd/v1"]
     kind: Literal["NodeState"]
-    generation: int = Field(ge=0)
+    # Bounded: a published 10^18 would freeze every node (no higher one could follow).
+    generation: int = Field(ge=0, le=MAX_GENERATION)
     selector: Optional[Selector] = None
     components: Components = Field(default_factory=Components)
     runtimeClasses: list[RuntimeClass] = Field(default_factory=list)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from agentd.core.errors import DesiredStateError
+from agentd.core.generation import shown
 from agentd.desired.identity import NodeIdentity
 from agentd.desired.model import DesiredState, sanity_problems
 from agentd.desired.onnode import OnNode, node_problems
@@ -85,9 +86,11 @@ def load_and_validate(
         if load_errors:
             return ValidationReport(None, load_errors)
         merged = docs[0]
+        ignored: list[tuple[Pos, str]] = []
         for doc in docs[1:]:
-            merged = merge(merged, doc)
+            merged = merge(merged, _without_generation(doc, docs[0], ignored))
         report = validate(merged, arch, on_node)
+        report.warnings = format_problems(ignored, "warning: ") + report.warnings
         report.targeting = targeting
         return report
     report = ValidationReport(None, load_errors)
@@ -99,3 +102,28 @@ def load_and_validate(
     if report.errors:
         report.state = None
     return report
+
+
+def _without_generation(doc: Loaded, base: Loaded, ignored: list[tuple[Pos, str]]) -> Loaded:
+    """`doc` without its `generation`: only the first source (the fleet document, else
+    desired.yaml) sets the merged one, so removing a drop-in never strands the ratchet."""
+    data = doc.data
+    if not isinstance(data, dict) or "generation" not in data:
+        return doc
+    first = base.data.get("generation") if isinstance(base.data, dict) else None
+    if data["generation"] != first:
+        ignored.append(
+            (
+                locate(doc, ("generation",)),
+                f"generation {_shown(data['generation'])} is ignored: only the first source "
+                f"(the fleet document, else desired.yaml) sets the generation ({_shown(first)})",
+            )
+        )
+    rest = {k: v for k, v in data.items() if k != "generation"}
+    return Loaded(rest, doc.positions, doc.keys)
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return shown(value)
+    return "none" if value is None else f"of type {type(value).__name__}"

@@ -83,7 +83,8 @@ def judge(
                 "generation",
                 "desired state",
                 f"desired generation {desired.generation} is older than generation {last} "
-                "already applied on this node; nothing was changed (publish a higher generation)",
+                "already applied on this node; nothing was changed (publish a higher generation, "
+                "or lower the ratchet: agentd ratchet lower N --confirm)",
             )
         )
     if suspended:

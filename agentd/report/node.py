@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from agentd.core.generation import generation_problem
 from agentd.core.paths import K3S_CONFIG
 from agentd.settings.snapshot import AgentConfig
 from agentd.system.host import Host
@@ -66,8 +67,9 @@ def report_of(result: Mapping[str, Any], status: str) -> NodeReport:
         if t.get("override") and t.get("applies")
     ]
     generation = result.get("generation")
+    # In 0..2^53 (16 digits): the label's 63 characters always hold it; anything else is unset.
     return NodeReport(
-        generation if isinstance(generation, int) else None,
+        generation if generation_problem(generation) is None else None,
         str(result.get("outcome") or "unknown"),
         status[:1000],
         ",".join(applied),

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from agentd.core.errors import AgentError
+from agentd.core.generation import MAX_GENERATION, generation_problem
 from agentd.core.redact import redact_url
 
 # The desired-state size limit (yamlload.MAX_DOCUMENT_BYTES, which imports PyYAML: the daemon
@@ -141,6 +142,9 @@ def screen(doc: Document, display: str) -> None:
     generation = data.get("generation")
     if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
         raise Rejected("the document has no generation (a non-negative integer)")
+    problem = generation_problem(generation)
+    if problem is not None:
+        raise Rejected(f"{problem}; publish it again with a generation in 0..{MAX_GENERATION}")
     doc.generation = generation
 
 
@@ -155,7 +159,7 @@ def check_generation(doc: Document, good: Mapping[str, Any]) -> bool:
         raise Rejected(
             f"generation {doc.generation} is older than generation {last} already accepted "
             "(a replayed document or rolled-back history); keeping generation "
-            f"{last}"
+            f"{last} (to go back on purpose: agentd ratchet lower N --confirm)"
         )
     if doc.generation == last:
         if good.get("sha256") == doc.sha256:

@@ -108,6 +108,18 @@ class FleetStore:
         self._refresh_status()
         return record
 
+    def lower_generation(self, generation: int) -> None:
+        """`agentd ratchet lower`: the last good document stays, recorded as `generation`, and
+        what the source served is judged afresh (it was refused as older, most likely)."""
+        record = self.good_record()
+        if record:
+            record["loweredFrom"] = record.get("generation")
+            record["generation"] = generation
+            write_json(self.good_meta, record)
+        with contextlib.suppress(FileNotFoundError):
+            self.seen_file.unlink()
+        self._refresh_status()
+
     def reject_candidate(self, reason: str) -> dict[str, Any]:
         record = self.candidate_record()
         for path in (self.candidate, self.candidate_meta):

@@ -17,6 +17,7 @@ from agentd.core.paths import Paths
 from agentd.state.inventory import InventoryEntry
 from agentd.state.records import Deferred, Noop, RunResult, typed
 from agentd.system.files import read_json, write_json
+from agentd.system.storage import storage_error
 
 if TYPE_CHECKING:
     # Read only when state.json has them: a no-op apply, the common case, loads neither.
@@ -233,9 +234,19 @@ class StateLock:
                         f"({self.holder()}); try again later or pass --wait SECONDS"
                     ) from None
                 time.sleep(0.05)
-        os.ftruncate(fd, 0)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        os.write(fd, f"pid={os.getpid()} command={command} since={stamp}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid={os.getpid()} command={command} since={stamp}\n".encode())
+        except OSError as exc:
+            if storage_error(exc) is None:
+                os.close(fd)
+                raise
+            # The flock is the lock; the stamp only says who holds it. The run goes on, and
+            # says what the full disk did to it when it writes state.json.
+            from agentd.system.log import get_logger  # noqa: PLC0415
+
+            get_logger().warning("cannot write the lock's holder", error=exc.strerror)
         self._fd = fd
 
     def release(self) -> None:

@@ -57,9 +57,11 @@ def atomic_write(target: Path, data: bytes, mode: int = 0o644) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(tmp)  # write() says ENOSPC without a name: say which file
         raise
     fsync_dir(target.parent)
 
@@ -79,9 +81,11 @@ def atomic_copy(source: Path, target: Path, mode: int) -> None:
             os.fsync(dst.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(tmp)  # write() says ENOSPC without a name: say which file
         raise
     fsync_dir(target.parent)
 

@@ -24,7 +24,7 @@ _agentd() {
         *\ --color) COMPREPLY=($(compgen -W "auto always never" -- "$cur")); return ;;
     esac
     case "$cmd" in
-        "") COMPREPLY=($(compgen -W "detect validate plan apply check pull status rollback run settings schema probe-wasm -h --help --root --settings --log-format -v --verbose --color --version" -- "$cur")); return ;;
+        "") COMPREPLY=($(compgen -W "detect validate plan apply check pull status rollback ratchet run settings schema probe-wasm -h --help --root --settings --log-format -v --verbose --color --version" -- "$cur")); return ;;
         detect) COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color --json" -- "$cur")) ;;
         validate) if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color --merge --arch --json" -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         plan) COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color --desired --json --detailed-exitcode --explain" -- "$cur")) ;;
@@ -33,6 +33,7 @@ _agentd() {
         pull) COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color --json --wait" -- "$cur")) ;;
         status) COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color --json" -- "$cur")) ;;
         rollback) if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color --release --wait --json" -- "$cur")); else COMPREPLY=($(compgen -W "k3s crun wasmedge k3s/config k3s/unit k3s/containerd k3s/runtimeclasses" -- "$cur")); fi ;;
+        ratchet) if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color" -- "$cur")); else COMPREPLY=($(compgen -W "k3s crun wasmedge k3s/config k3s/unit k3s/containerd k3s/runtimeclasses" -- "$cur")); fi ;;
         run) COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color" -- "$cur")) ;;
         settings) COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color --json" -- "$cur")) ;;
         schema) COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color --json" -- "$cur")) ;;

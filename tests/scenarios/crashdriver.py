@@ -14,6 +14,11 @@ the return of the explicit `flush()` of a partial download (`*.part`): the body 
 disk, not yet fsynced, hashed or renamed. A profile function watches for it only while a
 `.part` file is being written.
 
+With `--full-from N` the child is not killed: from event N on, every step that takes space
+(`FILLS`: opening a file for writing, creating a directory, a copy) fails with ENOSPC, as
+on a file system whose data blocks filled up at that point and stay full (a hard link or a
+short symlink takes none).
+
 The parent side (`run`, `Event`) starts the child and reads its log back. Paths in the log are
 as the node sees them (ROOT stripped); `Event.key` also blanks the random parts of names (temp
 suffixes, staging dirs) so the events of two runs can be compared one by one.
@@ -22,6 +27,7 @@ suffixes, staging dirs) so the events of two runs can be compared one by one.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import re
@@ -73,6 +79,8 @@ DIR_FDS: dict[str, tuple[int, ...]] = {
     "os.link": (2, 3),
     "shutil.rmtree": (1,),
 }
+# The steps that need free space: on a full file system these fail with ENOSPC.
+FILLS = frozenset({"open", "os.mkdir", "shutil.copyfile"})
 PART_FLUSH = "flush .part"  # the pseudo-event of a download's body reaching the disk
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -101,10 +109,13 @@ def _text(value: Any) -> str:
 class _Recorder:
     """The child's audit hook: numbers, logs and (at `kill_at`) kills."""
 
-    def __init__(self, root: str, log_fd: int, kill_at: Optional[int]) -> None:
+    def __init__(
+        self, root: str, log_fd: int, kill_at: Optional[int], full_from: Optional[int] = None
+    ) -> None:
         self.root = root.rstrip("/")
         self.log_fd = log_fd
         self.kill_at = kill_at
+        self.full_from = full_from
         self.count = 0
         self.busy = False
         self.part_pending = False  # a .part was just os.open'ed: its fdopen follows
@@ -203,6 +214,9 @@ class _Recorder:
         os.write(self.log_fd, line.encode())
         if self.count == self.kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.full_from is not None and self.count >= self.full_from and event in FILLS:
+            path = self.root + shown[-1] if shown and shown[-1].startswith("/") else None
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
 
 def child(argv: Sequence[str]) -> int:
@@ -210,6 +224,7 @@ def child(argv: Sequence[str]) -> int:
     parser.add_argument("--root", required=True)
     parser.add_argument("--events", required=True, type=Path)
     parser.add_argument("--kill-at", type=int)
+    parser.add_argument("--full-from", type=int)
     parser.add_argument("agentd_args", nargs=argparse.REMAINDER)
     opts = parser.parse_args(argv)
     rest = list(opts.agentd_args)
@@ -220,7 +235,7 @@ def child(argv: Sequence[str]) -> int:
     from agentd.cli import main as cli
 
     log_fd = os.open(opts.events, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
-    recorder = _Recorder(root, log_fd, opts.kill_at)
+    recorder = _Recorder(root, log_fd, opts.kill_at, opts.full_from)
     sys.addaudithook(recorder.hook)
     return cli.main(["--root", root, *rest])
 
@@ -277,13 +292,17 @@ def run(
     events_log: Path,
     *,
     kill_at: Optional[int] = None,
+    full_from: Optional[int] = None,
     timeout: float = 120,
 ) -> Outcome:
-    """Run `agentd --root ROOT ARGS` under the driver; killed at event `kill_at` if given."""
+    """Run `agentd --root ROOT ARGS` under the driver; killed at event `kill_at` if given, out
+    of space from event `full_from` on if given."""
     argv = [sys.executable, "-m", "tests.scenarios.crashdriver", "--root", str(root)]
     argv += ["--events", str(events_log)]
     if kill_at is not None:
         argv += ["--kill-at", str(kill_at)]
+    if full_from is not None:
+        argv += ["--full-from", str(full_from)]
     env = {**os.environ, "AGENTD_ROOT": "", "PYTHONDONTWRITEBYTECODE": "1"}
     proc = subprocess.run(
         [*argv, "--", "--log-format", "json", *args],

@@ -392,7 +392,8 @@ def test_the_daemon_stays_up_through_faults_and_says_what_failed(
     node = scene.node
     ready = daemon.notices.ready()
     assert ready.status.startswith("converged generation 1,"), ready.status
-    drop_in_path = "/etc/wasm-edge/desired.d/50-crun.yaml"
+    # Each fault comes with a new generation of desired.yaml (a drop-in cannot set one).
+    drop_in_path = "/etc/wasm-edge/desired.yaml"
     drop_in = node.path(drop_in_path)
     before = tree_hash(node, but=drop_in_path)
     generation = 1
@@ -401,7 +402,7 @@ def test_the_daemon_stays_up_through_faults_and_says_what_failed(
         scene.mirror.clear_requests()
         fault.arm(scene)
         generation += 1
-        write_yaml(drop_in, scene.upgrade(generation))
+        rewrite(drop_in, scene.upgrade(generation))
         status = failure_of(daemon, generation, fault.cause)
         assert f"download of {scene.shown_url} failed: " in status, (fault.name, status)
         assert fault.cause in status, (fault.name, status)
@@ -421,13 +422,19 @@ def test_the_daemon_stays_up_through_faults_and_says_what_failed(
     # The mirror mends: the next change converges, and the daemon never went down.
     scene.mirror.clear_faults()
     generation += 1
-    write_yaml(drop_in, scene.upgrade(generation))
+    rewrite(drop_in, scene.upgrade(generation))
     daemon.notices.status(f"converged generation {generation},")
     assert node.version_of("/usr/local/bin/crun") == "crun version 1.15"
     assert daemon.daemon_json()["consecutiveFailures"] == 0
     for text in (daemon.stderr(), node.read("/var/lib/wasm-edge/state.json")):
         assert "secret" not in text
     assert daemon.proc.poll() is None
+
+
+def rewrite(path: Path, doc: dict[str, Any]) -> None:
+    """Replace `path` in one rename: the watching daemon never reads it half-written."""
+    tmp = write_yaml(path.with_name(f".{path.name}.tmp"), doc)
+    tmp.replace(path)
 
 
 def failure_of(daemon: RunningDaemon, generation: int, cause: str) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+import yaml
 
 from agentd.core.paths import Paths
 from agentd.daemon.loop import Daemon
@@ -288,14 +289,22 @@ class LocalFiles:
     arch: str
 
     def crun_override(self, generation: int, crun: str) -> dict[str, Any]:
-        """A partial drop-in: a new generation that changes crun's version only."""
+        """A partial drop-in: changes crun's version only."""
         doc = desired_document(
             self.mirror.url, self.index, generation=generation, crun=crun, arches=(self.arch,)
         )
-        return {"generation": generation, "components": {"crun": doc["components"]["crun"]}}
+        return {"components": {"crun": doc["components"]["crun"]}}
 
     def drop_in(self, generation: int, crun: str, name: str = DROP_IN) -> Path:
-        return write_yaml(self.node.path(name), self.crun_override(generation, crun))
+        """The drop-in, and `generation` in desired.yaml: only the first source sets it."""
+        path = write_yaml(self.node.path(name), self.crun_override(generation, crun))
+        main = self.node.path("/etc/wasm-edge/desired.yaml")
+        if main.is_file():
+            doc = yaml.safe_load(main.read_text())
+            tmp = main.with_name(".desired.yaml.tmp")
+            write_yaml(tmp, {**doc, "generation": generation})
+            tmp.replace(main)  # atomic: the daemon must not read it half-written
+        return path
 
     def crun_url_path(self, version: str) -> str:
         return "/" + self.index.artifact("crun", version, self.arch)[0]
@@ -950,12 +959,13 @@ def test_the_daemon_checks_health_and_rolls_back_a_change_that_broke_crun(
     (releases / "crun-1.16").write_bytes(broken)
     with MirrorServer(releases) as server:
         artifact = {"url": f"{server.url}/crun-1.16", "sha256": sha256_hex(broken)}
+        # Generation 2 in desired.yaml (a drop-in cannot set it), then its crun in a drop-in.
+        main = node.path("/etc/wasm-edge/desired.yaml")
+        tmp = write_yaml(main.with_name(".desired.yaml.tmp"), {**desired, "generation": 2})
+        tmp.replace(main)
         write_yaml(
             node.path(DROP_IN),
-            {
-                "generation": 2,
-                "components": {"crun": {"version": "1.16", "artifacts": {arch: artifact}}},
-            },
+            {"components": {"crun": {"version": "1.16", "artifacts": {arch: artifact}}}},
         )
         wait_until(lambda: "crun" in node.state().get("blocked", {}), "the rollback", 60)
     state = node.state()

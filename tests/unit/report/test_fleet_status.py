@@ -90,3 +90,11 @@ def test_label_values_stay_valid() -> None:
         "agentd.wasm-edge.io/generation": "",
         "agentd.wasm-edge.io/result": "weird-outcome-x",
     }
+
+
+@pytest.mark.parametrize(("generation", "label"), [(2**53, str(2**53)), (10**70, ""), (-3, "")])
+def test_the_generation_label_always_fits_63_characters(generation: int, label: str) -> None:
+    report = fleet.report_of({"generation": generation, "outcome": "converged"}, "s")
+    shown = report.labels()["agentd.wasm-edge.io/generation"]
+    assert shown == label
+    assert len(shown) <= 63

@@ -977,3 +977,119 @@ def test_plan_explain_shows_fleet_values_and_drop_in_overrides(
     code, result = apply(node, "--offline")
     assert code == 0, result
     assert "write-kubeconfig-mode: '0600'" in k3s_config.read_text()
+
+
+# --- the generation ratchet (issue 14.3) ---------------------------------------------------------
+
+
+def test_https_a_generation_above_2_53_is_refused_and_2_53_is_accepted(
+    node: Node,
+    site: Path,
+    https: MirrorServer,
+    ca: TestCA,
+    mirror: MirrorServer,
+    mirror_index: Mirror,
+    arch: str,
+) -> None:
+    """One publish of 10^18 would freeze every node for good: it is refused at the pull, and
+    the node keeps converging to its last good document."""
+    https_settings(node, f"{https.url}/fleet.yaml", ca)
+    publish(site, fleet_doc(mirror, mirror_index, arch, 1))
+    assert apply(node)[0] == 0
+    publish(site, fleet_doc(mirror, mirror_index, arch, 10**18, crun="1.15"))
+    code, pulled = pull(node)
+    assert code == 1
+    assert pulled["outcome"] == "rejected"
+    assert pulled["detail"].startswith(
+        "generation 1000000000000000000 is above the largest agentd accepts (2^53 = "
+    )
+    code, result = apply(node)
+    assert code == 0, result
+    assert result["fleet"]["generation"] == 1
+    assert result["actions"] == []
+    assert crun(node) == "crun version 1.14"
+    assert node.state()["lastAppliedGeneration"] == 1
+
+    publish(site, fleet_doc(mirror, mirror_index, arch, 2**53, crun="1.15"))
+    code, result = apply(node)
+    assert code == 0, result
+    assert result["generation"] == 2**53
+    assert crun(node) == "crun version 1.15"
+    assert node.state()["lastAppliedGeneration"] == 2**53
+
+
+def test_ratchet_lower_needs_confirming_keeps_the_inventory_and_lets_a_lower_generation_in(
+    node: Node,
+    site: Path,
+    https: MirrorServer,
+    ca: TestCA,
+    mirror: MirrorServer,
+    mirror_index: Mirror,
+    arch: str,
+) -> None:
+    """A mistaken (but valid) publish of a huge generation: the operator publishes the right
+    document, lowers the ratchet on the node, and the node takes it without reinstalling."""
+    https_settings(node, f"{https.url}/fleet.yaml", ca)
+    publish(site, fleet_doc(mirror, mirror_index, arch, 9_000_000_000, crun="1.15"))
+    assert apply(node)[0] == 0
+    publish(site, fleet_doc(mirror, mirror_index, arch, 8, crun="1.15"))
+    code, result = apply(node)
+    assert code == 0, result
+    assert result["pull"]["outcome"] == "rejected"
+    assert "agentd ratchet lower N --confirm" in result["pull"]["detail"]
+    before = node.state()
+
+    refused = node.agentd("ratchet", "lower", "7")
+    assert refused.code == 1
+    assert "not confirmed, nothing was changed" in refused.stderr
+    assert "the last applied generation 9000000000 becomes 7" in refused.stderr
+    assert node.state() == before
+
+    done = node.agentd("ratchet", "lower", "7", "--confirm")
+    assert done.code == 0, done.stderr
+    state = node.state()
+    assert state["lastAppliedGeneration"] == 7
+    assert state["inventory"] == before["inventory"]
+    assert state["lastRun"]["kind"] == "ratchet"
+    shown = node.agentd("status")
+    assert "last run: ratchet: generation 7: lowered" in shown.stdout
+    assert "the inventory (" in shown.stdout
+
+    code, result = apply(node)
+    assert code == 0, result
+    assert result["pull"]["outcome"] == "updated"
+    assert result["generation"] == 8
+    assert result["actions"] == []  # nothing installed again: the inventory was kept
+    assert crun(node) == "crun version 1.15"
+    assert node.state()["lastAppliedGeneration"] == 8
+
+
+def test_ratchet_lower_refuses_a_generation_out_of_bounds(node: Node) -> None:
+    res = node.agentd("ratchet", "lower", str(2**53 + 1), "--confirm")
+    assert res.code == 1
+    assert "is above the largest agentd accepts" in res.stderr
+
+
+def test_ratchet_lower_brings_back_a_node_an_older_agentd_left_above_2_53(node: Node) -> None:
+    """state.json written before the bound may say 10^18: it is read as it is, apply says how
+    to get out, and `ratchet lower` does it with the inventory kept."""
+    inventory = {"crun": {"version": "1.15", "sha256": "c" * 64, "files": ["/usr/local/bin/crun"]}}
+    node_file(
+        node.root,
+        "/var/lib/wasm-edge/state.json",
+        json.dumps({"stateVersion": 1, "lastAppliedGeneration": 10**18, "inventory": inventory}),
+    )
+    node_file(
+        node.root,
+        "/etc/wasm-edge/desired.yaml",
+        "apiVersion: agentd/v1\nkind: NodeState\ngeneration: 3\n",
+    )
+    refused = node.agentd("apply")
+    assert refused.code == 1
+    assert "agentd ratchet lower N --confirm" in refused.stderr
+    done = node.agentd("ratchet", "lower", "2", "--confirm")
+    assert done.code == 0, done.stderr
+    assert "the last applied generation 1000000000000000000 becomes 2" in done.stdout
+    state = node.state()
+    assert state["lastAppliedGeneration"] == 2
+    assert state["inventory"] == inventory
