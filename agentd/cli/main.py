@@ -6,9 +6,11 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from agentd import __version__
@@ -107,7 +109,15 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
     return load_config(Paths(args.root), settings.absolute() if settings else None)
 
 
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Raised, not just noted: Python retries a system call a signal interrupts (PEP 475) unless
+    # the handler raises, so this is what ends a command waiting in open(), read() or sleep().
+    # `apply` and `run` install handlers of their own that stop at a safe point instead.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     args_list = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(_selected(args_list)).parse_args(args_list)
     root = getattr(args, "root", None) or Path(os.environ.get("AGENTD_ROOT") or "/")

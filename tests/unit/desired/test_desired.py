@@ -426,11 +426,28 @@ def test_file_of_exactly_one_mib_is_read(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
-def test_endless_file_is_refused_without_reading_it_all() -> None:
-    # /dev/zero never ends: this returns only because load_file stops after 1 MiB + 1 byte.
+def test_endless_device_is_refused_without_reading_it() -> None:
+    # /dev/zero never ends: this returns only because load_file reads regular files only.
     with pytest.raises(DesiredStateError) as caught:
         load_file(Path("/dev/zero"), "zero.yaml")
-    assert caught.value.problems == ["zero.yaml:1:1: document larger than 1048576 bytes (1 MiB)"]
+    assert caught.value.problems == [
+        "zero.yaml: cannot read: is a character device, not a regular file"
+    ]
+
+
+def test_sparse_file_is_refused_by_its_size_unread(tmp_path: Path) -> None:
+    path = tmp_path / "sparse.yaml"
+    with path.open("wb") as f:
+        f.truncate(2 << 30)  # 2 GiB of hole: reading it whole would take 2 GiB of memory
+    tracemalloc.start()
+    try:
+        with pytest.raises(DesiredStateError) as caught:
+            load_file(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert caught.value.problems == [f"{path}:1:1: document larger than 1048576 bytes (1 MiB)"]
+    assert peak < MAX_DOCUMENT_BYTES
 
 
 def test_unreadable_file(tmp_path: Path) -> None:
