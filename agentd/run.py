@@ -160,7 +160,7 @@ def apply(
     if dry_run:
         planned = make_plan(host, desired_file, config=config)
         return _result(planned, started, t0, "planned", dry_run=True)
-    with StateLock(host.paths).held("apply", lock_wait_s):
+    with StateLock(host.paths).held("apply", lock_wait_s, cancel):
         pulled = None
         source = config.source
         if pull and desired_file is None and source is not None:
