@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from agentd.core.errors import AgentError
 
 # Where detection looks for binaries: fixed, never the agent's own PATH (INTERFACE.md).
 BIN_SEARCH_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
@@ -49,6 +50,11 @@ DYNAMIC_LOADERS = (
     "/lib/ld-musl-aarch64.so.1",
     "/lib/ld-musl-armhf.so.1",
 )
+
+
+class RootLinkError(AgentError):
+    """A host path under a sandbox root goes through a loop of symbolic links."""
+
 
 # As many links as Linux follows resolving one path (MAXSYMLINKS) before it gives up with ELOOP.
 _MAX_LINKS = 40
@@ -104,7 +110,9 @@ class Paths:
                 continue
             links += 1
             if links > _MAX_LINKS:
-                raise OSError(errno.ELOOP, "too many levels of symbolic links", host_path)
+                raise RootLinkError(
+                    f"{host_path}: too many levels of symbolic links under the root {self.root}"
+                )
             if target.startswith("/"):
                 done = []
             todo.extend(target.split("/")[::-1])
