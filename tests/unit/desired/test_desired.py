@@ -271,6 +271,14 @@ def test_document_that_is_not_a_mapping(tmp_path: Path) -> None:
     assert report.errors == [f"{path}:1:1: expected a mapping, got a list"]
 
 
+def test_a_list_merged_under_a_drop_in_is_still_reported(tmp_path: Path) -> None:
+    # Merged as it is, the drop-in's mapping would replace the list, and its error with it.
+    base = _write(tmp_path, "- apiVersion: agentd/v1\n")
+    drop_in = _write(tmp_path, VALID, "10-local.yaml")
+    report = load_and_validate([base, drop_in], None, merge_all=True)
+    assert report.errors == [f"{base}:1:1: expected a mapping, got a list"]
+
+
 def test_several_errors_are_all_reported_in_order(tmp_path: Path) -> None:
     text = _edit(VALID, "agentd/v1", "agentd/v0")
     text = _edit(text, "generation: 7", "generation: -1")
