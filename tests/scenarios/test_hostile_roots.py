@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -446,3 +447,27 @@ def test_directory_link_loops_inside_the_root_are_clear_errors(hostile_root: Nod
     for name, res in results.items():
         assert res.code == 1, f"agentd {name}: {res.stderr}"
         assert "too many levels of symbolic links under the root" in res.stderr
+
+
+def _limit_memory() -> None:
+    # 1 GiB of address space: ample for agentd, far short of a 2 GiB file read whole.
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+
+@pytest.mark.parametrize("node_path", [DROP_IN, DESIRED, SETTINGS, STATE, K3S_CONFIG])
+def test_a_huge_sparse_file_is_refused_without_reading_it(
+    hostile_root: Node, outside: Outside, node_path: str
+) -> None:
+    sparse(hostile_root.path(node_path), outside)
+    for args in (COMMANDS["apply"], COMMANDS["plan"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "agentd", "--root", str(hostile_root.root), *args],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            env={**os.environ, "AGENTD_ROOT": ""},
+            preexec_fn=_limit_memory,
+            check=False,
+        )
+        assert proc.returncode != EXIT_INTERNAL, proc.stderr[-2000:]
+        assert "MemoryError" not in proc.stderr
