@@ -237,7 +237,7 @@ def _apply_locked(
     force: Optional[Mapping[str, str]],
 ) -> RunResult:
     started, t0 = _now(), time.perf_counter()
-    with StateLock(host.paths).held("apply", lock_wait_s):
+    with StateLock(host.paths).held("apply", lock_wait_s, cancel):
         pulled = None
         source = config.source
         if pull and desired_file is None and source is not None:

@@ -27,6 +27,7 @@ EXIT_NOINPUT = 66  # EX_NOINPUT
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug, as opposed to an expected failure (exit 1)
 EXIT_INTERRUPTED = 130
 EXIT_CLOSED_STDOUT = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1`
+EXIT_TERMINATED = 143  # 128 + SIGTERM (cli.main: raised, so that no open() or wait goes on)
 
 SHARED: tuple[tuple[int, str], ...] = (
     (EXIT_OK, "success"),
@@ -35,6 +36,7 @@ SHARED: tuple[tuple[int, str], ...] = (
     (EXIT_INTERNAL, "internal error: a bug in agentd (please report it)"),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
     (EXIT_CLOSED_STDOUT, "standard output was closed early (`| head`): the output was cut short"),
+    (EXIT_TERMINATED, "stopped by SIGTERM: nothing is left half-done"),
 )
 _NOINPUT = (EXIT_NOINPUT, "a file named on the command line does not exist")
 OWN: dict[str, tuple[tuple[int, str], ...]] = {

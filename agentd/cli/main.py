@@ -6,13 +6,16 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import TextIO, cast
 
 from agentd import __version__
 from agentd.cli.exits import (
+    EXIT_TERMINATED,
     InternalError,
     Interrupted,
     UsageParser,
@@ -129,7 +132,15 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
     return load_config(Paths(args.root), settings.absolute() if settings else None)
 
 
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Raised, not just noted: Python retries a system call a signal interrupts (PEP 475) unless
+    # the handler raises, so this is what ends a command waiting in open(), read() or sleep().
+    # `apply` and `run` install handlers of their own that stop at a safe point instead.
+    raise SystemExit(EXIT_TERMINATED)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     # Every byte a host's file name or a document put in the output reaches the terminal (and
     # a log reader) escaped: no screen clear, no forged line (agentd/core/printable.py).
     from agentd.cli.color import OWN_SEQUENCES  # noqa: PLC0415

@@ -19,6 +19,7 @@ from agentd import __version__
 from agentd.core.errors import DownloadError
 from agentd.core.redact import redact_text, redact_url
 from agentd.system.files import fsync_dir
+from agentd.system.readfile import open_regular
 
 MAX_DOWNLOAD_BYTES = 2 << 30
 _CHUNK = 1 << 20
@@ -154,7 +155,7 @@ def _copy_local(url: str, sink: _Sink) -> None:
     if not path.is_absolute():
         raise _Failure("a file:// URL must name an absolute path")
     try:
-        with path.open("rb") as src:
+        with open_regular(path) as src:
             while True:
                 chunk = src.read(_CHUNK)
                 if not chunk:
@@ -166,8 +167,7 @@ def _copy_local(url: str, sink: _Sink) -> None:
 
 def _sha256_of(path: Path) -> str:
     hasher = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as f:
+    with open_regular(path, follow=False) as f:
         while True:
             chunk = f.read(_CHUNK)
             if not chunk:

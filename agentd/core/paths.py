@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from agentd.core.errors import AgentError
 
 # Where detection looks for binaries: fixed, never the agent's own PATH (INTERFACE.md).
 BIN_SEARCH_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
@@ -49,21 +52,71 @@ DYNAMIC_LOADERS = (
 )
 
 
+class RootLinkError(AgentError):
+    """A host path under a sandbox root goes through a loop of symbolic links."""
+
+
+# As many links as Linux follows resolving one path (MAXSYMLINKS) before it gives up with ELOOP.
+_MAX_LINKS = 40
+
+
 @dataclass(frozen=True)
 class Paths:
     """Host paths under `root` ("/" on a real node)."""
 
     root: Path
 
-    @property
+    @functools.cached_property
     def sandboxed(self) -> bool:
         return self.root.resolve() != Path("/")
 
     def under(self, host_path: str) -> Path:
-        """`host_path` (absolute, as on the node) mapped under the root."""
+        """`host_path` (absolute, as on the node) mapped under the root. Under a sandbox root
+        its directories are resolved as a chroot would resolve them (an absolute link's target
+        taken under the root, `..` stopping at it), so nothing reached through them, written
+        or read, is outside the root; the last component is left as it is, link or not."""
         if not host_path.startswith("/"):
             raise ValueError(f"host path must be absolute: {host_path!r}")
-        return self.root / host_path.lstrip("/")
+        if not self.sandboxed:
+            return self.root / host_path.lstrip("/")
+        *dirs, last = host_path.split("/")
+        return self._resolved(dirs, host_path).joinpath(last)
+
+    def under_dir(self, host_path: str) -> Path:
+        """A directory's `under()`: with its last component resolved too, since what is written
+        is inside it."""
+        if not host_path.startswith("/"):
+            raise ValueError(f"host path must be absolute: {host_path!r}")
+        if not self.sandboxed:
+            return self.root / host_path.lstrip("/")
+        return self._resolved(host_path.split("/"), host_path)
+
+    def _resolved(self, parts: list[str], host_path: str) -> Path:
+        done: list[str] = []
+        todo = parts[::-1]  # a stack: the next component last
+        links = 0
+        while todo:
+            part = todo.pop()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if done:
+                    done.pop()
+                continue
+            try:
+                target = os.readlink(self.root.joinpath(*done, part))
+            except OSError:  # not a link, or not there (yet): taken as it is
+                done.append(part)
+                continue
+            links += 1
+            if links > _MAX_LINKS:
+                raise RootLinkError(
+                    f"{host_path}: too many levels of symbolic links under the root {self.root}"
+                )
+            if target.startswith("/"):
+                done = []
+            todo.extend(target.split("/")[::-1])
+        return self.root.joinpath(*done)
 
     @property
     def own_loader(self) -> str | None:
@@ -87,7 +140,7 @@ class Paths:
     # agentd's own configuration and state
     @property
     def etc_dir(self) -> Path:
-        return self.under("/etc/wasm-edge")
+        return self.under_dir("/etc/wasm-edge")
 
     @property
     def desired_file(self) -> Path:
@@ -108,7 +161,7 @@ class Paths:
 
     @property
     def state_dir(self) -> Path:
-        return self.under("/var/lib/wasm-edge")
+        return self.under_dir("/var/lib/wasm-edge")
 
     @property
     def state_file(self) -> Path:
@@ -153,22 +206,22 @@ class Paths:
     # component locations (upstream conventions)
     @property
     def usr_local_lib(self) -> Path:
-        return self.under(USR_LOCAL_LIB)
+        return self.under_dir(USR_LOCAL_LIB)
 
     @property
     def usr_local_include(self) -> Path:
-        return self.under(USR_LOCAL_INCLUDE)
+        return self.under_dir(USR_LOCAL_INCLUDE)
 
     @property
     def plugin_dir(self) -> Path:
-        return self.under(PLUGIN_DIR)
+        return self.under_dir(PLUGIN_DIR)
 
     @property
     def os_release(self) -> Path:
         return self.under("/etc/os-release")
 
     def bin_search_dirs(self) -> list[Path]:
-        return [self.under(d) for d in BIN_SEARCH_DIRS]
+        return [self.under_dir(d) for d in BIN_SEARCH_DIRS]
 
     def find_binary(self, name: str) -> Path | None:
         """First executable `name` in the fixed search list under the root."""

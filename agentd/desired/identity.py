@@ -11,6 +11,7 @@ from agentd.core.arch import host_arch
 from agentd.facts.osrelease import os_name
 from agentd.settings.snapshot import AgentConfig
 from agentd.system.host import Host
+from agentd.system.readfile import SMALL_FILE_BYTES, read_text_bounded
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ def node_identity(host: Host, config: Optional[AgentConfig] = None) -> NodeIdent
     node_id = config.node_id
     if node_id is None:
         try:
-            node_id = host.paths.under("/etc/machine-id").read_text().strip() or None
+            machine_id = host.paths.under("/etc/machine-id")
+            node_id = read_text_bounded(machine_id, SMALL_FILE_BYTES).strip() or None
         except OSError:
             node_id = None
     return NodeIdentity(

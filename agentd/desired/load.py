@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -36,9 +37,11 @@ class Sources:
 def local_sources(host: Host) -> list[Path]:
     """The node's own files: desired.yaml, then desired.d/*.yaml in alphabetical order."""
     paths = host.paths
-    files = [paths.desired_file] if paths.desired_file.is_file() else []
+    # Whatever is there, a regular file or not: what is not is refused by name when it is read,
+    # never passed over (a FIFO or a broken link in place of desired.yaml is not "no file").
+    files = [paths.desired_file] if os.path.lexists(paths.desired_file) else []
     if paths.desired_dir.is_dir():
-        files += sorted(p for p in paths.desired_dir.glob("*.yaml") if p.is_file())
+        files += sorted(paths.desired_dir.glob("*.yaml"))
     return files
 
 

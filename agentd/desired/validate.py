@@ -76,6 +76,12 @@ def load_and_validate(
         except DesiredStateError as exc:
             load_errors.extend(exc.problems or [str(exc)])
             continue
+        if merge_all and len(paths) > 1 and not isinstance(doc.data, dict):
+            # Merged, a later file's mapping would replace it whole, and its error with it.
+            kinds = {list: "a list", str: "a string", bool: "a boolean"}
+            kind = kinds.get(type(doc.data), "a number")
+            load_errors.append(f"{name or path}:1:1: expected a mapping, got {kind}")
+            continue
         if node is not None:
             doc, notes = apply_targeting(doc, node, name or str(path))
             targeting += notes

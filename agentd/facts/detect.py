@@ -20,7 +20,7 @@ from agentd.facts.model import NOT_INSTALLED, ComponentFacts, Facts, HostFacts, 
 from agentd.facts.osrelease import os_name
 from agentd.system.commands import CommandResult, Runner, node_commands, run_command
 from agentd.system.elf import elf_dynamic
-from agentd.system.files import atomic_write
+from agentd.system.files import atomic_write, read_json
 
 # --- pure parsers --------------------------------------------------------------------------------
 
@@ -186,7 +186,7 @@ class VersionCache:
     def load(cls, path: Path) -> VersionCache:
         """The cache stored at `path`; empty when it is missing or unreadable."""
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            doc = read_json(path)
         except (OSError, ValueError):
             return cls()
         if not isinstance(doc, dict) or doc.get("format") != _CACHE_FORMAT:

@@ -12,6 +12,8 @@ from typing import Any
 import agentd
 from agentd.core.components import BINARY_KINDS, LIBRARY_GLOBS, MANAGED_CONFIG_PATHS
 from agentd.core.paths import BIN_SEARCH_DIRS, Paths
+from agentd.facts.configs import MAX_CONFIG_BYTES
+from agentd.system.readfile import FileRefused, read_bounded
 
 # The packages whose code decides the plan: editing any module in them (even without a version
 # bump) must invalidate every stored digest. Their modules are listed from the file system, so a
@@ -37,7 +39,11 @@ def _listing(root: Path, pattern: str) -> list[Any]:
 
 def _content(path: Path) -> str | None:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        # No config or desired-state file agentd accepts is larger: one that is, or one that is
+        # not a regular file, is refused when it is loaded, and its stat stands in for it here.
+        return hashlib.sha256(read_bounded(path, MAX_CONFIG_BYTES)).hexdigest()
+    except FileRefused:
+        return json.dumps(_stat(path))
     except OSError:
         return None
 

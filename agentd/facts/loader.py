@@ -11,6 +11,7 @@ from typing import Optional
 from agentd.core.paths import Paths
 from agentd.system.commands import CommandResult
 from agentd.system.elf import elf_dynamic
+from agentd.system.readfile import SMALL_FILE_BYTES, read_text_bounded
 
 # glibc's built-in "system search path": searched after the cache, and also with no cache at
 # all. Debian's multiarch glibc: /lib/<triplet>, /usr/lib/<triplet>, /lib, /usr/lib (`ld.so
@@ -38,7 +39,7 @@ def conf_dirs(paths: Paths) -> list[str]:
         conf_files += sorted(paths.under("/etc/ld.so.conf.d").glob("*.conf"))
     for conf in conf_files:
         try:
-            text = conf.read_text(encoding="utf-8", errors="replace")
+            text = read_text_bounded(conf, SMALL_FILE_BYTES)
         except OSError:
             continue
         for raw in text.splitlines():

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from agentd.core.paths import Paths
+from agentd.system.readfile import SMALL_FILE_BYTES, read_text_bounded
 
 
 def _unquote_os_release(value: str) -> str:
@@ -44,7 +45,7 @@ def os_name(paths: Paths) -> str:
     ]
     for candidate in candidates:
         try:
-            return parse_os_release(candidate.read_text(encoding="utf-8", errors="replace"))
+            return parse_os_release(read_text_bounded(candidate, SMALL_FILE_BYTES))
         except OSError:
             continue
     return "unknown"

@@ -6,7 +6,9 @@ import re
 from typing import Optional
 
 from agentd.core.paths import CONTAINERD_DIR, CRUN_WASM_RUNTIME, Paths
+from agentd.facts.configs import MAX_CONFIG_BYTES
 from agentd.health.findings import CheckInput, Finding, wanted
+from agentd.system.readfile import read_text_bounded
 
 
 def containerd_template(paths: Paths) -> tuple[Optional[str], Optional[str]]:
@@ -14,7 +16,7 @@ def containerd_template(paths: Paths) -> tuple[Optional[str], Optional[str]]:
     for name in ("config-v3.toml.tmpl", "config.toml.tmpl"):
         node_path = f"{CONTAINERD_DIR}/{name}"
         try:
-            return node_path, paths.under(node_path).read_text(encoding="utf-8", errors="replace")
+            return node_path, read_text_bounded(paths.under(node_path), MAX_CONFIG_BYTES)
         except OSError:
             continue
     return None, None
@@ -123,7 +125,7 @@ def check_containerd(inp: CheckInput) -> list[Finding]:
     rendered = inp.paths.under(f"{CONTAINERD_DIR}/config.toml")
     if k3s.installed and rendered.exists():
         try:
-            current = rendered.read_text(encoding="utf-8", errors="replace")
+            current = read_text_bounded(rendered, MAX_CONFIG_BYTES)
         except OSError:
             current = ""
         if CRUN_WASM_RUNTIME not in current:

@@ -8,13 +8,15 @@ from typing import Optional
 
 from agentd.core.paths import K3S_CONFIG
 from agentd.core.versions import compare
+from agentd.facts.configs import MAX_CONFIG_BYTES
 from agentd.facts.detect import without_wasmedge_log_lines
 from agentd.facts.model import ComponentFacts
 from agentd.health.crun import ldconfig_finding, libwasmedge_found
 from agentd.health.findings import CheckInput, Finding, last_line, wanted
 from agentd.health.probe import PROBE_OUTPUT, probe_module
 from agentd.system.commands import node_commands
-from agentd.system.files import atomic_write
+from agentd.system.files import atomic_write, read_bytes_limited
+from agentd.system.readfile import read_text_bounded
 
 NO_SOCKET_PLUGIN = (
     "There is no WasmEdge socket plugin to install: sockets and DNS are built into WasmEdge's "
@@ -176,9 +178,10 @@ def _load_failed(message: str, remedy: str) -> Finding:
 def _run_probe(inp: CheckInput, wasmedge: ComponentFacts) -> list[Finding]:
     assert wasmedge.path is not None
     probe = inp.paths.state_dir / "probe" / "agentd-probe.wasm"
+    module = probe_module()
     try:
-        if not probe.is_file() or probe.read_bytes() != probe_module():
-            atomic_write(probe, probe_module(), 0o644)
+        if not probe.is_file() or read_bytes_limited(probe, len(module), follow=False) != module:
+            atomic_write(probe, module, 0o644)
     except OSError as exc:
         return [
             Finding(
@@ -251,7 +254,7 @@ def _resolv_conf(inp: CheckInput) -> Optional[str]:
     if isinstance(config, Mapping) and isinstance(config.get("resolv-conf"), str):
         return str(config["resolv-conf"])
     try:
-        text = inp.paths.under(K3S_CONFIG).read_text(encoding="utf-8", errors="replace")
+        text = read_text_bounded(inp.paths.under(K3S_CONFIG), MAX_CONFIG_BYTES)
     except OSError:
         text = ""
     match = re.search(r"^resolv-conf:\s*['\"]?([^'\"\s]+)", text, re.MULTILINE)

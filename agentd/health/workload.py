@@ -10,9 +10,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from agentd.core.paths import CRUN_WASM_RUNTIME, PROBE_RUNTIME_CLASS, RUNTIMECLASS_MANIFEST
+from agentd.facts.configs import MAX_CONFIG_BYTES
 from agentd.health.findings import CheckInput, Finding, last_line
 from agentd.health.kube import Kube
 from agentd.health.probe import PROBE_OUTPUT
+from agentd.system.readfile import read_text_bounded
 
 PROBE_POD = "agentd-wasm-probe"
 
@@ -21,7 +23,7 @@ def _runtime_class(inp: CheckInput) -> Optional[str]:
     """agentd's probe RuntimeClass (crun-wasm, no node selector) where the node's manifest has
     it, else the first crun-wasm RuntimeClass of the desired state."""
     try:
-        text = inp.paths.under(RUNTIMECLASS_MANIFEST).read_text(encoding="utf-8")
+        text = read_text_bounded(inp.paths.under(RUNTIMECLASS_MANIFEST), MAX_CONFIG_BYTES)
     except OSError:
         text = ""
     if re.search(rf"^\s*name:\s*{PROBE_RUNTIME_CLASS}\s*$", text, re.MULTILINE):

@@ -10,8 +10,10 @@ from typing import Any, Optional
 
 from agentd.core.generation import generation_problem
 from agentd.core.paths import K3S_CONFIG
+from agentd.facts.configs import MAX_CONFIG_BYTES
 from agentd.settings.snapshot import AgentConfig
 from agentd.system.host import Host
+from agentd.system.readfile import read_text_bounded
 
 PREFIX = "agentd.wasm-edge.io"
 # Labels, so that `kubectl get nodes -L ...` and label selectors show the rollout's progress.
@@ -44,7 +46,7 @@ def node_name(host: Host, config: AgentConfig) -> str:
     if named:
         return str(named)
     try:
-        text = host.paths.under(K3S_CONFIG).read_text(encoding="utf-8", errors="replace")
+        text = read_text_bounded(host.paths.under(K3S_CONFIG), MAX_CONFIG_BYTES)
     except OSError:
         text = ""
     for line in text.splitlines():

@@ -9,6 +9,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from agentd.core.errors import DesiredStateError
+from agentd.system.readfile import FileTooLarge, read_bounded
 
 # Where a value sits in a document: mapping keys and list indexes from the root.
 Loc = tuple[Union[str, int], ...]
@@ -266,6 +267,12 @@ def _yaml_error_pos(exc: yaml.YAMLError, text: bytes, filename: str) -> tuple[Po
     return Pos(filename, 1, 1), str(exc)
 
 
+def _too_large(filename: str) -> DesiredStateError:
+    return _problem_error(
+        [(Pos(filename, 1, 1), f"document larger than {MAX_DOCUMENT_BYTES} bytes (1 MiB)")]
+    )
+
+
 def load_yaml(text: bytes, filename: str, *, allow_empty: bool = False) -> Loaded:
     """One YAML document as plain data; any problem raises DesiredStateError.
 
@@ -273,9 +280,7 @@ def load_yaml(text: bytes, filename: str, *, allow_empty: bool = False) -> Loade
     is None.
     """
     if len(text) > MAX_DOCUMENT_BYTES:
-        raise _problem_error(
-            [(Pos(filename, 1, 1), f"document larger than {MAX_DOCUMENT_BYTES} bytes (1 MiB)")]
-        )
+        raise _too_large(filename)
     try:
         loader = _BoundedLoader(text)  # decodes the text: a ReaderError comes from here
     except yaml.YAMLError as exc:
@@ -310,11 +315,12 @@ def load_yaml(text: bytes, filename: str, *, allow_empty: bool = False) -> Loade
 
 
 def load_file(path: Path, display: Optional[str] = None, *, allow_empty: bool = False) -> Loaded:
-    """A YAML file, read no further than one byte past the size limit."""
+    """A YAML file (a regular one: see read_bounded), refused unread when over the limit."""
     name = str(path) if display is None else display
     try:
-        with path.open("rb") as stream:
-            text = stream.read(MAX_DOCUMENT_BYTES + 1)
+        text = read_bounded(path, MAX_DOCUMENT_BYTES)
+    except FileTooLarge:
+        raise _too_large(name) from None
     except OSError as exc:
         message = f"{name}: cannot read: {exc.strerror or exc}"
         raise DesiredStateError(message, [message]) from None

@@ -10,9 +10,10 @@ from typing import Optional
 
 from agentd.core.paths import Paths
 from agentd.core.redact import redact_text
-from agentd.sources.document import PullError, Rejected, SourceConfig
+from agentd.sources.document import MAX_DOCUMENT_BYTES, PullError, Rejected, SourceConfig
 from agentd.system.commands import CommandResult, run_command
 from agentd.system.files import atomic_write, remove_tree
+from agentd.system.readfile import KEYRING_BYTES, SMALL_FILE_BYTES, read_bounded, read_text_bounded
 
 # Every gpg call: never prompt, and never start a gpg-agent (verifying needs none; see GpgHome).
 GPG = ("gpg", "--batch", "--no-tty", "--no-autostart")
@@ -46,11 +47,11 @@ class GpgHome:
 
     def ready(self, timeout: float) -> Path:
         keyring = node_file(self.paths, self.keyring, "the gpg keyring")
-        data = keyring.read_bytes()
+        data = read_bounded(keyring, KEYRING_BYTES)
         digest = hashlib.sha256(data).hexdigest()
         stamp = self.home / "agentd-keyring.sha256"
         with contextlib.suppress(OSError):
-            if stamp.read_text().strip() == digest:
+            if read_text_bounded(stamp, SMALL_FILE_BYTES, follow=False).strip() == digest:
                 return self.home
         remove_tree(self.home)
         self.home.mkdir(mode=0o700, parents=True)
@@ -169,7 +170,7 @@ def _verify_ssh(config: SourceConfig, paths: Paths, doc: Path, sig: Path) -> str
                 str(sig),
             ],
             config.timeout,
-            input_bytes=doc.read_bytes(),
+            input_bytes=read_bounded(doc, MAX_DOCUMENT_BYTES, follow=False),
         )
         if checked.ok:
             return principal

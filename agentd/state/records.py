@@ -99,6 +99,28 @@ _RUN_KEYS = (
 )
 
 
+# The fields the records in a result's lists share, as `status` and `apply` print them.
+_ITEM_FIELDS: dict[str, tuple[type, ...]] = {
+    "component": OPT_STR,
+    "action": OPT_STR,
+    "status": OPT_STR,
+    "reason": OPT_STR,
+    "from": OPT_STR,
+    "to": OPT_STR,
+    "url": OPT_STR,
+    "sha256": OPT_STR,
+    "error": OPT_STR,
+    "bytes": (int, type(None)),
+    "durationMs": (*NUMBER, type(None)),
+    "disruptive": (bool, type(None)),
+    "cached": (bool, type(None)),
+}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, NUMBER) and not isinstance(value, bool)
+
+
 # What the no-op memo keeps of a result: what the plan said, not when or how long.
 _MEMO_FIELDS = (
     "kind",
@@ -174,8 +196,14 @@ class RunResult:
             fields[name] = typed(table, key, kind, where)
         for key in ("actions", "unchanged", "targeting", "downloads"):
             for i, item in enumerate(table.get(key) or ()):
-                if not isinstance(item, dict):
-                    raise TypeError(f"{where}.{key}[{i}]: {type(item).__name__} is not dict")
+                for field, kinds in _ITEM_FIELDS.items():
+                    if field in as_object(item, f"{where}.{key}[{i}]"):
+                        typed(item, field, kinds, f"{where}.{key}[{i}]")
+        for key in ("sources", "warnings", "serviceCalls", "problems"):
+            if not all(isinstance(item, str) for item in table.get(key) or ()):
+                raise TypeError(f"{where}.{key}: not a list of strings")
+        if not all(_number(v) for v in (table.get("timings") or {}).values()):
+            raise TypeError(f"{where}.timings: not an object of numbers")
         if "deferred" in fields:
             fields["deferred"] = Deferred.from_json(fields["deferred"], f"{where}.deferred")
         if "duration_ms" in fields:

@@ -6,9 +6,11 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentd.core.components import plugin_name
@@ -17,6 +19,7 @@ from agentd.core.paths import Paths
 from agentd.state.inventory import InventoryEntry
 from agentd.state.records import Deferred, Noop, RunResult, typed
 from agentd.system.files import read_json, write_json
+from agentd.system.readfile import SMALL_FILE_BYTES, read_text_bounded
 from agentd.system.storage import storage_error
 
 if TYPE_CHECKING:
@@ -26,6 +29,17 @@ if TYPE_CHECKING:
 
 STATE_VERSION = 1
 HISTORY_LENGTH = 20
+# A history entry's fields (record_run writes them), each absent or null, or of its type.
+_OPT = type(None)
+_HISTORY_FIELDS: dict[str, tuple[type, ...]] = {
+    "kind": (str, _OPT),
+    "generation": (int, _OPT),
+    "outcome": (str, _OPT),
+    "startedAt": (str, _OPT),
+    "durationMs": (int, float, _OPT),
+    "error": (str, _OPT),
+    "actions": (int, _OPT),
+}
 
 
 def count(counters: dict[str, dict[str, int]], name: str, keys: Iterable[str]) -> None:
@@ -141,12 +155,20 @@ class AgentState:
         counters = record("counters") or {}
         if not all(isinstance(v, dict) for v in counters.values()):
             raise TypeError("state.counters: not an object of objects")
+        for name, table in counters.items():
+            if not all(type(n) is int for n in table.values()):
+                raise TypeError(f"state.counters.{name}: not an object of counts")
+        typed(data, "stateVersion", (int, type(None)), "state")
+        history = typed(data, "history", (list, type(None)), "state") or []
+        for i, run in enumerate(history):
+            for key, kinds in _HISTORY_FIELDS.items():
+                typed(run, key, kinds, f"state.history[{i}]")
         return cls(
             last_applied_generation=typed(
                 data, "lastAppliedGeneration", (int, type(None)), "state"
             ),
             last_run=RunResult.from_json(last_run) if last_run is not None else None,
-            history=list(typed(data, "history", (list, type(None)), "state") or []),
+            history=list(history),
             inventory={
                 k: InventoryEntry.from_json(v, f"inventory.{k}")
                 for k, v in (record("inventory") or {}).items()
@@ -201,6 +223,26 @@ def save_state(paths: Paths, state: AgentState) -> None:
     write_json(paths.state_file, state.to_json(), 0o600)
 
 
+def refuse_links(paths: Paths) -> None:
+    """StateError when the state dir, or a directory in it, holds a symbolic link: agentd puts
+    none there, and writing through one (the cache, the kept versions, the pulled document)
+    would write wherever it points."""
+    state_dir = paths.state_dir
+    dirs = [state_dir]
+    with contextlib.suppress(OSError):
+        dirs += [Path(e.path) for e in os.scandir(state_dir) if e.is_dir(follow_symlinks=False)]
+    for directory in dirs:
+        try:
+            links = [Path(e.path) for e in os.scandir(directory) if e.is_symlink()]
+        except OSError:
+            continue
+        if links:
+            raise StateError(
+                f"{paths.host_view(links[0])} is a symbolic link; agentd follows no link in "
+                "its state dir: move it aside"
+            )
+
+
 class StateLock:
     """An fcntl lock on the state dir's lock file: one run at a time on a node."""
 
@@ -210,14 +252,45 @@ class StateLock:
 
     def holder(self) -> str:
         try:
-            text = self.paths.lock_file.read_text().strip()
+            text = read_text_bounded(self.paths.lock_file, SMALL_FILE_BYTES, follow=False).strip()
         except OSError:
             return "unknown"
         return text or "unknown"
 
-    def acquire(self, command: str, wait_s: float = 0.0) -> None:
+    def _open(self) -> int:
+        """The lock file, opened without following a link (its target would be truncated) and
+        refused unless it is agentd's own regular file."""
+        shown = self.paths.host_view(self.paths.lock_file)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(self.paths.lock_file, flags, 0o644)
+        except OSError as exc:
+            # ENXIO: a socket, EISDIR: a directory.
+            odd = {errno.ELOOP: "is a symbolic link", errno.EISDIR: "is a directory"}
+            if exc.errno not in (*odd, errno.ENXIO):
+                raise
+            what = odd.get(exc.errno or 0, "is not a regular file")
+            raise StateError(f"{shown} {what}; move it aside") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)
+            regular = stat.S_ISREG(st.st_mode)
+            what = "has other hard links" if regular else "is not a regular file"
+            raise StateError(f"{shown} {what}; move it aside")
+        return fd
+
+    def acquire(
+        self, command: str, wait_s: float = 0.0, cancel: Callable[[], None] | None = None
+    ) -> None:
+        """Take the lock, waiting up to `wait_s` for another run's; `cancel` (which may raise)
+        is called while waiting, so a stop asked for then ends the wait."""
         self.paths.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.paths.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open()
+        try:
+            refuse_links(self.paths)
+        except BaseException:
+            os.close(fd)
+            raise
         deadline = time.monotonic() + wait_s
         while True:
             try:
@@ -233,6 +306,12 @@ class StateLock:
                         f"another agentd run holds {self.paths.host_view(self.paths.lock_file)} "
                         f"({self.holder()}); try again later or pass --wait SECONDS"
                     ) from None
+                if cancel is not None:
+                    try:
+                        cancel()
+                    except BaseException:
+                        os.close(fd)
+                        raise
                 time.sleep(0.05)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         try:
@@ -257,8 +336,10 @@ class StateLock:
             self._fd = None
 
     @contextlib.contextmanager
-    def held(self, command: str, wait_s: float = 0.0) -> Iterator[None]:
-        self.acquire(command, wait_s)
+    def held(
+        self, command: str, wait_s: float = 0.0, cancel: Callable[[], None] | None = None
+    ) -> Iterator[None]:
+        self.acquire(command, wait_s, cancel)
         try:
             yield
         finally:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Optional
 
+from agentd.system.readfile import open_regular
+
 _PT_LOAD, _PT_DYNAMIC, _PT_INTERP = 1, 2, 3
 _DT_NEEDED, _DT_STRTAB, _DT_RPATH, _DT_RUNPATH = 1, 5, 15, 29
 _MAX_DYNAMIC = 1 << 16  # bytes of dynamic section and string table read, at most
@@ -47,7 +49,7 @@ def elf_interpreter(path: Path) -> Optional[str]:
 
 def _read_elf(path: Path, *, want_interpreter: bool) -> Dynamic | str | None:
     try:
-        with path.open("rb") as handle:
+        with open_regular(path) as handle:
             ident = handle.read(64)
             if len(ident) < 52 or ident[:4] != b"\x7fELF" or ident[4] not in (1, 2):
                 return None

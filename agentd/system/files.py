@@ -9,6 +9,8 @@ import re
 import secrets
 from pathlib import Path
 
+from agentd.system.readfile import FileRefused, FileTooLarge, open_regular, read_bounded
+
 
 def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
@@ -45,12 +47,16 @@ def sweep_temp_files(directory: Path) -> list[Path]:
     return removed
 
 
+# A temp file is always new: never an existing file, never through a link someone left there.
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def atomic_write(target: Path, data: bytes, mode: int = 0o644) -> None:
     """Write beside the target, fsync, chmod, rename: readers see the old or the new file."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_beside(target)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(tmp, _CREATE, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -72,8 +78,8 @@ def atomic_copy(source: Path, target: Path, mode: int) -> None:
     tmp = temp_beside(target)
     try:
         with (
-            source.open("rb") as src,
-            open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as dst,
+            open_regular(source) as src,
+            open(os.open(tmp, _CREATE, 0o600), "wb") as dst,
         ):
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
@@ -118,11 +124,12 @@ def remove_path(path: Path) -> None:
         path.unlink()
 
 
-def read_bytes_limited(path: Path, limit: int) -> bytes | None:
-    """The file's bytes, or None when it is larger than `limit`."""
-    with path.open("rb") as f:
-        data = f.read(limit + 1)
-    return None if len(data) > limit else data
+def read_bytes_limited(path: Path, limit: int, *, follow: bool = True) -> bytes | None:
+    """The regular file's bytes, or None when it is larger than `limit` (see read_bounded)."""
+    try:
+        return read_bounded(path, limit, follow=follow)
+    except FileTooLarge:
+        return None
 
 
 # agentd's own JSON files (state.json, daemon.json, the fleet store's records, snapshots) are
@@ -131,7 +138,8 @@ MAX_JSON_BYTES = 16 << 20
 
 
 class JsonFileError(ValueError):
-    """A JSON file of agentd's that cannot be used: too large, not JSON, or not an object."""
+    """A JSON file of agentd's that cannot be used: too large, not a regular file (a link, a
+    directory, a FIFO), not JSON, or not an object."""
 
 
 def write_json(target: Path, doc: object, mode: int = 0o600) -> None:
@@ -141,13 +149,14 @@ def write_json(target: Path, doc: object, mode: int = 0o600) -> None:
 
 def read_json(path: Path, limit: int = MAX_JSON_BYTES) -> dict[str, object] | None:
     """The JSON object in `path`, or None when there is no such file (JsonFileError when the
-    file is there but unusable: the caller says what that means for its file)."""
+    file is there but unusable: the caller says what that means for its file). These are
+    agentd's own files: a link in their place is not followed."""
     try:
-        raw = read_bytes_limited(path, limit)
+        raw = read_bounded(path, limit, follow=False)
     except FileNotFoundError:
         return None
-    if raw is None:
-        raise JsonFileError(f"{path} is larger than {limit} bytes")
+    except FileRefused as exc:
+        raise JsonFileError(f"{path} {exc.strerror}") from None
     try:
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -271,6 +271,14 @@ def test_document_that_is_not_a_mapping(tmp_path: Path) -> None:
     assert report.errors == [f"{path}:1:1: expected a mapping, got a list"]
 
 
+def test_a_list_merged_under_a_drop_in_is_still_reported(tmp_path: Path) -> None:
+    # Merged as it is, the drop-in's mapping would replace the list, and its error with it.
+    base = _write(tmp_path, "- apiVersion: agentd/v1\n")
+    drop_in = _write(tmp_path, VALID, "10-local.yaml")
+    report = load_and_validate([base, drop_in], None, merge_all=True)
+    assert report.errors == [f"{base}:1:1: expected a mapping, got a list"]
+
+
 def test_several_errors_are_all_reported_in_order(tmp_path: Path) -> None:
     text = _edit(VALID, "agentd/v1", "agentd/v0")
     text = _edit(text, "generation: 7", "generation: -1")
@@ -426,11 +434,28 @@ def test_file_of_exactly_one_mib_is_read(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
-def test_endless_file_is_refused_without_reading_it_all() -> None:
-    # /dev/zero never ends: this returns only because load_file stops after 1 MiB + 1 byte.
+def test_endless_device_is_refused_without_reading_it() -> None:
+    # /dev/zero never ends: this returns only because load_file reads regular files only.
     with pytest.raises(DesiredStateError) as caught:
         load_file(Path("/dev/zero"), "zero.yaml")
-    assert caught.value.problems == ["zero.yaml:1:1: document larger than 1048576 bytes (1 MiB)"]
+    assert caught.value.problems == [
+        "zero.yaml: cannot read: is a character device, not a regular file"
+    ]
+
+
+def test_sparse_file_is_refused_by_its_size_unread(tmp_path: Path) -> None:
+    path = tmp_path / "sparse.yaml"
+    with path.open("wb") as f:
+        f.truncate(2 << 30)  # 2 GiB of hole: reading it whole would take 2 GiB of memory
+    tracemalloc.start()
+    try:
+        with pytest.raises(DesiredStateError) as caught:
+            load_file(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert caught.value.problems == [f"{path}:1:1: document larger than 1048576 bytes (1 MiB)"]
+    assert peak < MAX_DOCUMENT_BYTES
 
 
 def test_unreadable_file(tmp_path: Path) -> None:
