@@ -65,6 +65,9 @@ class Source(StrictModel):
     path: Optional[str] = None  # git: the document's path inside the repository
     verify: Optional[Verify] = None
     timeout: Duration = 30.0
+    # Lines of https://USER:TOKEN@HOST (git-credential store), in a 0600 file: a URL's
+    # credentials would be on git's command line, readable by every local user.
+    credentialsFile: Optional[str] = None
 
     @field_validator("url")
     @classmethod
@@ -82,6 +85,13 @@ class Source(StrictModel):
             known = scheme in ("https", "ssh", "http", "git", "file") or scp_like
         if not known:
             raise ValueError(f"unsupported URL for a {kind} source: {url!r}")
+        authority = url.split("://", 1)[1].split("/", 1)[0] if scheme else ""
+        # ssh://git@host names a user and no secret; anything else before an @ is a credential.
+        if "@" in authority and (scheme != "ssh" or ":" in authority.rpartition("@")[0]):
+            raise ValueError(
+                "credentials in a source URL are refused (they would be on git's command line "
+                "and in messages): put https://USER:TOKEN@HOST in a 0600 credentialsFile"
+            )
         if not secure and not insecure_ok:
             raise ValueError(
                 f"{scheme}:// has no transport security: use https (or ssh for git), "
@@ -109,6 +119,11 @@ class Source(StrictModel):
     def _git_only(self) -> Source:
         if self.type == "https" and (self.ref is not None or self.path is not None):
             raise ValueError("ref and path are for git sources; an https source is one URL")
+        if self.credentialsFile is not None:
+            if not self.credentialsFile.startswith("/"):
+                raise ValueError("credentialsFile must be an absolute path")
+            if not self.url.lower().startswith(("https://", "http://")):
+                raise ValueError("credentialsFile is for http(s) URLs (ssh uses its keys)")
         return self
 
     @property
