@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from agentd.core.errors import AgentError
 from agentd.desired.load import desired_sources
 from agentd.desired.model import ARCHES
 from agentd.desired.validate import load_and_validate
@@ -41,15 +42,25 @@ def handle(args: argparse.Namespace) -> int:
     elif arch == "none":
         arch = None
     names: dict[Path, str] = {}
+    remote: frozenset[str] = frozenset()
     if args.files:
         groups = [args.files] if args.merge else [[f] for f in args.files]
     else:
-        sources = desired_sources(Host.at(args.root), None)
+        from agentd.cli.main import agent_config  # noqa: PLC0415
+        from agentd.desired.identity import node_identity  # noqa: PLC0415
+
+        host = Host.at(args.root)
+        sources = desired_sources(host, None)
         groups, names = [sources.files], sources.names
+        try:
+            config = agent_config(args)
+        except AgentError:
+            config = None  # broken settings are `agentd settings`' to report: the strict default
+        remote = sources.remote(node_identity(host, config))
     errors: list[str] = []
     warnings: list[str] = []
     for group in groups:
-        report = load_and_validate(group, arch, merge_all=True, names=names)
+        report = load_and_validate(group, arch, merge_all=True, names=names, remote=remote)
         errors += report.errors
         warnings += report.warnings
     for line in warnings + errors:

@@ -291,6 +291,10 @@ class ArtifactCache:
                 out.flush()
                 os.fsync(out.fileno())
             actual = sink.hasher.hexdigest()
+            if actual != expected and scheme == "file":
+                # The digest and size of a local file would tell anyone who can write a
+                # desired state something about a file only root may read (/etc/shadow).
+                raise _Failure(f"sha256 mismatch: expected {expected}; the local file differs")
             if actual != expected:
                 raise _Failure(
                     f"sha256 mismatch: expected {expected}, got {actual} ({sink.size} bytes)"

@@ -31,6 +31,13 @@ class Sources:
     def shown(self) -> list[str]:
         return [self.names.get(p, str(p)) for p in self.files]
 
+    def remote(self, node: Optional[NodeIdentity] = None) -> frozenset[str]:
+        """The names of the files that are not the node's own (the fleet document, always
+        first), whose file:// artifacts are refused unless `node` allows them."""
+        if self.fleet is None or not self.files or (node is not None and node.allow_local_files):
+            return frozenset()
+        return frozenset({self.names.get(self.files[0], str(self.files[0]))})
+
 
 def local_sources(host: Host) -> list[Path]:
     """The node's own files: desired.yaml, then desired.d/*.yaml in alphabetical order."""
@@ -92,7 +99,14 @@ class Loaded:
 def load_desired(sources: Sources, arch: str, node: Optional[NodeIdentity] = None) -> Loaded:
     from agentd.desired.validate import load_and_validate  # noqa: PLC0415
 
-    report = load_and_validate(sources.files, arch, merge_all=True, names=sources.names, node=node)
+    report = load_and_validate(
+        sources.files,
+        arch,
+        merge_all=True,
+        names=sources.names,
+        node=node,
+        remote=sources.remote(node),
+    )
     if report.errors or report.state is None:
         n = len(report.errors)
         raise DesiredStateError(
@@ -160,7 +174,12 @@ def _judged(sources: Sources, node: NodeIdentity) -> ValidationReport:
     from agentd.desired.validate import load_and_validate  # noqa: PLC0415
 
     return load_and_validate(
-        sources.files, node.arch, merge_all=True, names=sources.names, node=node
+        sources.files,
+        node.arch,
+        merge_all=True,
+        names=sources.names,
+        node=node,
+        remote=sources.remote(node),
     )
 
 

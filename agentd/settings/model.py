@@ -170,6 +170,9 @@ class Downloads(StrictModel):
     attempts: int = Field(default=3, ge=1, le=10)  # transient failures are tried again
     backoff: Duration = 1.0  # the pause before the second attempt, doubling after
     maxMiB: int = Field(default=2048, ge=1)  # no artifact is larger; a body beyond is cut off
+    # file:// artifact URLs in the fleet document too (always allowed in the node's own files):
+    # otherwise a fleet could have any file this root-run agent can read copied and installed.
+    allowLocalFiles: bool = False
 
 
 class Metrics(StrictModel):

@@ -337,6 +337,7 @@ SETTINGS_TEMPLATE = {
     "metrics": {"enabled": BOOL, "path": PATH},
     "tls": {"caFile": PATH, "insecureSkipVerify": BOOL},
     "downloads": {"timeout": DURATION, "attempts": st.integers(-1, 12), "backoff": DURATION,
+                  "allowLocalFiles": BOOL,
                   "maxMiB": st.one_of(st.integers(-1, 10**6), st.sampled_from(HUGE_NUMBERS))},
     "maintenanceWindow": WINDOW, "suspend": BOOL,
     "health": {"remediate": BOOL, "remediationBackoff": DURATION, "rollbackWindow": DURATION,
