@@ -25,6 +25,7 @@ from agentd.sources.store import FleetStore
 from agentd.state.records import Noop, RunResult
 from agentd.state.store import AgentState, StateLock, load_state, save_state
 from agentd.system.host import Host
+from agentd.system.progress import Progress
 
 if TYPE_CHECKING:
     from agentd.desired.model import DesiredState
@@ -148,12 +149,14 @@ def apply(
     cancel: Optional[Callable[[], None]] = None,
     now: Optional[datetime] = None,
     force: Optional[Mapping[str, str]] = None,
+    progress: Optional[Progress] = None,
 ) -> RunResult:
     """Converge once. Returns the run's result (also saved in state.json unless dry-run).
 
     `pull`: fetch the fleet document first (when a source is configured). `cancel` may raise
     Cancelled until the first target is touched. `now` is for tests of the maintenance window.
     `force`: components to install again although their version is right (a health fix).
+    `progress` is told each stage and download as it goes (a terminal line, the daemon's STATUS).
     """
     config = config or AgentConfig()
     started, t0 = _now(), time.perf_counter()
@@ -178,7 +181,7 @@ def apply(
             return unchanged
         run = _Run(host, desired_file, state, sources, started, t0, config, pulled, force or {})
         try:
-            return run.apply(digest, cancel, now)
+            return run.apply(digest, cancel, now, progress)
         except AgentError as exc:
             exc.result = state.last_run  # every failure of a planned run is recorded first
             raise
@@ -245,7 +248,11 @@ class _Run:
         return recorded
 
     def apply(
-        self, digest: str, cancel: Optional[Callable[[], None]], now: Optional[datetime]
+        self,
+        digest: str,
+        cancel: Optional[Callable[[], None]],
+        now: Optional[datetime],
+        progress: Optional[Progress] = None,
     ) -> RunResult:
         from agentd.converge.install import converge  # noqa: PLC0415
         from agentd.health.watch import health_before, watch_changes  # noqa: PLC0415
@@ -297,6 +304,7 @@ class _Run:
                 state,
                 desired.generation,
                 cancel=cancel,
+                progress=progress,
                 tls_verify=tls_verify(self.config, host),
                 downloads=self.config.downloads,
             )

@@ -94,6 +94,14 @@ def configure(fmt: str = "auto", verbose: bool = False) -> None:
     _configured = False
 
 
+def summary_follows() -> None:
+    """The command ends with a summary of what it did: on a terminal, its info lines would say
+    each action twice, so only warnings and errors are shown there (--verbose shows all)."""
+    global _configured  # noqa: PLW0603
+    _settings["summary"] = True
+    _configured = False
+
+
 def _setup() -> None:
     global _journal_sender  # noqa: PLW0603
     import structlog  # noqa: PLC0415
@@ -135,7 +143,11 @@ def _setup() -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(
-            logging.DEBUG if verbose else logging.INFO
+            logging.DEBUG
+            if verbose
+            else logging.WARNING
+            if _settings.get("summary") and fmt == "console" and sys.stderr.isatty()
+            else logging.INFO
         ),
         logger_factory=factory,
         cache_logger_on_first_use=True,
