@@ -6,7 +6,6 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 from urllib.parse import unquote, urlsplit
 
 from agentd.sources.document import PullError
@@ -27,14 +26,11 @@ class Credentials:
         return f"Credentials({self.username!r}, ***, {self.file!r})"
 
 
-def _origin(url: str) -> tuple[str, str, Optional[int]]:
+def _origin(url: str) -> tuple[str, str]:
+    """The scheme and host[:port] as written: git-credential-store compares them so, and a line
+    git would not use must not pass this check either."""
     split = urlsplit(url)
-    scheme = split.scheme.lower()
-    return (
-        scheme,
-        (split.hostname or "").lower(),
-        split.port or {"https": 443, "http": 80}.get(scheme),
-    )
+    return split.scheme.lower(), split.netloc.rpartition("@")[2].lower()
 
 
 def check_owner(path: Path, display: str) -> os.stat_result:
@@ -61,7 +57,7 @@ def check_owner(path: Path, display: str) -> os.stat_result:
 
 def read_credentials(path: Path, display: str, url: str) -> Credentials:
     """The first line of the git-credential store file `path` (`https://user:token@host`)
-    whose scheme, host and port are the URL's; PullError when there is none."""
+    whose scheme and host[:port] are the URL's, as written; PullError when there is none."""
     st = check_owner(path, display)
     if st.st_size > MAX_CREDENTIALS_BYTES:
         raise PullError(f"credentialsFile {display} is larger than {MAX_CREDENTIALS_BYTES} bytes")
@@ -86,7 +82,8 @@ def read_credentials(path: Path, display: str, url: str) -> Credentials:
                 f"credentialsFile {display}:{number}: not a git-credential line "
                 "(https://USER:TOKEN@HOST)"
             )
-        if _origin(line) == want:
+        # A line with a path is for that path only, which git does not ask about by default.
+        if _origin(line) == want and split.path in ("", "/"):
             return Credentials(unquote(split.username or ""), unquote(split.password), display)
-    scheme, host, port = want
-    raise PullError(f"credentialsFile {display} has no line for {scheme}://{host}:{port}")
+    scheme, host = want
+    raise PullError(f"credentialsFile {display} has no line for {scheme}://{host}")

@@ -165,6 +165,11 @@ def test_a_link_or_a_line_for_another_host_is_refused(
     assert res.code == 1
     port = server.url.split(":")[2].split("/")[0]
     assert f"has no line for http://127.0.0.1:{port}" in res.json()["detail"]
+    # A line for a path of the right host is one git would not use either.
+    real.write_text(f"http://fleet-reader:{TOKEN}@127.0.0.1:{port}/other.git\n")
+    res = pull(node)
+    assert f"has no line for http://127.0.0.1:{port}" in res.json()["detail"]
+    assert TOKEN not in res.stdout + res.stderr
     moved = real.with_name("real.credentials")
     real.rename(moved)
     real.symlink_to(moved)
