@@ -12,6 +12,7 @@ from agentd.core.errors import AgentError
 from agentd.schema.types import Duration, MaintenanceWindowSpec, StrictModel
 from agentd.schema.validation import check_schema, format_problems
 from agentd.schema.yamlload import Loaded, load_file
+from agentd.sources.credentials import URL_CREDENTIALS_REFUSED, has_credentials
 
 # Debian's prometheus-node-exporter reads its textfile collector from this directory.
 DEFAULT_METRICS_PATH = "/var/lib/prometheus/node-exporter/agentd.prom"
@@ -85,13 +86,8 @@ class Source(StrictModel):
             known = scheme in ("https", "ssh", "http", "git", "file") or scp_like
         if not known:
             raise ValueError(f"unsupported URL for a {kind} source: {url!r}")
-        authority = url.split("://", 1)[1].split("/", 1)[0] if scheme else ""
-        # ssh://git@host names a user and no secret; anything else before an @ is a credential.
-        if "@" in authority and (scheme != "ssh" or ":" in authority.rpartition("@")[0]):
-            raise ValueError(
-                "credentials in a source URL are refused (they would be on git's command line "
-                "and in messages): put https://USER:TOKEN@HOST in a 0600 credentialsFile"
-            )
+        if has_credentials(url):
+            raise ValueError(URL_CREDENTIALS_REFUSED)
         if not secure and not insecure_ok:
             raise ValueError(
                 f"{scheme}:// has no transport security: use https (or ssh for git), "

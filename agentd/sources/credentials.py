@@ -12,6 +12,18 @@ from agentd.sources.document import PullError
 
 # A credentials file is a few lines; anything near this is not one.
 MAX_CREDENTIALS_BYTES = 64 << 10
+URL_CREDENTIALS_REFUSED = (
+    "credentials in a source URL are refused (they would be on git's command line and in "
+    "messages): put https://USER:TOKEN@HOST in a 0600 credentialsFile"
+)
+
+
+def has_credentials(url: str) -> bool:
+    """Whether `url` holds a secret before its host: ssh://git@host names a user and no
+    secret; anything else before an @ is a credential."""
+    scheme, sep, rest = url.partition("://")
+    authority = rest.split("/", 1)[0] if sep else ""
+    return "@" in authority and (scheme.lower() != "ssh" or ":" in authority.rpartition("@")[0])
 
 
 @dataclass(frozen=True)

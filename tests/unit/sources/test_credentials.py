@@ -4,6 +4,7 @@ an environment another process can read, shown by a real git smart-HTTP server t
 from __future__ import annotations
 
 import base64
+import json
 import os
 import threading
 from pathlib import Path
@@ -94,8 +95,7 @@ def test_a_stalled_git_fetch_shows_the_token_to_no_process(
     try:
         assert server.stalled.wait(60), "the fetch never reached the pack request"
         # git fetch, git-remote-http and agentd are all alive and waiting, the token in use.
-        names = {Path(f"/proc/{p}/comm").read_text().strip() for p in _pids()}
-        assert "git-remote-http" in names
+        assert "git-remote-http" in _commands()
         assert holders(TOKEN) == []
     finally:
         server.release.set()
@@ -109,8 +109,15 @@ def test_a_stalled_git_fetch_shows_the_token_to_no_process(
     assert ("GET", "/fleet.git/info/refs", 401) in server.seen
 
 
-def _pids() -> list[str]:
-    return [p for p in os.listdir("/proc") if p.isdigit() and Path(f"/proc/{p}/comm").exists()]
+def _commands() -> set[str]:
+    """The command names of every process (one that exits meanwhile is left out)."""
+    names = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            names.add(Path(f"/proc/{pid}/comm").read_text().strip())
+        except OSError:
+            continue
+    return names
 
 
 def test_a_wrong_git_token_fails_clearly_and_the_token_is_masked(
@@ -231,4 +238,21 @@ def test_https_credentials_are_a_basic_header_for_the_origin_only(
             ("/old.yaml", basic),
             ("/fleet.yaml", basic),
         ]
+    assert TOKEN not in res.stdout + res.stderr
+
+
+def test_url_credentials_in_settings_an_older_agentd_validated_are_not_used(
+    node: Node, repo: FleetRepo, server: GitHttpServer
+) -> None:
+    git_source(node, server.url)
+    shown = node.agentd("settings", "--json")
+    assert shown.code == 0, shown.stderr
+    raw = shown.json()["settings"]
+    del raw["source"]["credentialsFile"]
+    raw["source"]["url"] = server.url.replace("http://", f"http://fleet-reader:{TOKEN}@")
+    # The daemon hands its workers the settings it last validated, as JSON.
+    res = node.agentd("pull", "--json", env={"AGENTD_SETTINGS_JSON": json.dumps(raw)})
+    assert res.code == 1
+    assert "credentials in a source URL are refused" in res.json()["detail"]
+    assert server.seen == []
     assert TOKEN not in res.stdout + res.stderr
