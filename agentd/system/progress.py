@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import time
 from typing import Callable, Optional, TextIO
 
@@ -120,10 +121,18 @@ class PipeProgress(Progress):
         self._send(describe_download(component, done, total))
 
 
+def _is_pipe(fd: int) -> bool:
+    """Only the daemon's pipe: a stray variable naming stdout must not mix lines into it."""
+    try:
+        return stat.S_ISFIFO(os.fstat(fd).st_mode) and not os.isatty(fd)
+    except OSError:
+        return False
+
+
 def progress_for(stream: TextIO, environ: dict[str, str]) -> Progress:
     """The daemon's pipe in its worker, a line on `stream` when it is a terminal, else nothing."""
     fd = environ.get(PROGRESS_FD_ENV, "")
-    if fd.isdigit():
+    if fd.isdigit() and _is_pipe(int(fd)):
         return PipeProgress(int(fd))
     if stream.isatty() and environ.get("TERM") != "dumb":
         return TerminalProgress(stream)

@@ -16,7 +16,13 @@ from typing import Any
 
 import pytest
 
-from agentd.system.progress import PipeProgress, TerminalProgress
+from agentd.system.progress import (
+    PROGRESS_FD_ENV,
+    PipeProgress,
+    Progress,
+    TerminalProgress,
+    progress_for,
+)
 from tests.support.mirror import MirrorServer
 from tests.support.node import Node
 from tests.support.standins import Mirror, desired_document, write_yaml
@@ -159,3 +165,18 @@ def test_a_pipe_nobody_reads_never_blocks_the_run() -> None:
     finally:
         os.close(listen)
         os.close(report)
+
+
+def test_only_the_daemons_pipe_or_a_terminal_get_progress(tmp_path: Path) -> None:
+    listen, report = os.pipe()
+    with (tmp_path / "out").open("w") as plain:
+        try:
+            env = {PROGRESS_FD_ENV: str(report)}
+            assert type(progress_for(plain, env)) is PipeProgress
+            # A variable naming something else than a pipe (a file, a closed fd): nothing.
+            assert type(progress_for(plain, {PROGRESS_FD_ENV: str(plain.fileno())})) is Progress
+            assert type(progress_for(plain, {PROGRESS_FD_ENV: "987"})) is Progress
+            assert type(progress_for(plain, {})) is Progress
+        finally:
+            os.close(listen)
+            os.close(report)
