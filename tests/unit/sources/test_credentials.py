@@ -256,3 +256,24 @@ def test_url_credentials_in_settings_an_older_agentd_validated_are_not_used(
     assert "credentials in a source URL are refused" in res.json()["detail"]
     assert server.seen == []
     assert TOKEN not in res.stdout + res.stderr
+
+
+def test_a_wrong_https_token_fails_clearly_and_the_token_is_masked(
+    node: Node, ca: TestCA, tmp_path: Path
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "fleet.yaml").write_text("apiVersion: agentd/v1\n")
+    node_file(node.root, "/etc/wasm-edge/ca.pem", ca.cert)
+    with MirrorServer(site, tls=ca.server_context()) as srv:
+        srv.fail("/fleet.yaml", 401)
+        credentials(node, srv.url)
+        source = {"type": "https", "url": f"{srv.url}/fleet.yaml", "credentialsFile": CREDENTIALS}
+        settings_file(node.root, {"source": source, "tls": {"caFile": "/etc/wasm-edge/ca.pem"}})
+        res = pull(node)
+    assert res.code == 1
+    assert res.json()["detail"] == (
+        f"{srv.url}/fleet.yaml: HTTP 401 Unauthorized "
+        f"(the credentials in {CREDENTIALS} were refused)"
+    )
+    assert TOKEN not in res.stdout + res.stderr
