@@ -94,6 +94,14 @@ def configure(fmt: str = "auto", verbose: bool = False) -> None:
     _configured = False
 
 
+def _below_progress(_logger: Any, _method: str, event: Any) -> Any:
+    """A log line on a terminal starts where a progress line was, not after its text."""
+    from agentd.system.progress import clear_terminal_line  # noqa: PLC0415
+
+    clear_terminal_line()
+    return event
+
+
 def summary_follows() -> None:
     """The command ends with a summary of what it did: on a terminal, its info lines would say
     each action twice, so only warnings and errors are shown there (--verbose shows all)."""
@@ -139,6 +147,8 @@ def _setup() -> None:
         )
         # Tracebacks become text first, so that they are redacted like every other string.
         processors += [structlog.processors.format_exc_info, _redact, renderer]
+        if fmt == "console":
+            processors.insert(0, _below_progress)
         factory = structlog.PrintLoggerFactory(file=sys.stderr)
     structlog.configure(
         processors=processors,

@@ -10,6 +10,7 @@ from typing import Callable, Optional, TextIO
 
 # A worker tells the daemon what it is doing through this inherited pipe (for its STATUS=).
 PROGRESS_FD_ENV = "AGENTD_PROGRESS_FD"
+_SHOWN: list[TerminalProgress] = []  # the line on the terminal now, for the logs to erase
 
 
 def _unit(n: float) -> tuple[float, str]:
@@ -46,6 +47,12 @@ class Progress:
         """The run's own output follows: nothing of the progress may stay in its way."""
 
 
+def clear_terminal_line() -> None:
+    """Erase the progress line a terminal shows, if any: a log line must start at the left."""
+    for line in list(_SHOWN):
+        line.done()
+
+
 class TerminalProgress(Progress):
     """One line on a terminal, rewritten in place (at most every `interval` s) and cleared at
     the end: the summary printed after it says everything once."""
@@ -72,6 +79,8 @@ class TerminalProgress(Progress):
         self.stream.write(f"\r{text}\x1b[K")
         self.stream.flush()
         self._shown = True
+        if self not in _SHOWN:
+            _SHOWN.append(self)
 
     def stage(self, text: str) -> None:
         self._show(text, now=True)
@@ -92,6 +101,8 @@ class TerminalProgress(Progress):
             self.stream.write("\r\x1b[K")
             self.stream.flush()
             self._shown = False
+            self._last = -self.interval  # drawn again at the next update
+            _SHOWN.remove(self)
 
 
 class PipeProgress(Progress):

@@ -21,6 +21,7 @@ from agentd.system.progress import (
     PipeProgress,
     Progress,
     TerminalProgress,
+    clear_terminal_line,
     progress_for,
 )
 from tests.support.mirror import MirrorServer
@@ -180,3 +181,18 @@ def test_only_the_daemons_pipe_or_a_terminal_get_progress(tmp_path: Path) -> Non
         finally:
             os.close(listen)
             os.close(report)
+
+
+def test_a_log_line_erases_the_progress_line_which_comes_back_at_once() -> None:
+    now = [10.0]
+    out = io.StringIO()
+    line = TerminalProgress(out, interval=1.0, clock=lambda: now[0])
+    line.download("crun", 1_000, 5_000)
+    clear_terminal_line()  # what a log line on the terminal does first
+    assert out.getvalue().endswith("\r\x1b[K")
+    now[0] += 0.01  # well inside the interval: redrawn all the same
+    line.download("crun", 2_000, 5_000)
+    assert out.getvalue().endswith("\rdownloading crun 2.0/5.0 kB\x1b[K")
+    clear_terminal_line()
+    clear_terminal_line()  # nothing shown: nothing written
+    assert out.getvalue().count("\r\x1b[K") == 2
