@@ -32,6 +32,7 @@ from agentd.sources.store import FleetStore
 from agentd.state.records import Noop, RunResult
 from agentd.state.store import AgentState, StateLock, load_state, save_state
 from agentd.system.host import Host
+from agentd.system.progress import Progress
 from agentd.system.storage import describe, storage_error
 
 if TYPE_CHECKING:
@@ -183,12 +184,14 @@ def apply(
     cancel: Optional[Callable[[], None]] = None,
     now: Optional[datetime] = None,
     force: Optional[Mapping[str, str]] = None,
+    progress: Optional[Progress] = None,
 ) -> RunResult:
     """Converge once. Returns the run's result (also saved in state.json unless dry-run).
 
     `pull`: fetch the fleet document first (when a source is configured). `cancel` may raise
     Cancelled until the first target is touched. `now` is for tests of the maintenance window.
     `force`: components to install again although their version is right (a health fix).
+    `progress` is told each stage and download as it goes (a terminal line, the daemon's STATUS).
     """
     config = config or AgentConfig()
     if dry_run:
@@ -196,7 +199,9 @@ def apply(
         planned = make_plan(host, desired_file, config=config)
         return _result(planned, started, t0, "planned", dry_run=True)
     try:
-        return _apply_locked(host, desired_file, config, pull, lock_wait_s, cancel, now, force)
+        return _apply_locked(
+            host, desired_file, config, pull, lock_wait_s, cancel, now, force, progress
+        )
     except OSError as exc:
         full = storage_error(exc)
         if full is None:
@@ -235,6 +240,7 @@ def _apply_locked(
     cancel: Optional[Callable[[], None]],
     now: Optional[datetime],
     force: Optional[Mapping[str, str]],
+    progress: Optional[Progress],
 ) -> RunResult:
     started, t0 = _now(), time.perf_counter()
     with StateLock(host.paths).held("apply", lock_wait_s, cancel):
@@ -257,7 +263,7 @@ def _apply_locked(
             return unchanged
         run = _Run(host, desired_file, state, sources, started, t0, config, pulled, force or {})
         try:
-            return run.apply(digest, cancel, now)
+            return run.apply(digest, cancel, now, progress)
         except AgentError as exc:
             exc.result = state.last_run  # every failure of a planned run is recorded first
             raise
@@ -349,7 +355,11 @@ class _Run:
             setattr(self.state, f.name, getattr(disk, f.name))
 
     def apply(
-        self, digest: str, cancel: Optional[Callable[[], None]], now: Optional[datetime]
+        self,
+        digest: str,
+        cancel: Optional[Callable[[], None]],
+        now: Optional[datetime],
+        progress: Optional[Progress] = None,
     ) -> RunResult:
         from agentd.converge.install import converge  # noqa: PLC0415
         from agentd.health.watch import health_before, watch_changes  # noqa: PLC0415
@@ -400,6 +410,7 @@ class _Run:
                 state,
                 desired.generation,
                 cancel=cancel,
+                progress=progress,
                 tls_verify=tls_verify(self.config, host),
                 downloads=self.config.downloads,
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -17,6 +18,8 @@ from agentd.cli.output import format_plan, format_run, plan_legend
 from agentd.core.errors import Cancelled
 from agentd.run import apply
 from agentd.system.host import Host
+from agentd.system.log import summary_follows
+from agentd.system.progress import progress_for
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +57,8 @@ def handle(args: argparse.Namespace) -> int:
     host = Host.at(args.root)
     config = agent_config(args)
     asked, _ = _stop_at_a_safe_point()
+    if not args.json:
+        summary_follows()
 
     def cancel() -> None:
         if asked.is_set():
@@ -68,6 +73,7 @@ def handle(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         lock_wait_s=args.wait,
         cancel=cancel,
+        progress=progress_for(sys.stderr, dict(os.environ)),
     )
     if args.json:
         print_json(result.to_json())

@@ -6,12 +6,18 @@ import os
 import re
 from typing import TextIO
 
+from agentd.system.progress import CLEAR_LINE
+
 CODES = {"red": "31", "green": "32", "yellow": "33", "magenta": "35", "cyan": "36", "bold": "1"}
 # The plan's markers (cli.output.MARKERS), each in the colour terraform uses for it.
 MARKER_COLOURS = {"+": "green", "~": "yellow", "-": "red", "*": "cyan", "!": "magenta"}
-# Exactly the sequences `paint` writes: the output's last guard (core.printable) lets these
-# through and escapes every other one.
-OWN_SEQUENCES = re.compile("(\033\\[(?:" + "|".join(sorted({*CODES.values(), "0"})) + ")m)")
+# Exactly the sequences `paint` and the progress line write: the output's last guard
+# (core.printable) lets these through and escapes every other one.
+OWN_SEQUENCES = re.compile(
+    "("
+    + "|".join([re.escape(CLEAR_LINE)] + [f"\033\\[{c}m" for c in sorted({*CODES.values(), "0"})])
+    + ")"
+)
 _MARKER_LINE = re.compile(r"^(  )([+~\-*!]) (\S+)", re.MULTILINE)
 
 _mode = "auto"

@@ -48,16 +48,28 @@ def handle(args: argparse.Namespace) -> int:
     names: dict[Path, str] = {}
     for path in args.files:
         require_file(path, "a FILE to validate")
+    remote: frozenset[str] = frozenset()
     if args.files:
         groups = [args.files] if args.merge else [[f] for f in args.files]
     else:
-        sources = desired_sources(Host.at(args.root), None)
+        from agentd.cli.main import agent_config  # noqa: PLC0415
+        from agentd.desired.identity import node_identity  # noqa: PLC0415
+
+        host = Host.at(args.root)
+        sources = desired_sources(host, None)
         groups, names = [sources.files], sources.names
+        try:
+            config = agent_config(args)
+        except AgentError:
+            config = None  # broken settings are `agentd settings`' to report: the strict default
+        remote = sources.remote(node_identity(host, config))
     errors: list[str] = []
     warnings: list[str] = []
     on_node = _on_node(Host.at(args.root))
     for group in groups:
-        report = load_and_validate(group, arch, merge_all=True, names=names, on_node=on_node)
+        report = load_and_validate(
+            group, arch, merge_all=True, names=names, on_node=on_node, remote=remote
+        )
         errors += report.errors
         warnings += report.warnings
     shown = Host.at(args.root).paths.host_view if not args.files else str

@@ -57,13 +57,19 @@ class _Sink:
     """The temp file being written: hashes and counts every byte, refuses to grow past a limit."""
 
     def __init__(
-        self, out: IO[bytes], limit: int, progress: Optional[Callable[[], None]] = None
+        self,
+        out: IO[bytes],
+        limit: int,
+        progress: Optional[Callable[[], None]] = None,
+        arrived: Optional[Callable[[int, Optional[int]], None]] = None,
     ) -> None:
         self.out = out
         self.limit = limit
         self.size = 0
+        self.total: Optional[int] = None  # the announced length, when there is one
         self.hasher = hashlib.sha256()
         self.progress = progress
+        self.arrived = arrived
 
     def write(self, chunk: bytes) -> None:
         if self.progress is not None:
@@ -73,6 +79,8 @@ class _Sink:
             raise _Failure(f"larger than the {self.limit}-byte limit")
         self.hasher.update(chunk)
         self.out.write(chunk)
+        if self.arrived is not None:
+            self.arrived(self.size, self.total)
 
 
 def _content_length(value: str | None) -> int | None:
@@ -121,6 +129,7 @@ def _download_http(url: str, sink: _Sink, timeout: float, verify: Union[bool, st
             length = _content_length(resp.headers.get("Content-Length"))
             if length is not None and length > sink.limit:
                 raise _Failure(f"Content-Length {length} is over the {sink.limit}-byte limit")
+            sink.total = length
             for chunk in _arriving(resp.raw):
                 sink.write(chunk)
             # urllib3 1.x does not enforce Content-Length itself.
@@ -218,12 +227,14 @@ class ArtifactCache:
         *,
         timeout: float = 30.0,
         progress: Optional[Callable[[], None]] = None,
+        arrived: Optional[Callable[[int, Optional[int]], None]] = None,
     ) -> FetchResult:
         """The verified blob for `sha256`: from the cache, else downloaded from `url`.
 
         Raises DownloadError with the redacted URL on any failure; nothing partial or
         unverified is ever left under `sha256/`. `progress` is called for every chunk and may
-        raise to abandon the download.
+        raise to abandon the download; `arrived` is told the bytes so far (and the announced
+        length) of an http(s) download, never of a local file's (its size is not to be shown).
         """
         safe_url = redact_url(url)
         expected = sha256.lower()
@@ -235,7 +246,7 @@ class ArtifactCache:
                 return hit
             for attempt in range(1, self.attempts + 1):
                 try:
-                    return self._download(url, expected, timeout, progress)
+                    return self._download(url, expected, timeout, progress, arrived)
                 except _Failure as exc:
                     if not exc.transient or attempt == self.attempts:
                         tries = f" (after {attempt} attempts)" if attempt > 1 else ""
@@ -272,7 +283,12 @@ class ArtifactCache:
         return None
 
     def _download(
-        self, url: str, expected: str, timeout: float, progress: Optional[Callable[[], None]]
+        self,
+        url: str,
+        expected: str,
+        timeout: float,
+        progress: Optional[Callable[[], None]],
+        arrived: Optional[Callable[[int, Optional[int]], None]],
     ) -> FetchResult:
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -283,6 +299,7 @@ class ArtifactCache:
             with os.fdopen(fd, "wb") as out:
                 sink = _Sink(out, self.max_bytes, progress)
                 if scheme in ("http", "https"):
+                    sink.arrived = arrived
                     _download_http(url, sink, timeout, self.verify)
                 elif scheme == "file":
                     _copy_local(url, sink)
@@ -291,6 +308,10 @@ class ArtifactCache:
                 out.flush()
                 os.fsync(out.fileno())
             actual = sink.hasher.hexdigest()
+            if actual != expected and scheme == "file":
+                # The digest and size of a local file would tell anyone who can write a
+                # desired state something about a file only root may read (/etc/shadow).
+                raise _Failure(f"sha256 mismatch: expected {expected}; the local file differs")
             if actual != expected:
                 raise _Failure(
                     f"sha256 mismatch: expected {expected}, got {actual} ({sink.size} bytes)"

@@ -29,6 +29,7 @@ from agentd.state.store import AgentState
 from agentd.system.host import Host
 from agentd.system.log import get_logger, log_fields
 from agentd.system.packages import PackageError
+from agentd.system.progress import Progress
 from agentd.system.services import ServiceError
 from agentd.system.storage import describe, storage_error
 
@@ -81,6 +82,7 @@ def converge(
     cancel: Optional[Callable[[], None]] = None,
     tls_verify: Union[bool, str] = True,
     downloads: Optional[Mapping[str, Any]] = None,
+    progress: Optional[Progress] = None,
 ) -> RunReport:
     """Apply `plan`; on any failure put every target back and raise ConvergeError.
 
@@ -100,8 +102,20 @@ def converge(
         # Every line the run logs carries its generation: `journalctl AGENTD_GENERATION=12`
         # lists what generation 12 changed.
         with log_fields(generation=generation):
-            _converge(host, report, state, generation, run_dir, cancel, tls_verify, downloads or {})
+            _converge(
+                host,
+                report,
+                state,
+                generation,
+                run_dir,
+                cancel,
+                tls_verify,
+                downloads or {},
+                progress or Progress(),
+            )
     finally:
+        if progress is not None:
+            progress.done()
         shutil.rmtree(run_dir, ignore_errors=True)
         report.service_calls = list(host.services.calls)
         if host.packages is not None:
@@ -118,6 +132,7 @@ def _converge(
     cancel: Optional[Callable[[], None]],
     tls_verify: Union[bool, str],
     downloads: Mapping[str, Any],
+    progress: Progress,
 ) -> None:
     check = cancel or (lambda: None)
     max_bytes = int(downloads.get("maxMiB") or 2048) << 20
@@ -131,9 +146,17 @@ def _converge(
             art = step.action.artifact
             if art is None:
                 continue
+            name = step.action.component
+            progress.stage(f"fetching {name}")
+
+            def arrived(done: int, total: Optional[int], name: str = name) -> None:
+                progress.download(name, done, total)
+
             try:
                 check()
-                blobs[i] = cache.fetch(art.url, art.sha256, timeout=timeout, progress=check)
+                blobs[i] = cache.fetch(
+                    art.url, art.sha256, timeout=timeout, progress=check, arrived=arrived
+                )
             except Cancelled:
                 raise
             except AgentError as exc:
@@ -152,6 +175,7 @@ def _converge(
     stager = Stager(host, state, run_dir)
     with _timed(report, "stage"):
         for i, step in enumerate(report.steps):
+            progress.stage(f"staging {step.action.component}")
             try:
                 if step.action.package is not None:
                     step.package_version = choose_package(host, step.action)
@@ -167,7 +191,9 @@ def _converge(
     earlier = state.installing
     try:
         with _timed(report, "install"):
-            for step in report.steps:
+            for n, step in enumerate(report.steps, 1):
+                a = step.action
+                progress.stage(f"{a.action} {a.component} ({n}/{len(report.steps)})")
                 step.status = "running"
                 if step.action.action != "restart":  # a restart changes no file: none to save
                     after = _inventory_after(step)

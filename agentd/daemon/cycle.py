@@ -101,7 +101,11 @@ class Convergence:
         args = ["apply", "--offline", "--json", "--wait", str(int(LOCK_WAIT_S))]
         if self.settings_file is not None:
             args = ["--settings", str(self.settings_file), *args]
-        code, out = self.worker.run(args, settings_env(config))
+
+        def shown(text: str) -> None:
+            self.notifier.status(f"converging ({reason}): {text}")
+
+        code, out = self.worker.run(args, settings_env(config), progress=shown)
         doc = _worker_result(out)
         if code != 0 and doc is not None and doc.succeeded:
             # A worker that failed did not converge: this is an earlier run's result, printed

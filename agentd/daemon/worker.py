@@ -8,14 +8,16 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Optional
 
 import agentd
 from agentd.daemon.heartbeat import Heartbeat
 from agentd.settings.snapshot import AgentConfig
 from agentd.system.commands import ProcessTimeout, start_process
 from agentd.system.notify import child_environment
+from agentd.system.progress import PROGRESS_FD_ENV
 
 # How long a worker may run before it is asked to stop (at its next safe point), and how long
 # it then has before it is killed.
@@ -51,8 +53,14 @@ class Worker:
         self.log_format = log_format
 
     def run(
-        self, args: list[str], env_extra: Mapping[str, str], timeout: float = WORKER_TIMEOUT_S
+        self,
+        args: list[str],
+        env_extra: Mapping[str, str],
+        timeout: float = WORKER_TIMEOUT_S,
+        progress: Optional[Callable[[str], None]] = None,
     ) -> tuple[int, bytes]:
+        """The worker's exit code and stdout; `progress` is given each line it reports on the
+        way (a download, a stage), for the daemon's STATUS."""
         # The worker imports agentd and its dependencies from where the daemon did (a package
         # bundles them outside the interpreter's own path; its launcher adds them to sys.path),
         # and nothing else: -I keeps the working directory and PYTHON* variables out.
@@ -71,8 +79,20 @@ class Worker:
             *args,
         ]
         env = {**child_environment(os.environ), **env_extra}
+        report_fd, listen = -1, None
+        if progress is not None:
+            listen, report_fd = os.pipe()
+            env[PROGRESS_FD_ENV] = str(report_fd)
         # stderr is the daemon's own (the journal under systemd); stdout carries the JSON result.
-        proc = start_process(argv, env)
+        try:
+            proc = start_process(argv, env, pass_fds=(report_fd,) if report_fd >= 0 else ())
+        finally:
+            if report_fd >= 0:
+                os.close(report_fd)  # the worker's copy alone: EOF when it exits
+        relay = None
+        if listen is not None and progress is not None:
+            relay = threading.Thread(target=_relay, args=(listen, progress), daemon=True)
+            relay.start()
         chunks: list[bytes] = []
 
         def read_stdout() -> None:
@@ -101,6 +121,17 @@ class Worker:
             elif asked_to_stop and overdue:
                 proc.kill()
         reader.join(timeout=5)
+        if relay is not None:
+            relay.join(timeout=5)  # its last line must not come after the cycle's own STATUS
         if proc.stdout is not None:
             proc.stdout.close()
         return code, b"".join(chunks)
+
+
+def _relay(fd: int, progress: Callable[[str], None]) -> None:
+    """Each line the worker reports, passed on until it exits (EOF)."""
+    with os.fdopen(fd, "rb") as lines:
+        for line in lines:
+            text = line.decode("utf-8", "replace").strip()
+            if text:
+                progress(text)

@@ -1,4 +1,4 @@
-"""This node as fleet selectors see it: its id, hostname, architecture, OS and labels."""
+"""This node as fleet documents see it: its id, hostname, architecture, OS, labels, allowances."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ class NodeIdentity:
     arch: str
     os: str  # "debian 12"
     labels: Mapping[str, str] = field(default_factory=dict)
+    # downloads.allowLocalFiles: the fleet document may name file:// artifacts too.
+    allow_local_files: bool = False
 
     def describe(self) -> str:
         labels = ",".join(f"{k}={v}" for k, v in sorted(self.labels.items())) or "no labels"
@@ -35,6 +37,8 @@ class NodeIdentity:
             "arch": self.arch,
             "os": self.os,
             "labels": dict(sorted(self.labels.items())),
+            # Only when set: it changes what a plan accepts, so the no-op digest must see it.
+            **({"allowLocalFiles": True} if self.allow_local_files else {}),
         }
 
 
@@ -59,4 +63,5 @@ def node_identity(host: Host, config: Optional[AgentConfig] = None) -> NodeIdent
         arch=node_arch(),
         os=os_name(host.paths),
         labels=config.labels,
+        allow_local_files=bool(config.downloads.get("allowLocalFiles")),
     )

@@ -33,6 +33,13 @@ class Sources:
     def shown(self) -> list[str]:
         return [self.names.get(p, str(p)) for p in self.files]
 
+    def remote(self, node: Optional[NodeIdentity] = None) -> frozenset[str]:
+        """The names of the files that are not the node's own (the fleet document, always
+        first), whose file:// artifacts are refused unless `node` allows them."""
+        if self.fleet is None or not self.files or (node is not None and node.allow_local_files):
+            return frozenset()
+        return frozenset({self.names.get(self.files[0], str(self.files[0]))})
+
 
 def local_sources(host: Host) -> list[Path]:
     """The node's own files: desired.yaml, then desired.d/*.yaml in alphabetical order."""
@@ -102,7 +109,13 @@ def load_desired(
     from agentd.desired.validate import load_and_validate  # noqa: PLC0415
 
     report = load_and_validate(
-        sources.files, arch, merge_all=True, names=sources.names, node=node, on_node=on_node
+        sources.files,
+        arch,
+        merge_all=True,
+        names=sources.names,
+        node=node,
+        on_node=on_node,
+        remote=sources.remote(node),
     )
     if report.errors or report.state is None:
         n = len(report.errors)
@@ -171,7 +184,12 @@ def _judged(sources: Sources, node: NodeIdentity) -> ValidationReport:
     from agentd.desired.validate import load_and_validate  # noqa: PLC0415
 
     return load_and_validate(
-        sources.files, node.arch, merge_all=True, names=sources.names, node=node
+        sources.files,
+        node.arch,
+        merge_all=True,
+        names=sources.names,
+        node=node,
+        remote=sources.remote(node),
     )
 
 

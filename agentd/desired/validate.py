@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from agentd.core.errors import DesiredStateError
 from agentd.core.generation import shown
@@ -52,6 +52,36 @@ def validate(
     )
 
 
+def _remote_local_files(loaded: Loaded, remote: Collection[str]) -> list[tuple[Pos, str]]:
+    """Every file:// artifact URL whose value comes from a `remote` file (the fleet's)."""
+    found: list[tuple[Pos, str]] = []
+
+    def walk(loc: tuple[Any, ...], value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk((*loc, k), v)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk((*loc, i), v)
+        elif (
+            loc[-3:-2] == ("artifacts",)
+            and loc[-1] == "url"
+            and isinstance(value, str)
+            and value.lower().startswith("file:")
+        ):
+            pos = locate(loaded, loc)
+            if pos.file in remote:
+                message = (
+                    "a file:// artifact is accepted from this node's own files only "
+                    "(desired.yaml, desired.d/), not from the fleet document; set "
+                    "downloads.allowLocalFiles: true in agentd.yaml to allow it"
+                )
+                found.append((pos, message))
+
+    walk((), loaded.data)
+    return found
+
+
 def load_and_validate(
     paths: Sequence[Path],
     arch: Optional[str],
@@ -59,12 +89,14 @@ def load_and_validate(
     names: Optional[Mapping[Path, str]] = None,
     node: Optional[NodeIdentity] = None,
     on_node: Optional[OnNode] = None,
+    remote: Collection[str] = (),
 ) -> ValidationReport:
     """Each file loaded, then validated merged (in order) or one by one.
 
     With `node`, each file is first cut to what applies to that node (its selector, its
     overrides and rollout waves). Load errors are reported like validation errors. `state` is
     the merged document's, or without merging the last file's, and only when nothing is wrong.
+    A file:// artifact whose URL comes from a file named in `remote` is an error.
     """
     docs: list[Loaded] = []
     load_errors: list[str] = []
@@ -97,6 +129,10 @@ def load_and_validate(
             merged = merge(merged, _without_generation(doc, docs[0], ignored))
         report = validate(merged, arch, on_node)
         report.warnings = format_problems(ignored, "warning: ") + report.warnings
+        refused = format_problems(_remote_local_files(merged, remote)) if remote else []
+        if refused:
+            report.errors += refused
+            report.state = None
         report.targeting = targeting
         return report
     report = ValidationReport(None, load_errors)

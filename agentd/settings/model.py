@@ -18,6 +18,7 @@ from agentd.schema.types import (
 )
 from agentd.schema.validation import check_schema, format_problems
 from agentd.schema.yamlload import Loaded, load_file
+from agentd.sources.credentials import URL_CREDENTIALS_REFUSED, has_credentials
 
 # Debian's prometheus-node-exporter reads its textfile collector from this directory.
 DEFAULT_METRICS_PATH = "/var/lib/prometheus/node-exporter/agentd.prom"
@@ -69,6 +70,9 @@ class Source(StrictModel):
     path: Optional[str] = None  # git: the document's path inside the repository
     verify: Optional[Verify] = None
     timeout: Duration = 30.0
+    # Lines of https://USER:TOKEN@HOST (git-credential store), in a 0600 file: a URL's
+    # credentials would be on git's command line, readable by every local user.
+    credentialsFile: Optional[str] = None
 
     @field_validator("url")
     @classmethod
@@ -86,6 +90,8 @@ class Source(StrictModel):
             known = scheme in ("https", "ssh", "http", "git", "file") or scp_like
         if not known:
             raise ValueError(f"unsupported URL for a {kind} source: {url!r}")
+        if has_credentials(url):
+            raise ValueError(URL_CREDENTIALS_REFUSED)
         if not secure and not insecure_ok:
             raise ValueError(
                 f"{scheme}:// has no transport security: use https (or ssh for git), "
@@ -113,6 +119,11 @@ class Source(StrictModel):
     def _git_only(self) -> Source:
         if self.type == "https" and (self.ref is not None or self.path is not None):
             raise ValueError("ref and path are for git sources; an https source is one URL")
+        if self.credentialsFile is not None:
+            if not self.credentialsFile.startswith("/"):
+                raise ValueError("credentialsFile must be an absolute path")
+            if not self.url.lower().startswith(("https://", "http://")):
+                raise ValueError("credentialsFile is for http(s) URLs (ssh uses its keys)")
         return self
 
     @property
@@ -159,6 +170,9 @@ class Downloads(StrictModel):
     attempts: int = Field(default=3, ge=1, le=10)  # transient failures are tried again
     backoff: Duration = 1.0  # the pause before the second attempt, doubling after
     maxMiB: int = Field(default=2048, ge=1)  # no artifact is larger; a body beyond is cut off
+    # file:// artifact URLs in the fleet document too (always allowed in the node's own files):
+    # otherwise a fleet could have any file this root-run agent can read copied and installed.
+    allowLocalFiles: bool = False
 
 
 class Metrics(StrictModel):

@@ -32,7 +32,13 @@ DEFAULTS: dict[str, Any] = {
     "nodeId": None,
     "metrics": {"enabled": True, "path": "/var/lib/prometheus/node-exporter/agentd.prom"},
     "tls": {"caFile": None, "insecureSkipVerify": False},
-    "downloads": {"timeout": 30.0, "attempts": 3, "backoff": 1.0, "maxMiB": 2048},
+    "downloads": {
+        "timeout": 30.0,
+        "attempts": 3,
+        "backoff": 1.0,
+        "maxMiB": 2048,
+        "allowLocalFiles": False,
+    },
     "maintenanceWindow": None,
     "suspend": False,
     "health": {

@@ -51,6 +51,7 @@ class SourceConfig:
     timeout: float = 30.0
     ca_file: Optional[str] = None
     insecure_skip_verify: bool = False
+    credentials_file: Optional[str] = None  # git-credential store lines (0600), never in the URL
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> Optional[SourceConfig]:
@@ -73,6 +74,7 @@ class SourceConfig:
             timeout=float(src.get("timeout") or 30.0),
             ca_file=tls.get("caFile"),
             insecure_skip_verify=bool(tls.get("insecureSkipVerify")),
+            credentials_file=src.get("credentialsFile"),
         )
 
     @property

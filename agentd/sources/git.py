@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from agentd.core.paths import Paths
+from agentd.sources.credentials import read_credentials
 from agentd.sources.document import (
     MAX_DOCUMENT_BYTES,
     Document,
@@ -54,6 +55,26 @@ def _git(
     )
 
 
+# git asks this helper for the credentials: it hands git-credential-store the file named in the
+# environment, so the secret travels through pipes only, never in an argument or environment
+# value. Nothing is stored or erased: the file is the operator's.
+_HELPER = (
+    '!f() { if [ "$1" = get ]; then '
+    'exec git credential-store --file="$AGENTD_CREDENTIALS" get; fi; }; f'
+)
+
+
+def _credentials(config: SourceConfig, paths: Paths) -> tuple[list[str], dict[str, str]]:
+    """The git options and environment that give the fetch the credentialsFile's secret."""
+    if not config.credentials_file:
+        return [], {}
+    path = paths.under(config.credentials_file)
+    read_credentials(path, config.credentials_file, config.url)  # refused before git runs
+    # The empty value first: no other helper (the node's, the system's) is asked.
+    options = ["-c", "credential.helper=", "-c", f"credential.helper={_HELPER}"]
+    return options, {"AGENTD_CREDENTIALS": str(path)}
+
+
 def fetch(config: SourceConfig, paths: Paths, store: FleetStore) -> tuple[Document, int]:
     """The document at the ref's commit, unless that commit was judged before (Unchanged),
     the commit verified when the settings ask; with the number of requests made."""
@@ -64,10 +85,12 @@ def fetch(config: SourceConfig, paths: Paths, store: FleetStore) -> tuple[Docume
         init = run_command(["git", "init", "--bare", "--quiet", str(repo)], config.timeout)
         if not init.ok:
             raise PullError(f"cannot create {repo}: {output_tail(init)}")
+    options, env = _credentials(config, paths)
     fetched = _git(
         repo,
         config,
         paths,
+        *options,
         "fetch",
         "--quiet",
         "--no-tags",
@@ -77,9 +100,13 @@ def fetch(config: SourceConfig, paths: Paths, store: FleetStore) -> tuple[Docume
         "--",
         config.url,
         f"+{config.ref}:refs/agentd/fetched",
+        env=env,
     )
     if not fetched.ok:
-        raise PullError(f"git fetch of {config.describe()} failed: {output_tail(fetched)}")
+        why = output_tail(fetched)
+        if config.credentials_file and "Authentication failed" in why:
+            why += f" (the credentials in {config.credentials_file} were refused)"
+        raise PullError(f"git fetch of {config.describe()} failed: {why}")
     rev = _git(
         repo, config, paths, "rev-parse", "--verify", "--quiet", "refs/agentd/fetched^{commit}"
     )

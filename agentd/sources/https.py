@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 from agentd.core.paths import Paths
 from agentd.core.redact import redact_text, redact_url
+from agentd.sources.credentials import read_credentials
 from agentd.sources.document import (
     MAX_DOCUMENT_BYTES,
     Document,
@@ -68,7 +69,7 @@ def http_get(
     import base64  # noqa: PLC0415
     import urllib.error  # noqa: PLC0415
     import urllib.request  # noqa: PLC0415
-    from urllib.parse import unquote, urlsplit, urlunsplit  # noqa: PLC0415
+    from urllib.parse import urlsplit  # noqa: PLC0415
 
     from agentd import __version__  # noqa: PLC0415
 
@@ -81,12 +82,13 @@ def http_get(
     parts = urlsplit(url)
     send = {"User-Agent": f"agentd/{__version__}", "Accept-Encoding": "identity", **headers}
     auth: Optional[str] = None
-    if parts.username is not None:
-        # urllib ignores credentials in a URL: send them as Basic auth, and not in the URL.
-        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    if config.credentials_file:
+        # Built here, in this process: the secret is in no URL, argument or environment.
+        found = read_credentials(
+            paths.under(config.credentials_file), config.credentials_file, config.url
+        )
+        pair = f"{found.username}:{found.secret}"
         auth = "Basic " + base64.b64encode(pair.encode()).decode()
-        netloc = parts.netloc.rpartition("@")[2]
-        url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
     https_only = parts.scheme == "https"
     home = origin(url)
 
@@ -125,7 +127,10 @@ def http_get(
     except urllib.error.HTTPError as exc:
         if exc.code == 304:
             return HttpAnswer(304, b"", {k.lower(): v for k, v in exc.headers.items()})
-        raise PullError(f"{safe}: HTTP {exc.code} {redact_text(str(exc.reason))}") from None
+        why = f"{safe}: HTTP {exc.code} {redact_text(str(exc.reason))}"
+        if exc.code in (401, 403) and auth is not None:
+            why += f" (the credentials in {config.credentials_file} were refused)"
+        raise PullError(why) from None
     except urllib.error.URLError as exc:
         raise PullError(f"{safe}: {redact_text(str(exc.reason))}") from None
     except (OSError, ValueError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from agentd.core.paths import Paths
 from agentd.core.redact import redact_text
 from agentd.sources import git, https
+from agentd.sources.credentials import URL_CREDENTIALS_REFUSED, has_credentials
 from agentd.sources.document import (
     Document,
     PullError,
@@ -28,6 +29,9 @@ def pull(config: SourceConfig, paths: Paths) -> PullResult:
     store.ensure()
     fetch = git.fetch if config.type == "git" else https.fetch
     try:
+        if has_credentials(config.url):
+            # Settings validated by an older agentd (its last good copy) may still hold them.
+            raise PullError(URL_CREDENTIALS_REFUSED)
         doc, requests = fetch(config, paths, store)
         result = _judge(config, store, doc)
         result.requests = requests

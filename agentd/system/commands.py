@@ -177,9 +177,16 @@ Process = subprocess.Popen[bytes]
 ProcessTimeout = subprocess.TimeoutExpired
 
 
-def start_process(argv: list[str], env: Mapping[str, str]) -> Process:
+def start_process(
+    argv: list[str], env: Mapping[str, str], pass_fds: tuple[int, ...] = ()
+) -> Process:
     """Start argv (no shell) with exactly `env`, stdout piped, stderr shared with this process:
-    the daemon's workers, whose logs go where the daemon's go."""
+    the daemon's workers, whose logs go where the daemon's go. `pass_fds` stay open in it."""
     return subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=None, stdin=subprocess.DEVNULL, env=dict(env)
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=None,
+        stdin=subprocess.DEVNULL,
+        env=dict(env),
+        pass_fds=pass_fds,
     )

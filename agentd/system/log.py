@@ -108,6 +108,22 @@ def configure(fmt: str = "auto", verbose: bool = False) -> None:
     _configured = False
 
 
+def _below_progress(_logger: Any, _method: str, event: Any) -> Any:
+    """A log line on a terminal starts where a progress line was, not after its text."""
+    from agentd.system.progress import clear_terminal_line  # noqa: PLC0415
+
+    clear_terminal_line()
+    return event
+
+
+def summary_follows() -> None:
+    """The command ends with a summary of what it did: on a terminal, its info lines would say
+    each action twice, so only warnings and errors are shown there (--verbose shows all)."""
+    global _configured  # noqa: PLW0603
+    _settings["summary"] = True
+    _configured = False
+
+
 def _setup() -> None:
     global _journal_sender  # noqa: PLW0603
     import structlog  # noqa: PLC0415
@@ -146,11 +162,17 @@ def _setup() -> None:
         # Tracebacks become text first, so that they are redacted like every other string.
         processors += [structlog.processors.format_exc_info, _redact]
         processors += [renderer] if fmt == "json" else [_printable, renderer]
+        if fmt == "console":
+            processors.insert(0, _below_progress)
         factory = structlog.PrintLoggerFactory(file=sys.stderr)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(
-            logging.DEBUG if verbose else logging.INFO
+            logging.DEBUG
+            if verbose
+            else logging.WARNING
+            if _settings.get("summary") and fmt == "console" and sys.stderr.isatty()
+            else logging.INFO
         ),
         logger_factory=factory,
         cache_logger_on_first_use=True,

@@ -57,13 +57,18 @@ def test_a_full_run_never_shows_a_secret(
     fleet_dir.mkdir(exist_ok=True)
     write_yaml(fleet_dir / "desired.yaml", doc)
     fleet_url = f"{mirror.url}/{fleet_dir.name}/desired.yaml?token={QUERY_TOKEN}"
+    # The fleet's credentials live in a 0600 file of their own, never in the source URL.
+    creds = node.path("/etc/wasm-edge/fleet.credentials")
+    creds.write_text(_with_credentials(mirror.url, FLEET_PASSWORD) + "\n")
+    creds.chmod(0o600)
     write_yaml(
         node.path("/etc/wasm-edge/agentd.yaml"),
         {
             "source": {
                 "type": "https",
-                "url": _with_credentials(fleet_url, FLEET_PASSWORD),
+                "url": fleet_url,
                 "allowInsecure": True,
+                "credentialsFile": "/etc/wasm-edge/fleet.credentials",
             },
             "interval": "1h",
         },

@@ -365,8 +365,11 @@ def test_file_url(tmp_path: Path, cache: ArtifactCache) -> None:
 def test_file_url_mismatch_and_missing(tmp_path: Path, cache: ArtifactCache) -> None:
     source = tmp_path / "k3s"
     source.write_bytes(b"tampered")
-    with pytest.raises(DownloadError, match="sha256 mismatch"):
+    with pytest.raises(DownloadError, match="sha256 mismatch") as failed:
         cache.fetch(f"file://{source}", sha(BLOBS["k3s"]))
+    # What the local file is (its digest, its size) is not for the desired state's author.
+    assert sha(b"tampered") not in str(failed.value)
+    assert "8 bytes" not in str(failed.value)
     with pytest.raises(DownloadError, match=r"cannot read .*No such file"):
         cache.fetch(f"file://{tmp_path}/absent", sha(BLOBS["k3s"]))
     with pytest.raises(DownloadError, match="local path"):
