@@ -13,6 +13,7 @@ from agentd.core.errors import (
     AgentError,
     Cancelled,
     DesiredStateError,
+    DownloadError,
     GenerationError,
     StorageError,
     SuspendedError,
@@ -170,7 +171,17 @@ def tls_verify(config: AgentConfig, host: Host) -> Union[bool, str]:
     if tls.get("insecureSkipVerify"):
         return False
     ca = tls.get("caFile")
-    return str(host.paths.under(str(ca))) if ca else True
+    if not ca:
+        return True
+    path = host.paths.under(str(ca))
+    # requests opens the file itself: looked at first, a FIFO there cannot hang the download.
+    from agentd.system.readfile import open_regular  # noqa: PLC0415
+
+    try:
+        open_regular(path).close()
+    except OSError as exc:
+        raise DownloadError(f"tls.caFile {path}: {exc.strerror or exc}") from None
+    return str(path)
 
 
 def apply(

@@ -6,6 +6,7 @@ import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from agentd.core.paths import Paths
@@ -51,7 +52,20 @@ def _ssl_context(config: SourceConfig, paths: Paths) -> Any:
     key = (cafile, stamp, config.insecure_skip_verify)
     context = _SSL_CONTEXTS.get(key)
     if context is None:
-        context = ssl.create_default_context(cafile=cafile)
+        # Read through the bounded reader, not by ssl: a FIFO at caFile would block the open.
+        from agentd.system.readfile import KEYRING_BYTES, read_text_bounded  # noqa: PLC0415
+
+        try:
+            cadata = read_text_bounded(Path(cafile), KEYRING_BYTES) if cafile else None
+        except OSError as exc:
+            raise PullError(f"caFile {cafile}: {exc.strerror or exc}") from None
+        if cadata is not None and not cadata.strip():
+            # ssl would then trust the system's CAs instead: an empty file is a mistake.
+            raise PullError(f"caFile {cafile}: holds no certificate")
+        try:
+            context = ssl.create_default_context(cadata=cadata)
+        except (ssl.SSLError, ValueError) as exc:
+            raise PullError(f"caFile {cafile}: not a PEM CA bundle ({exc})") from None
         if config.insecure_skip_verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE

@@ -471,3 +471,28 @@ def test_a_huge_sparse_file_is_refused_without_reading_it(
         )
         assert proc.returncode != EXIT_INTERNAL, proc.stderr[-2000:]
         assert "MemoryError" not in proc.stderr
+
+
+CA_FILE = "/etc/wasm-edge/ca.pem"
+
+
+@pytest.mark.parametrize("hostility", ["fifo", "directory", "sparse"])
+def test_a_hostile_ca_file_is_refused_not_opened_by_tls(
+    hostile_root: Node, outside: Outside, hostility: str
+) -> None:
+    # ssl and requests open caFile themselves: a FIFO there would hang pull and every download.
+    source = {"type": "https", "url": "https://127.0.0.1:9/fleet.yaml"}
+    write_yaml(
+        hostile_root.path(SETTINGS),
+        {
+            "apiVersion": "agentd/v1",
+            "kind": "AgentSettings",
+            "source": source,
+            "tls": {"caFile": CA_FILE},
+        },
+    )
+    HOSTILE[hostility](hostile_root.path(CA_FILE), outside)
+    commands = {"pull": ("pull", "--json"), "apply": ("apply", "--json")}
+    results = run_all(hostile_root, commands)
+    assert_clean(results, CA_FILE, ("pull", "apply"))
+    assert results["pull"].code == 1, results["pull"]
