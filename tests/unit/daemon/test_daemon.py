@@ -988,7 +988,8 @@ def test_the_daemon_checks_health_and_rolls_back_a_change_that_broke_crun(
 
 
 def test_the_unit_is_type_notify_with_a_watchdog_reload_and_an_off_switch() -> None:
-    unit = configparser.ConfigParser(interpolation=None, strict=True)
+    # Not strict: systemd takes a list directive (ReadWritePaths=) on several lines.
+    unit = configparser.ConfigParser(interpolation=None, strict=False)
     unit.optionxform = str  # type: ignore[assignment,method-assign]
     unit.read(REPO / "systemd" / "wasm-edge-agentd.service")
     assert unit["Unit"]["ConditionPathExists"] == "!/etc/wasm-edge/disabled"
