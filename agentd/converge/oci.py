@@ -237,6 +237,11 @@ def _manifest(client: _Client, ref: Reference) -> tuple[bytes, str]:
         raise OciError(f"the manifest of {ref.ref} is over {MAX_MANIFEST_BYTES} bytes")
     digest = "sha256:" + hashlib.sha256(body).hexdigest()
     if ref.digest is not None and digest != ref.digest:
+        if ref.tag is not None:
+            raise OciError(
+                f"the tag {ref.tag} has moved: it names manifest {digest}, not the pinned "
+                f"{ref.digest}"
+            )
         raise OciError(f"the registry's manifest has digest {digest}, not the pinned {ref.digest}")
     return body, str(resp.headers.get("Content-Type", "")).split(";")[0].strip()
 
