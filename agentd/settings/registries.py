@@ -102,5 +102,7 @@ class Registries(StrictModel):
     @model_validator(mode="after")
     def _hosts(self) -> Registries:
         _check_hosts(list(self.mirrors))
-        _check_hosts([h for h in self.configs if h != "*"])
+        if "*" in self.configs:
+            raise ValueError("configs are per endpoint host; the '*' wildcard is for mirrors")
+        _check_hosts(list(self.configs))
         return self
