@@ -42,6 +42,9 @@ class RegistryAuth(StrictModel):
     username: Optional[str] = None
     password: Optional[SecretStr] = None
     auth: Optional[SecretStr] = None  # base64 of USER:PASSWORD, as in a docker config.json
+    # containerd's OAuth2 refresh token (k3s: identity_token, its docs: token): refused below.
+    identity_token: Optional[SecretStr] = None
+    token: Optional[SecretStr] = None
 
     @field_validator("auth")
     @classmethod
@@ -57,6 +60,11 @@ class RegistryAuth(StrictModel):
 
     @model_validator(mode="after")
     def _one_kind(self) -> RegistryAuth:
+        if self.identity_token is not None or self.token is not None:
+            raise ValueError(
+                "not supported yet: identity tokens (OAuth2 refresh tokens); give username and "
+                "password, which agentd sends to the registry's token endpoint"
+            )
         if self.auth is not None and (self.username is not None or self.password is not None):
             raise ValueError("give either auth or username and password, not both")
         if self.password is not None and self.username is None:
@@ -65,7 +73,7 @@ class RegistryAuth(StrictModel):
 
     # The daemon's worker gets the settings as JSON: the secrets go with them (0600 snapshot,
     # the environment of a root process), never to a log; `agentd settings` masks them.
-    @field_serializer("password", "auth")
+    @field_serializer("password", "auth", "identity_token", "token")
     def _reveal(self, value: Optional[SecretStr]) -> Optional[str]:
         return value.get_secret_value() if value is not None else None
 

@@ -109,6 +109,11 @@ def test_registries_settings_in_k3s_layout_validate_at_line_and_column(tmp_path:
     problems = caught.value.problems
     assert any(p.startswith(f"{path}:4:") and "ca_file must be an absolute" in p for p in problems)
     assert any(p.startswith(f"{path}:5:") and "a password needs its user" in p for p in problems)
+    path.write_text("registries:\n  configs:\n    r.example: {auth: {identity_token: t}}\n")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path)
+    assert "3:" in caught.value.problems[0]
+    assert "not supported yet: identity tokens" in caught.value.problems[0]
     path.write_text("registries:\n  mirrors:\n    r.example: {endpoint: [ftp://x]}\n")
     with pytest.raises(SettingsError) as caught:
         load_settings(path)
