@@ -21,6 +21,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.support.fleet import TestCA
+
 REPO = Path(__file__).resolve().parent.parent.parent
 CACHE = REPO / "build" / "oci-tools"
 DOCKER_REGISTRY = Path("/usr/bin/docker-registry")  # Debian 12's docker-registry package
@@ -195,10 +197,13 @@ class TokenServer:
 
 class Registry:
     """`docker-registry serve` on 127.0.0.1 with its own storage; `auth`: None, "htpasswd"
-    (Basic) or "token" (bearer tokens from a TokenServer)."""
+    (Basic) or "token" (bearer tokens from a TokenServer); `tls`: https with that CA's cert."""
 
-    def __init__(self, root: Path, auth: Optional[str] = None) -> None:
+    def __init__(
+        self, root: Path, auth: Optional[str] = None, tls: Optional[TestCA] = None
+    ) -> None:
         self.root = root
+        self.tls = tls
         root.mkdir(parents=True, exist_ok=True)
         self.user, self.password = "fleet", "s3cret-" + secrets.token_hex(6)
         self.port = _free_port()
@@ -210,6 +215,11 @@ class Registry:
             "storage": {"filesystem": {"rootdirectory": str(root / "storage")}},
             "http": {"addr": self.host},
         }
+        if tls is not None:
+            config["http"] = {
+                "addr": self.host,
+                "tls": {"certificate": str(tls.server_cert), "key": str(tls.server_key)},
+            }
         if auth == "htpasswd":
             (root / "htpasswd").write_text(f"{self.user}:{_bcrypt(self.password)}\n")
             config["auth"] = {"htpasswd": {"realm": "agentd", "path": str(root / "htpasswd")}}
@@ -258,7 +268,8 @@ class Registry:
             "HOME": str(self.root / "home"),
             "DOCKER_CONFIG": str(self.root / "docker"),
         }
-        args = [str(oras()), "push", "--plain-http", "--format", "go-template={{.digest}}"]
+        args = [str(oras()), "push", "--format", "go-template={{.digest}}"]
+        args += ["--ca-file", str(self.tls.cert)] if self.tls is not None else ["--plain-http"]
         if self.tokens is not None or (self.root / "htpasswd").exists():
             # --password-stdin: the password is never on oras's command line either.
             args += ["--username", self.user, "--password-stdin"]

@@ -20,6 +20,7 @@ from agentd.core.errors import Cancelled, DownloadError
 from agentd.core.ociref import parse_reference
 from agentd.desired.model import Artifact
 from agentd.settings.model import SettingsError, load_settings
+from tests.support.fleet import make_ca
 from tests.support.node import Node
 from tests.support.registry import Registry, Staller, oras
 from tests.unit.converge.test_fetch import assert_nothing_kept, closed_port
@@ -249,3 +250,26 @@ def test_a_stalling_registry_is_bounded_by_the_timeout_and_a_stop_ends_the_wait(
         assert_nothing_kept(cache)
     finally:
         stall.stop()
+
+
+def test_a_registry_over_tls_is_trusted_through_its_ca_file_or_the_nodes(tmp_path: Path) -> None:
+    """No mirrors: the registry itself over https. Its CA from configs.tls.ca_file, or from
+    agentd's own tls.caFile; neither: a TLS error naming the endpoint, nothing kept."""
+    ca = make_ca(tmp_path / "ca")
+    (tmp_path / "app.wasm").write_bytes(WASM)
+    with Registry(tmp_path / "registry", tls=ca) as r:
+        r.push("tls/app:v1", tmp_path / "app.wasm")
+        ref = f"oci://{r.host}/tls/app:v1"
+        untrusted = ArtifactCache(tmp_path / "untrusted")
+        untrusted.attempts = 1
+        with pytest.raises(DownloadError) as caught:
+            untrusted.fetch(ref, SHA)
+        assert f"download of {ref} failed: https://{r.host}: TLS error" in str(caught.value)
+        assert_nothing_kept(untrusted)
+        configured = ArtifactCache(tmp_path / "configured")
+        configured.registries = Registries(
+            {"configs": {r.host: {"tls": {"ca_file": str(ca.cert)}}}}
+        )
+        assert configured.fetch(ref, SHA).path.read_bytes() == WASM
+        nodes = ArtifactCache(tmp_path / "nodes", verify=str(ca.cert))
+        assert nodes.fetch(ref, SHA).path.read_bytes() == WASM
