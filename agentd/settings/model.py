@@ -18,7 +18,7 @@ from agentd.schema.types import (
 )
 from agentd.schema.validation import check_schema, format_problems
 from agentd.schema.yamlload import Loaded, load_file
-from agentd.settings.registries import Registries
+from agentd.settings.registries import RegistrySettings
 from agentd.sources.credentials import URL_CREDENTIALS_REFUSED, has_credentials
 
 # Debian's prometheus-node-exporter reads its textfile collector from this directory.
@@ -238,7 +238,9 @@ class Settings(StrictModel):
     metrics: Metrics = Field(default_factory=Metrics)
     tls: Tls = Field(default_factory=Tls)
     downloads: Downloads = Field(default_factory=Downloads)
-    registries: Registries = Field(default_factory=Registries)  # oci:// artifacts (k3s's format)
+    registries: RegistrySettings = Field(
+        default_factory=RegistrySettings
+    )  # oci:// artifacts (k3s's format)
     maintenanceWindow: Optional[MaintenanceWindowSpec] = None
     suspend: bool = False
     health: Health = Field(default_factory=Health)

@@ -100,7 +100,7 @@ class RegistryConfig(StrictModel):
     tls: Optional[RegistryTls] = None
 
 
-class Registries(StrictModel):
+class RegistrySettings(StrictModel):
     """Where oci:// artifacts come from: `mirrors` keyed by the registry a reference names,
     `configs` keyed by the host an endpoint connects to."""
 
@@ -108,7 +108,7 @@ class Registries(StrictModel):
     configs: dict[str, RegistryConfig] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _hosts(self) -> Registries:
+    def _hosts(self) -> RegistrySettings:
         _check_hosts(list(self.mirrors))
         if "*" in self.configs:
             raise ValueError("configs are per endpoint host; the '*' wildcard is for mirrors")
