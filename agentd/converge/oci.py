@@ -123,7 +123,8 @@ class _Client:
         self.timeout = timeout
         self.authorization: Optional[str] = None
 
-    def _secret(self, text: str) -> str:
+    def mask(self, text: str) -> str:
+        """`text` with the password, the Authorization header and URL credentials masked."""
         for value in (self.endpoint.password, self.authorization):
             if value:
                 text = text.replace(value, MASK)
@@ -153,7 +154,7 @@ class _Client:
         except requests.exceptions.Timeout:
             raise OciError(f"no answer for {self.timeout:g}s (timed out)", transient=True) from None
         except requests.exceptions.RequestException as exc:
-            first = self._secret(" ".join(str(exc).split()))[:200]
+            first = self.mask(" ".join(str(exc).split()))[:200]
             raise OciError(f"connection failed: {first}", transient=True) from None
 
     def get(self, path: str, extra: Mapping[str, str]) -> Any:
@@ -181,7 +182,7 @@ class _Client:
         if scheme != "bearer":
             raise OciError(
                 f"HTTP 401 with an authentication scheme agentd does not know "
-                f"({self._secret(challenge)[:80]!r})"
+                f"({self.mask(challenge)[:80]!r})"
             )
         params = dict(_CHALLENGE_PARAM_RE.findall(challenge))
         realm = params.get("realm", "")
@@ -289,7 +290,7 @@ def resolve(
             body, media_type = _manifest(client, ref)
             _layer(body, media_type, ref, sha256)
         except OciError as exc:
-            failures.append(f"{endpoint.masked}: {client._secret(str(exc))}")
+            failures.append(f"{endpoint.masked}: {client.mask(str(exc))}")
             transient = transient or exc.transient
             continue
         blob_url = f"{endpoint.base}/v2/{ref.repository}/blobs/sha256:{sha256}"

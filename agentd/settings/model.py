@@ -238,9 +238,8 @@ class Settings(StrictModel):
     metrics: Metrics = Field(default_factory=Metrics)
     tls: Tls = Field(default_factory=Tls)
     downloads: Downloads = Field(default_factory=Downloads)
-    registries: RegistrySettings = Field(
-        default_factory=RegistrySettings
-    )  # oci:// artifacts (k3s's format)
+    # Where oci:// artifacts come from, in the layout of k3s's registries.yaml.
+    registries: RegistrySettings = Field(default_factory=RegistrySettings)
     maintenanceWindow: Optional[MaintenanceWindowSpec] = None
     suspend: bool = False
     health: Health = Field(default_factory=Health)
