@@ -423,7 +423,8 @@ class _Run:
                 cancel=cancel,
                 progress=progress,
                 tls_verify=tls_verify(self.config, host),
-                downloads=self.config.downloads,
+                # registries: what oci:// artifacts are fetched with (mirrors, auth, TLS).
+                downloads={**self.config.downloads, "registries": self.config.registries},
             )
         except Cancelled as exc:
             self.record(replace(_result(planned, started, t0, "cancelled"), error=str(exc)))

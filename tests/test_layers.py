@@ -203,7 +203,8 @@ def test_only_host_runs_commands() -> None:
 
 
 def test_only_fetch_uses_requests() -> None:
-    assert top_level_users("requests") == {"agentd.converge.fetch"}
+    # oci: the registry API's manifest and token requests; every blob still goes through fetch.
+    assert top_level_users("requests") == {"agentd.converge.fetch", "agentd.converge.oci"}
 
 
 @pytest.mark.parametrize(

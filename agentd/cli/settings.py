@@ -12,7 +12,7 @@ import yaml
 
 from agentd.cli.exits import print_json
 from agentd.core.paths import Paths
-from agentd.core.redact import redact_url
+from agentd.core.redact import MASK, redact_url
 from agentd.settings.snapshot import load_config
 
 
@@ -21,11 +21,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _redacted(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings to show: credentials in the source URL masked (output ends up in logs)."""
+    """The settings to show: the source URL's and registries' credentials masked (for logs)."""
     shown = copy.deepcopy(dict(raw))
     source = shown.get("source")
     if isinstance(source, dict) and isinstance(source.get("url"), str):
         source["url"] = redact_url(source["url"])
+    for config in (shown.get("registries") or {}).get("configs", {}).values():
+        auth = config.get("auth") or {}
+        for secret in ("password", "auth"):
+            if auth.get(secret):
+                auth[secret] = MASK
     return shown
 
 

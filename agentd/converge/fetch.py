@@ -16,6 +16,7 @@ from typing import IO, Any, Callable, Optional, Union
 from urllib.parse import unquote, urlsplit
 
 from agentd import __version__
+from agentd.converge.oci import OciError, Registries, resolve
 from agentd.core.errors import DownloadError
 from agentd.core.redact import redact_text, redact_url
 from agentd.system.files import fsync_dir
@@ -103,7 +104,14 @@ def _arriving(raw: Any) -> Iterator[bytes]:
         yield chunk
 
 
-def _download_http(url: str, sink: _Sink, timeout: float, verify: Union[bool, str]) -> None:
+def _download_http(
+    url: str,
+    sink: _Sink,
+    timeout: float,
+    verify: Union[bool, str],
+    extra: Optional[dict[str, str]] = None,
+    cert: Optional[tuple[str, str]] = None,
+) -> None:
     # Imported here: requests and urllib3 cost a noticeable part of start-up, and most runs
     # find every artifact already cached.
     import requests  # noqa: PLC0415
@@ -114,10 +122,16 @@ def _download_http(url: str, sink: _Sink, timeout: float, verify: Union[bool, st
         # The sha256 is of the bytes as published: a server must not gzip them on the way, and
         # a .tar.gz served with Content-Encoding: gzip must not be decoded either (below).
         "Accept-Encoding": "identity",
+        **(extra or {}),
     }
     try:
         with requests.get(
-            url, headers=headers, stream=True, timeout=(timeout, timeout), verify=verify
+            url,
+            headers=headers,
+            stream=True,
+            timeout=(timeout, timeout),
+            verify=verify,
+            cert=cert,
         ) as resp:
             if not 200 <= resp.status_code < 300:
                 reason = " ".join(str(resp.reason or "").split())
@@ -204,6 +218,8 @@ class ArtifactCache:
         self.blob_dir = cache_dir / "sha256"
         self.tmp_dir = cache_dir / "tmp"
         self.max_bytes = max_bytes
+        # oci:// artifacts: agentd.yaml's registries (mirrors, auth, TLS); none by default.
+        self.registries = Registries(None, verify=verify)
 
     def _blob(self, sha256: str) -> Path:
         return self.blob_dir / sha256
@@ -271,6 +287,29 @@ class ArtifactCache:
                 return
             time.sleep(min(left, 0.1))
 
+    def _download_oci(
+        self,
+        url: str,
+        expected: str,
+        sink: _Sink,
+        timeout: float,
+        progress: Optional[Callable[[], None]],
+    ) -> None:
+        """The manifest names the layer; its blob comes through the same bounded, hashed sink
+        as any https download, so the digest check below is the one every artifact gets."""
+        try:
+            blob = resolve(self.registries, url, expected, timeout, progress)
+        except OciError as exc:
+            raise _Failure(str(exc), transient=exc.transient) from None
+        endpoint = blob.endpoint
+        try:
+            _download_http(
+                blob.url, sink, timeout, endpoint.verify, dict(blob.headers), endpoint.cert
+            )
+        except _Failure as exc:
+            where = f"the blob sha256:{expected} from {endpoint.masked}"
+            raise _Failure(f"{where}: {exc}", transient=exc.transient) from None
+
     def _verified_hit(self, expected: str) -> FetchResult | None:
         path = self.cached(expected)
         if path is None:
@@ -303,6 +342,9 @@ class ArtifactCache:
                     _download_http(url, sink, timeout, self.verify)
                 elif scheme == "file":
                     _copy_local(url, sink)
+                elif scheme == "oci":
+                    sink.arrived = arrived
+                    self._download_oci(url, expected, sink, timeout, progress)
                 else:
                     raise _Failure(f"unsupported URL scheme {scheme!r}")
                 out.flush()

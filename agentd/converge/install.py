@@ -16,6 +16,7 @@ from typing import Any, Optional, Union
 from agentd.converge.fetch import ArtifactCache, FetchResult
 from agentd.converge.intent import backups_dir, settle_intent, write_ahead
 from agentd.converge.kept import keep
+from agentd.converge.oci import Registries
 from agentd.converge.staging import Stager, choose_package
 from agentd.converge.undo import Journal, Op, Saved
 from agentd.core.components import kind_of, restarts_k3s
@@ -139,6 +140,9 @@ def _converge(
     cache = ArtifactCache(host.paths.cache_dir, verify=tls_verify, max_bytes=max_bytes)
     cache.attempts = int(downloads.get("attempts") or 3)
     cache.backoff_s = float(downloads.get("backoff", 1.0))
+    cache.registries = Registries(
+        downloads.get("registries"), verify=tls_verify, path=lambda f: str(host.paths.under(f))
+    )
     timeout = float(downloads.get("timeout") or 30.0)
     blobs: dict[int, FetchResult] = {}
     with _timed(report, "fetch"):

@@ -14,6 +14,7 @@ from pydantic import (
 
 from agentd.core.generation import MAX_GENERATION
 from agentd.core.names import dns1123_subdomain_error, label_error, taint_error
+from agentd.core.ociref import parse_reference
 from agentd.core.paths import PROBE_RUNTIME_CLASS
 from agentd.core.printable import unprintable
 from agentd.core.versions import compare, is_k3s_version, parse_constraint, parse_version
@@ -75,8 +76,10 @@ class Artifact(StrictModel):
     @field_validator("url")
     @classmethod
     def _scheme(cls, url: str) -> str:
-        if not url.startswith(("https://", "http://", "file:///")):
-            raise ValueError("url must start with https://, http:// or file:///")
+        if url.startswith("oci://"):
+            parse_reference(url)  # its ValueError says what an OCI reference looks like
+        elif not url.startswith(("https://", "http://", "file:///")):
+            raise ValueError("url must start with https://, http://, file:/// or oci://")
         return url
 
 

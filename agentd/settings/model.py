@@ -18,6 +18,7 @@ from agentd.schema.types import (
 )
 from agentd.schema.validation import check_schema, format_problems
 from agentd.schema.yamlload import Loaded, load_file
+from agentd.settings.registries import RegistrySettings
 from agentd.sources.credentials import URL_CREDENTIALS_REFUSED, has_credentials
 
 # Debian's prometheus-node-exporter reads its textfile collector from this directory.
@@ -237,6 +238,8 @@ class Settings(StrictModel):
     metrics: Metrics = Field(default_factory=Metrics)
     tls: Tls = Field(default_factory=Tls)
     downloads: Downloads = Field(default_factory=Downloads)
+    # Where oci:// artifacts come from, in the layout of k3s's registries.yaml.
+    registries: RegistrySettings = Field(default_factory=RegistrySettings)
     maintenanceWindow: Optional[MaintenanceWindowSpec] = None
     suspend: bool = False
     health: Health = Field(default_factory=Health)

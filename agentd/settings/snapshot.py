@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
         "maxMiB": 2048,
         "allowLocalFiles": False,
     },
+    "registries": {"mirrors": {}, "configs": {}},
     "maintenanceWindow": None,
     "suspend": False,
     "health": {
@@ -114,6 +115,10 @@ class AgentConfig:
     @property
     def health(self) -> Mapping[str, Any]:
         return dict(self.raw.get("health") or DEFAULTS["health"])
+
+    @property
+    def registries(self) -> Mapping[str, Any]:
+        return dict(self.raw.get("registries") or {})
 
     @property
     def downloads(self) -> Mapping[str, Any]:
