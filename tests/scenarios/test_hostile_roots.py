@@ -492,7 +492,8 @@ def test_a_hostile_ca_file_is_refused_not_opened_by_tls(
         },
     )
     HOSTILE[hostility](hostile_root.path(CA_FILE), outside)
-    commands = {"pull": ("pull", "--json"), "apply": ("apply", "--json")}
-    results = run_all(hostile_root, commands)
+    results = {  # one after the other: both take the state lock
+        name: run_all(hostile_root, {name: (name, "--json")})[name] for name in ("pull", "apply")
+    }
     assert_clean(results, CA_FILE, ("pull", "apply"))
     assert results["pull"].code == 1, results["pull"]
