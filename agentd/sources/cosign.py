@@ -39,9 +39,17 @@ class PublicKey:
 
 def load_keys(named: Sequence[tuple[str, bytes]]) -> list[PublicKey]:
     """The keys from (name, PEM) pairs, as `cosign generate-key-pair` writes cosign.pub."""
-    # Imported here: cryptography costs start-up time that only a signed setup needs.
-    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
-    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    # Imported here: cryptography costs start-up time that only a signed setup needs, and a
+    # node without signatures configured does not need it installed at all.
+    try:
+        from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+        from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    except ImportError:
+        raise SignatureError(
+            "cosign signatures need the Python library cryptography: apt-get install "
+            "python3-cryptography (dnf install python3-cryptography), or pip install "
+            "'wasm-edge-agentd[cosign]'"
+        ) from None
 
     keys: list[PublicKey] = []
     for name, pem in named:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,3 +199,13 @@ def test_a_signed_payload_of_another_kind_is_refused(signed: Signed) -> None:
     # Signed by the right key, but not a cosign image signature: a blob signature reused.
     with pytest.raises(cosign.SignatureError, match="not JSON"):
         cosign.verify_simple_signing(signed.blob, signed.sig, "sha256:" + "0" * 64, [signed.key_a])
+
+
+def test_without_the_cryptography_library_the_error_names_the_package(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A package install without python3-cryptography (a Recommends): only a node configured
+    # with keys needs it, and it says what to install instead of failing with a traceback.
+    monkeypatch.setitem(sys.modules, "cryptography.hazmat.primitives", None)
+    with pytest.raises(cosign.SignatureError, match="apt-get install python3-cryptography"):
+        cosign.load_keys([("/keys/a.pub", b"-----BEGIN PUBLIC KEY-----\n")])
