@@ -135,7 +135,7 @@ def parse_bundle(data: bytes) -> Bundle:
     """
     try:
         doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise SignatureError("the bundle is not JSON") from None
     if not isinstance(doc, dict):
         raise SignatureError("the bundle is not a JSON object")
@@ -190,7 +190,7 @@ def verify_simple_signing(
     signer = verify_digest(hashlib.sha256(payload).hexdigest(), signature_b64, keys)
     try:
         doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise SignatureError("the signed payload is not JSON") from None
     critical = doc.get("critical") if isinstance(doc, dict) else None
     image = critical.get("image") if isinstance(critical, dict) else None
