@@ -171,19 +171,6 @@ class Backoff(StrictModel):
         return self
 
 
-class Downloads(StrictModel):
-    """How artifacts are fetched."""
-
-    timeout: Duration = 30.0  # to connect, and between two reads of the body
-    attempts: int = Field(default=3, ge=1, le=10)  # transient failures are tried again
-    backoff: Duration = 1.0  # the pause before the second attempt, doubling after
-    maxMiB: int = Field(default=2048, ge=1)  # no artifact is larger; a body beyond is cut off
-    # file:// artifact URLs in the fleet document too (always allowed in the node's own files):
-    # otherwise a fleet could have any file this root-run agent can read copied and installed.
-    allowLocalFiles: bool = False
-    verify: Optional[DownloadVerify] = None
-
-
 class CosignKeys(StrictModel):
     publicKeys: list[str] = Field(min_length=1)  # PEM public keys (cosign.pub), absolute paths
 
@@ -206,6 +193,19 @@ class DownloadVerify(StrictModel):
         if self.required and self.cosign is None:
             raise ValueError("required: true needs cosign.publicKeys to verify with")
         return self
+
+
+class Downloads(StrictModel):
+    """How artifacts are fetched."""
+
+    timeout: Duration = 30.0  # to connect, and between two reads of the body
+    attempts: int = Field(default=3, ge=1, le=10)  # transient failures are tried again
+    backoff: Duration = 1.0  # the pause before the second attempt, doubling after
+    maxMiB: int = Field(default=2048, ge=1)  # no artifact is larger; a body beyond is cut off
+    # file:// artifact URLs in the fleet document too (always allowed in the node's own files):
+    # otherwise a fleet could have any file this root-run agent can read copied and installed.
+    allowLocalFiles: bool = False
+    verify: Optional[DownloadVerify] = None
 
 
 class Metrics(StrictModel):

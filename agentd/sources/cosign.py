@@ -74,12 +74,9 @@ def load_keys(named: Sequence[tuple[str, bytes]]) -> list[PublicKey]:
 
 
 def _decode_signature(signature_b64: Union[str, bytes]) -> bytes:
-    text = (
-        signature_b64.decode("ascii", "replace")
-        if isinstance(signature_b64, bytes)
-        else (signature_b64)
-    )
-    text = "".join(text.split())
+    if isinstance(signature_b64, bytes):
+        signature_b64 = signature_b64.decode("ascii", "replace")
+    text = "".join(signature_b64.split())
     if not text:
         raise SignatureError("the signature is empty")
     try:

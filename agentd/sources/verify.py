@@ -1,4 +1,4 @@
-"""Signatures on the fleet document: ssh-keygen and gpg, against the node's allowed keys only."""
+"""Signatures on the fleet document: ssh-keygen, gpg and cosign, against the node's keys only."""
 
 from __future__ import annotations
 
