@@ -128,5 +128,6 @@ def handle(args: argparse.Namespace) -> int:
         out("installed by agentd:\n")
         for name, entry in state.inventory.items():
             what = entry.version or f"sha256 {(entry.sha256 or '')[:12]}"
-            out(f"  {name:<28} {what}\n")
+            signed = f", signature verified by {entry.signed_by}" if entry.signed_by else ""
+            out(f"  {name:<28} {what}{signed}\n")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import re
 import secrets
@@ -196,6 +197,25 @@ def _sha256_of(path: Path) -> str:
             if not chunk:
                 return hasher.hexdigest()
             hasher.update(chunk)
+
+
+def read_beside(url: str, limit: int, timeout: float, verify: Union[bool, str]) -> Optional[bytes]:
+    """A small file published beside an artifact (its signature), read whole up to `limit`
+    bytes with the artifacts' TLS settings; None when the server says it is not there."""
+    sink = _Sink(io.BytesIO(), limit)
+    try:
+        if urlsplit(url).scheme.lower() == "file":
+            if not Path(unquote(urlsplit(url).path)).exists():
+                return None
+            _copy_local(url, sink)
+        else:
+            _download_http(url, sink, timeout, verify)
+    except _Failure as exc:
+        if str(exc).startswith(("HTTP 404", "HTTP 410")):
+            return None
+        raise DownloadError(f"download of {redact_url(url)} failed: {exc}") from None
+    assert isinstance(sink.out, io.BytesIO)
+    return sink.out.getvalue()
 
 
 class ArtifactCache:

@@ -17,6 +17,7 @@ from agentd.converge.fetch import ArtifactCache, FetchResult
 from agentd.converge.intent import backups_dir, settle_intent, write_ahead
 from agentd.converge.kept import keep
 from agentd.converge.oci import Registries
+from agentd.converge.signatures import SignaturePolicy, check_signature
 from agentd.converge.staging import Stager, choose_package
 from agentd.converge.undo import Journal, Op, Saved
 from agentd.core.components import kind_of, restarts_k3s
@@ -43,6 +44,7 @@ class Step:
     ops: list[Op] = field(default_factory=list)
     sha256: Optional[str] = None
     package_version: Optional[str] = None  # the distribution package version chosen to install
+    signed_by: Optional[str] = None  # the key that verified its artifact's cosign signature
     status: str = "pending"  # pending, done, failed, undone
     duration_ms: float = 0.0
 
@@ -145,6 +147,12 @@ def _converge(
     )
     timeout = float(downloads.get("timeout") or 30.0)
     blobs: dict[int, FetchResult] = {}
+    policy: Optional[SignaturePolicy] = None
+    unusable: Optional[AgentError] = None  # a key that cannot be read fails the first artifact
+    try:
+        policy = SignaturePolicy.from_settings(downloads, host.paths)
+    except AgentError as exc:
+        unusable = exc
     with _timed(report, "fetch"):
         for i, step in enumerate(report.steps):
             art = step.action.artifact
@@ -161,6 +169,13 @@ def _converge(
                 blobs[i] = cache.fetch(
                     art.url, art.sha256, timeout=timeout, progress=check, arrived=arrived
                 )
+                if unusable is not None:
+                    raise unusable
+                if policy is not None:
+                    # After the sha256, before staging: a refused artifact changes nothing.
+                    step.signed_by = check_signature(
+                        policy, art.url, art.sha256, timeout=timeout, tls_verify=tls_verify
+                    )
             except Cancelled:
                 raise
             except AgentError as exc:
@@ -174,6 +189,7 @@ def _converge(
                     "sha256": art.sha256,
                     "bytes": blobs[i].size,
                     "cached": not blobs[i].downloaded,
+                    "signedBy": step.signed_by,
                 }
             )
     stager = Stager(host, state, run_dir)
@@ -431,4 +447,4 @@ def _inventory_after(step: Step) -> InventoryEntry | None:
         # The package manager owns its files: nothing for agentd to keep or roll back.
         return InventoryEntry(upstream_version(step.package_version), None, [])
     files = sorted({op.path for op in step.ops if op.kind != "remove"})
-    return InventoryEntry(a.to_version, step.sha256, files)
+    return InventoryEntry(a.to_version, step.sha256, files, step.signed_by)

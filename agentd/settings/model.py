@@ -40,10 +40,12 @@ class SettingsError(AgentError):
 class Verify(StrictModel):
     """How the pulled document's authenticity is checked."""
 
-    method: Literal["ssh", "gpg"]
-    # ssh: an allowed-signers file (ssh-keygen(1) ALLOWED SIGNERS); gpg: exported public keys.
+    method: Literal["ssh", "gpg", "cosign"]
+    # ssh: an allowed-signers file (ssh-keygen(1) ALLOWED SIGNERS); gpg: exported public keys;
+    # cosign: PEM public keys (cosign.pub), for an https source's `<url>.sig`.
     allowedSigners: Optional[str] = None
     keyring: Optional[str] = None
+    publicKeys: Optional[list[str]] = None
     # ssh signatures of an HTTPS document: the -n namespace it was signed for, and (optional)
     # the one principal in allowedSigners that must have signed it.
     namespace: str = Field(default="agentd", pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
@@ -51,12 +53,14 @@ class Verify(StrictModel):
 
     @model_validator(mode="after")
     def _files(self) -> Verify:
-        wanted = "allowedSigners" if self.method == "ssh" else "keyring"
+        wanted = {"ssh": "allowedSigners", "gpg": "keyring", "cosign": "publicKeys"}[self.method]
         value = getattr(self, wanted)
         if not value:
             raise ValueError(f"verify method {self.method} needs {wanted} (an absolute path)")
-        if not value.startswith("/"):
+        if isinstance(value, str) and not value.startswith("/"):
             raise ValueError(f"{wanted} must be an absolute path")
+        if isinstance(value, list) and not all(v.startswith("/") for v in value):
+            raise ValueError(f"{wanted} must be absolute paths")
         return self
 
 
@@ -118,6 +122,10 @@ class Source(StrictModel):
 
     @model_validator(mode="after")
     def _git_only(self) -> Source:
+        if self.type == "git" and self.verify is not None and self.verify.method == "cosign":
+            raise ValueError(
+                "not supported yet: cosign signatures of a git source (use ssh or gpg)"
+            )
         if self.type == "https" and (self.ref is not None or self.path is not None):
             raise ValueError("ref and path are for git sources; an https source is one URL")
         if self.credentialsFile is not None:
@@ -164,6 +172,30 @@ class Backoff(StrictModel):
         return self
 
 
+class CosignKeys(StrictModel):
+    publicKeys: list[str] = Field(min_length=1)  # PEM public keys (cosign.pub), absolute paths
+
+    @field_validator("publicKeys")
+    @classmethod
+    def _absolute(cls, keys: list[str]) -> list[str]:
+        if not all(k.startswith("/") for k in keys):
+            raise ValueError("publicKeys must be absolute paths")
+        return keys
+
+
+class DownloadVerify(StrictModel):
+    """cosign signatures of artifacts: a bad one is always refused, a missing one if required."""
+
+    cosign: Optional[CosignKeys] = None
+    required: bool = False
+
+    @model_validator(mode="after")
+    def _keys(self) -> DownloadVerify:
+        if self.required and self.cosign is None:
+            raise ValueError("required: true needs cosign.publicKeys to verify with")
+        return self
+
+
 class Downloads(StrictModel):
     """How artifacts are fetched."""
 
@@ -174,6 +206,7 @@ class Downloads(StrictModel):
     # file:// artifact URLs in the fleet document too (always allowed in the node's own files):
     # otherwise a fleet could have any file this root-run agent can read copied and installed.
     allowLocalFiles: bool = False
+    verify: Optional[DownloadVerify] = None
 
 
 class Metrics(StrictModel):

@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
         "backoff": 1.0,
         "maxMiB": 2048,
         "allowLocalFiles": False,
+        "verify": None,
     },
     "registries": {"mirrors": {}, "configs": {}},
     "maintenanceWindow": None,

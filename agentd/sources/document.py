@@ -46,6 +46,7 @@ class SourceConfig:
     verify: Optional[str] = None  # ssh, gpg, or None: not verified
     allowed_signers: Optional[str] = None
     keyring: Optional[str] = None
+    public_keys: tuple[str, ...] = ()  # cosign
     namespace: str = "agentd"
     identity: Optional[str] = None
     timeout: float = 30.0
@@ -69,6 +70,7 @@ class SourceConfig:
             verify=verify.get("method"),
             allowed_signers=verify.get("allowedSigners"),
             keyring=verify.get("keyring"),
+            public_keys=tuple(verify.get("publicKeys") or ()),
             namespace=verify.get("namespace") or "agentd",
             identity=verify.get("identity"),
             timeout=float(src.get("timeout") or 30.0),

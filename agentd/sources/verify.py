@@ -1,4 +1,4 @@
-"""Signatures on the fleet document: ssh-keygen and gpg, against the node's allowed keys only."""
+"""Signatures on the fleet document: ssh-keygen, gpg and cosign, against the node's keys only."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Optional
 
 from agentd.core.paths import Paths
 from agentd.core.redact import redact_text
+from agentd.sources import cosign
 from agentd.sources.document import MAX_DOCUMENT_BYTES, PullError, Rejected, SourceConfig
 from agentd.system.commands import CommandResult, run_command
 from agentd.system.files import atomic_write, remove_tree
@@ -118,6 +119,8 @@ def ssh_principal(text: str) -> str:
 
 def verify_detached(config: SourceConfig, paths: Paths, data: bytes, signature: bytes) -> str:
     """Check `signature` over `data`; the signer's identity, or Rejected."""
+    if config.verify == "cosign":
+        return _verify_cosign(config, paths, data, signature)
     store_tmp = paths.source_dir / "tmp"
     store_tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
     sig = store_tmp / f"sig-{secrets.token_hex(4)}"
@@ -134,6 +137,23 @@ def verify_detached(config: SourceConfig, paths: Paths, data: bytes, signature: 
         for path in (sig, doc):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+
+def _verify_cosign(config: SourceConfig, paths: Paths, data: bytes, signature: bytes) -> str:
+    """`cosign sign-blob`'s signature (base64 ECDSA over the SHA-256), in-process."""
+    named = [
+        (name, read_bounded(node_file(paths, name, "the cosign public key"), SMALL_FILE_BYTES))
+        for name in config.public_keys
+    ]
+    try:
+        keys = cosign.load_keys(named)
+    except cosign.SignatureError as exc:
+        raise PullError(str(exc)) from None
+    try:
+        signer = cosign.verify_digest(hashlib.sha256(data).hexdigest(), signature, keys)
+    except cosign.SignatureError as exc:
+        raise Rejected(f"bad cosign signature: {exc}") from None
+    return "cosign " + signer.describe()
 
 
 def _verify_ssh(config: SourceConfig, paths: Paths, doc: Path, sig: Path) -> str:

@@ -15,9 +15,11 @@ class InventoryEntry:
     version: Optional[str]
     sha256: Optional[str] = None
     files: list[str] = field(default_factory=list)  # node paths
+    signed_by: Optional[str] = None  # the cosign key that verified the artifact
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "sha256": self.sha256, "files": list(self.files)}
+        out = {"version": self.version, "sha256": self.sha256, "files": list(self.files)}
+        return out | ({"signedBy": self.signed_by} if self.signed_by else {})
 
     @classmethod
     def from_json(cls, data: Any, where: str = "inventory") -> InventoryEntry:
@@ -28,4 +30,5 @@ class InventoryEntry:
             typed(data, "version", (str, type(None)), where),
             typed(data, "sha256", (str, type(None)), where),
             list(files),
+            typed(data, "signedBy", (str, type(None)), where),
         )

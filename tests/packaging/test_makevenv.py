@@ -50,7 +50,7 @@ def test_a_second_run_does_nothing_while_the_stamp_holds(tmp_path: Path) -> None
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").symlink_to(sys.executable)
     (venv / "bin" / "pip").touch()
-    extras = ["dev"] if makevenv.systemd_build_missing() else ["dev", "systemd"]
+    extras = ["dev", "cosign"] + ([] if makevenv.systemd_build_missing() else ["systemd"])
     (venv / makevenv.STAMP).write_text(makevenv.stamp_text(extras))
     done = _run([sys.executable, str(MAKEVENV), str(venv)])
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")

@@ -95,6 +95,23 @@ def test_the_commented_example_is_valid_and_means_what_it_says() -> None:
             "4:11: keyring must be an absolute path",
         ),
         (
+            "downloads: {verify: {required: true}}\n",
+            "1:21: required: true needs cosign.publicKeys",
+        ),
+        (
+            "downloads: {verify: {cosign: {publicKeys: [release.pub]}}}\n",
+            "1:43: publicKeys must be absolute paths",
+        ),
+        (
+            "source:\n  type: https\n  url: https://f.example/d.yaml\n  verify: {method: cosign}\n",
+            "4:11: verify method cosign needs publicKeys",
+        ),
+        (
+            "source:\n  type: git\n  url: https://g.example/f.git\n"
+            "  verify: {method: cosign, publicKeys: [/k.pub]}\n",
+            "2:3: not supported yet: cosign signatures of a git source",
+        ),
+        (
             "labels: {'bad label': x}\n",
             "1:10: label key 'bad label': the name must consist of alphanumeric",
         ),
