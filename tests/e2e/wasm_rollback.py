@@ -175,7 +175,7 @@ def crun_without_wasm(s: Scenario) -> None:
         f"crun --version: {new} with +WASM:wasmedge",
         real.text(),
     )
-    healthy(s, "nowasm-rolled-back")
+    healthy(s, "nowasm-rolled-back", refused=True)
     plan = s.agentd("nowasm-blocked-plan", "plan", "--desired", DESIRED)
     s.expect(
         "nowasm.plan-says-blocked",

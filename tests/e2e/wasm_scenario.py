@@ -161,8 +161,9 @@ def naming(check: Command, *words: str) -> list[dict[str, Any]]:
     return [f for f in findings(check) if all(w in str(f.get("message", "")) for w in words)]
 
 
-def healthy(s: Scenario, tag: str) -> None:
-    """detect, plan and check agree: everything installed, nothing to do, healthy, Wasm ready."""
+def healthy(s: Scenario, tag: str, refused: bool = False) -> None:
+    """detect, plan and check agree: everything installed, nothing to do, healthy, Wasm ready.
+    `refused`: a change is blocked (a rollback's), so the plan's exit is 3 with no action."""
     detect = s.agentd(f"{tag}-detect", "detect", "--json")
     crun, wasmedge = component(detect, "crun"), component(detect, "wasmedge")
     s.expect(
@@ -184,7 +185,17 @@ def healthy(s: Scenario, tag: str) -> None:
         json.dumps(wasmedge),
     )
     plan = s.agentd(f"{tag}-plan", "plan", "--desired", DESIRED, "--detailed-exitcode")
-    s.expect(f"{tag}.plan", plan.returncode == 0, "plan: nothing to do (exit 0)", tail(plan.stdout))
+    if refused:
+        s.expect(
+            f"{tag}.plan",
+            plan.returncode == 3 and "nothing to do" in plan.stdout and "Refused:" in plan.stdout,
+            "plan: nothing to do, the blocked change refused (exit 3)",
+            tail(plan.stdout),
+        )
+    else:
+        s.expect(
+            f"{tag}.plan", plan.returncode == 0, "plan: nothing to do (exit 0)", tail(plan.stdout)
+        )
     check = s.agentd(f"{tag}-check", "check", "--json")
     doc = check.json() or {}
     bad = [f for f in findings(check) if f.get("severity") != "info"]
