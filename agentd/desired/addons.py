@@ -1,0 +1,130 @@
+"""Cluster add-ons in the desired state: Gatekeeper's chart, airgap images, k3s's registries."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Literal, Optional
+
+from pydantic import Field
+
+from agentd.desired.gatekeeper_chart import CHART_SOURCE, TOP_LEVEL_VALUES
+from agentd.schema.types import StrictModel
+from agentd.schema.yamlload import Loc
+
+# The airgap archives k3s's documentation ships and names (docs.k3s.io/installation/airgap:
+# k3s-airgap-images-ARCH.tar and .tar.zst); agentd keeps the URL's suffix so k3s sees the same.
+IMAGE_SUFFIXES = (".tar", ".tar.zst", ".tar.gz")
+
+NO_POLICY_ENGINE = (
+    "Gatekeeper's chart has no policyEngine value (nor any Wasm engine): Gatekeeper evaluates "
+    "Rego with its OPA driver, and CEL through the K8sNativeValidation engine of a "
+    "ConstraintTemplate's code, which 3.15 enables with the controller's "
+    "--experimental-enable-k8s-native-validation flag (main.go), not a chart value; "
+    "remove policyEngine"
+)
+
+
+class RegistryMirror(StrictModel):
+    """A mirrors.REGISTRY entry of k3s's registries.yaml (docs.k3s.io: private-registry)."""
+
+    endpoint: list[str] = Field(default_factory=list)
+    rewrite: dict[str, str] = Field(default_factory=dict)
+
+
+class RegistryAuth(StrictModel):
+    username: Optional[str] = None
+    password: Optional[str] = None
+    auth: Optional[str] = None
+    token: Optional[str] = None
+
+
+class RegistryTLS(StrictModel):
+    cert_file: Optional[str] = None
+    key_file: Optional[str] = None
+    ca_file: Optional[str] = None
+    insecure_skip_verify: Optional[bool] = None
+
+
+class RegistryConfig(StrictModel):
+    auth: Optional[RegistryAuth] = None
+    tls: Optional[RegistryTLS] = None
+
+
+class Registries(StrictModel):
+    """/etc/rancher/k3s/registries.yaml, which k3s reads at start."""
+
+    mirrors: dict[str, RegistryMirror] = Field(default_factory=dict)
+    configs: dict[str, RegistryConfig] = Field(default_factory=dict)
+
+
+def registries_document(registries: Registries) -> dict[str, Any]:
+    return registries.model_dump(exclude_none=True, exclude_defaults=True)
+
+
+def image_suffix(url: str) -> Optional[str]:
+    """The archive suffix k3s needs to see (.tar.zst before .tar), None if it is none of them."""
+    path = url.split("?", 1)[0].split("#", 1)[0]
+    found = [s for s in IMAGE_SUFFIXES if path.endswith(s)]
+    return max(found, key=len) if found else None
+
+
+Severity = Literal["error", "warning"]
+
+
+def addon_problems(doc: Any, arch: Optional[str]) -> list[tuple[Loc, str, Severity]]:
+    """What is valid schema but not a working add-on: (where, message, severity). `arch`: this
+    node's, when validating for one."""
+    out: list[tuple[Loc, str, Severity]] = []
+    k3s = doc.components.k3s
+    role = k3s.role if k3s is not None and k3s.state == "present" else None
+    gatekeeper = doc.addons.gatekeeper if doc.addons is not None else None
+    if gatekeeper is not None:
+        if role == "agent":
+            out.append(
+                (
+                    ("addons",),
+                    "add-ons are cluster objects: k3s applies the manifests directory and serves "
+                    "static/charts only on a server node, and this document makes the node a k3s "
+                    "agent (components.k3s.role: agent); give add-ons to the servers only",
+                    "error",
+                )
+            )
+        for key in gatekeeper.values:
+            at: Loc = ("addons", "gatekeeper", "values", key)
+            if key == "policyEngine":
+                out.append((at, NO_POLICY_ENGINE, "error"))
+            elif key not in TOP_LEVEL_VALUES:
+                close = difflib.get_close_matches(key, TOP_LEVEL_VALUES, n=3, cutoff=0.6)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                out.append(
+                    (
+                        at,
+                        f"Gatekeeper's chart has no value {key!r} ({CHART_SOURCE}){hint}",
+                        "error",
+                    )
+                )
+    for i, image in enumerate(doc.images):
+        if arch is not None and arch not in image.artifacts:
+            out.append(
+                (
+                    ("images", i, "artifacts"),
+                    f"no {arch} artifact for image {image.name}, and this node is {arch}",
+                    "error",
+                )
+            )
+        for name, artifact in image.artifacts.items():
+            if image_suffix(artifact.url) is None:
+                out.append(
+                    (
+                        ("images", i, "artifacts", name, "url"),
+                        f"an image archive for k3s ends in {', '.join(IMAGE_SUFFIXES)}: agentd "
+                        "names the file after the URL's suffix, which is how k3s knows how to "
+                        "read it",
+                        "error",
+                    )
+                )
+    names = [image.name for image in doc.images]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            out.append((("images", i, "name"), f"duplicate image {name!r}", "error"))
+    return out

@@ -1,0 +1,195 @@
+"""Cluster add-ons through the real command line: plan, apply, rollback of their files."""
+
+from __future__ import annotations
+
+import io
+import stat
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agentd.core.paths import GATEKEEPER_CHART, GATEKEEPER_MANIFEST, K3S_REGISTRIES
+from tests.support.mirror import MirrorServer
+from tests.support.node import Node
+from tests.support.standins import Mirror, desired_document, sha256_hex
+
+PASSWORD = "hunter2-registry-secret"
+
+
+@pytest.fixture
+def node(sandbox_root: Path) -> Node:
+    return Node(sandbox_root)
+
+
+def _tarball(path: Path, members: dict[str, bytes], gzip: bool) -> str:
+    """A real archive at `path`; its sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz" if gzip else "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return sha256_hex(path.read_bytes())
+
+
+def _artifact(mirror: MirrorServer, mirror_dir: Path, name: str, data: bytes) -> dict[str, str]:
+    path = mirror_dir / "addons-test" / name
+    sha = _tarball(path, {"payload": data}, gzip=name.endswith(("tgz", ".gz")))
+    return {"url": f"{mirror.url.rstrip('/')}/addons-test/{name}", "sha256": sha}
+
+
+def _doc(
+    mirror: MirrorServer, index: Mirror, mirror_dir: Path, arch: str, **extra: Any
+) -> dict[str, Any]:
+    doc = desired_document(
+        mirror.url, index, arches=tuple(sorted({arch, "amd64", "arm64"})), wasmedge=None, crun=None
+    )
+    doc.update(extra)
+    return doc
+
+
+def _gatekeeper(mirror: MirrorServer, mirror_dir: Path, version: str) -> dict[str, Any]:
+    chart = _artifact(mirror, mirror_dir, f"gatekeeper-{version}.tgz", version.encode())
+    return {
+        "gatekeeper": {"version": version, "chart": chart, "values": {"enableExternalData": True}}
+    }
+
+
+def _actions(result: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(a["component"], a["action"]) for a in result["actions"]]
+
+
+def test_apply_places_chart_helmchart_images_and_registries(
+    node: Node, mirror: MirrorServer, mirror_index: Mirror, mirror_dir: Path, arch: str
+) -> None:
+    image = _artifact(mirror, mirror_dir, "gk-images.tar", b"layers")
+    doc = _doc(
+        mirror,
+        mirror_index,
+        mirror_dir,
+        arch,
+        addons=_gatekeeper(mirror, mirror_dir, "3.15.1"),
+        images=[{"name": "gatekeeper", "artifacts": {arch: image}}],
+    )
+    doc["components"]["k3s"]["registries"] = {
+        "mirrors": {"docker.io": {"endpoint": ["https://registry.example:5000"]}},
+        "configs": {"registry.example:5000": {"auth": {"username": "u", "password": PASSWORD}}},
+    }
+    plan = node.agentd("plan", "--desired", str(node.desired(doc)), "--json")
+    assert plan.code == 0, plan.stderr
+    assert PASSWORD not in plan.stdout + plan.stderr
+    diffs = {d["component"]: d["diff"] for d in plan.json()["diffs"]}
+    assert "+      password: ***" in diffs["k3s/registries"]
+    assert "+      username: u" in diffs["k3s/registries"]
+    res = node.apply(doc)
+    assert res.code == 0, res.stderr
+    assert PASSWORD not in res.stdout + res.stderr
+    done = _actions(res.json())
+    for expected in [
+        ("addons/gatekeeper/chart", "install"),
+        ("images/gatekeeper", "install"),
+        ("addons/gatekeeper", "configure"),
+        ("k3s/registries", "configure"),
+    ]:
+        assert expected in done
+    restart = next(a for a in res.json()["actions"] if a["action"] == "restart")
+    assert "k3s/registries configure" in restart["reason"]
+    assert (
+        sha256_hex(node.path(GATEKEEPER_CHART).read_bytes())
+        == doc["addons"]["gatekeeper"]["chart"]["sha256"]
+    )
+    placed = node.path("/var/lib/rancher/k3s/agent/images/gatekeeper.tar")
+    assert sha256_hex(placed.read_bytes()) == image["sha256"]
+    helmchart = yaml.safe_load(node.read(GATEKEEPER_MANIFEST))
+    assert helmchart["spec"]["chart"] == "https://%{KUBERNETES_API}%/static/charts/gatekeeper.tgz"
+    assert helmchart["spec"]["targetNamespace"] == "gatekeeper-system"
+    assert yaml.safe_load(helmchart["spec"]["valuesContent"]) == {"enableExternalData": True}
+    registries = node.path(K3S_REGISTRIES)
+    assert stat.S_IMODE(registries.stat().st_mode) == 0o600
+    assert (
+        yaml.safe_load(registries.read_text())["configs"]["registry.example:5000"]["auth"][
+            "password"
+        ]
+        == PASSWORD
+    )
+    # A second run has nothing to do.
+    again = node.apply(doc)
+    assert again.code == 0, again.stderr
+    assert again.json()["actions"] == []
+    assert not list(node.root.rglob(".*agentd-*"))
+
+
+def test_upgrade_then_rollback_puts_the_old_chart_back(
+    node: Node, mirror: MirrorServer, mirror_index: Mirror, mirror_dir: Path, arch: str
+) -> None:
+    old = _doc(
+        mirror, mirror_index, mirror_dir, arch, addons=_gatekeeper(mirror, mirror_dir, "3.15.0")
+    )
+    assert node.apply(old).code == 0
+    old_chart = node.path(GATEKEEPER_CHART).read_bytes()
+    old_manifest = node.read(GATEKEEPER_MANIFEST)
+    new = _doc(
+        mirror, mirror_index, mirror_dir, arch, addons=_gatekeeper(mirror, mirror_dir, "3.15.1")
+    )
+    new["generation"] = 2
+    plan = node.agentd("plan", "--desired", str(node.desired(new)), "--json")
+    reasons = {a["component"]: a["reason"] for a in plan.json()["actions"]}
+    assert "replacing it" in reasons["addons/gatekeeper/chart"]
+    assert "differs from the HelmChart of Gatekeeper 3.15.1" in reasons["addons/gatekeeper"]
+    assert node.apply(new).code == 0
+    assert "version: 3.15.1" in node.read(GATEKEEPER_MANIFEST)
+    for component in ("addons/gatekeeper/chart", "addons/gatekeeper"):
+        res = node.agentd("rollback", component, "--json")
+        assert res.code == 0, res.stdout + res.stderr
+    assert node.path(GATEKEEPER_CHART).read_bytes() == old_chart
+    assert node.read(GATEKEEPER_MANIFEST) == old_manifest
+
+
+def test_removing_the_addon_removes_its_files_and_says_what_k3s_keeps(
+    node: Node, mirror: MirrorServer, mirror_index: Mirror, mirror_dir: Path, arch: str
+) -> None:
+    image = _artifact(mirror, mirror_dir, "gk-images-2.tar", b"layers2")
+    doc = _doc(
+        mirror,
+        mirror_index,
+        mirror_dir,
+        arch,
+        addons=_gatekeeper(mirror, mirror_dir, "3.15.1"),
+        images=[{"name": "gatekeeper", "artifacts": {arch: image}}],
+    )
+    assert node.apply(doc).code == 0
+    gone = _doc(mirror, mirror_index, mirror_dir, arch)
+    gone["generation"] = 2
+    res = node.apply(gone)
+    assert res.code == 0, res.stderr
+    reasons = {a["component"]: a["reason"] for a in res.json()["actions"]}
+    assert "leaves the HelmChart object in the cluster" in reasons["addons/gatekeeper"]
+    assert "containerd keeps the images" in reasons["images/gatekeeper"]
+    assert not node.path(GATEKEEPER_MANIFEST).exists()
+    assert not node.path(GATEKEEPER_CHART).exists()
+    assert not node.path("/var/lib/rancher/k3s/agent/images/gatekeeper.tar").exists()
+    # ...and rollback brings the manifest back.
+    assert node.agentd("rollback", "addons/gatekeeper", "--json").code == 0
+    assert node.path(GATEKEEPER_MANIFEST).exists()
+
+
+def test_an_agent_node_writes_no_addon(
+    node: Node, mirror: MirrorServer, mirror_index: Mirror, mirror_dir: Path, arch: str
+) -> None:
+    doc = desired_document(
+        mirror.url,
+        mirror_index,
+        arches=tuple(sorted({arch, "amd64", "arm64"})),
+        wasmedge=None,
+        crun=None,
+        role="agent",
+        server="https://10.0.0.1:6443",
+    )
+    doc["addons"] = _gatekeeper(mirror, mirror_dir, "3.15.1")
+    path = node.desired(doc)
+    res = node.agentd("validate", str(path))
+    assert res.code != 0
+    assert "k3s agent" in res.stdout + res.stderr
