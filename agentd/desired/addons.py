@@ -7,7 +7,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field
 
-from agentd.desired.gatekeeper_chart import CHART_SOURCE, TOP_LEVEL_VALUES
+from agentd.desired.gatekeeper_chart import CHART_SOURCE, CONFIG_SPEC_SCHEMA, TOP_LEVEL_VALUES
 from agentd.schema.types import StrictModel
 from agentd.schema.yamlload import Loc
 
@@ -57,6 +57,43 @@ class Registries(StrictModel):
     configs: dict[str, RegistryConfig] = Field(default_factory=dict)
 
 
+NO_WASM_VALIDATION = (
+    "a Gatekeeper Config's validation is an object, {traces: [{user, kind, dump}]}, which "
+    "traces requests; it lists no Wasm modules (Gatekeeper 3.15 has no Wasm engine: policies "
+    "are ConstraintTemplates in Rego, or CEL with the K8sNativeValidation engine)"
+)
+CONFIG_NOT_WRITTEN = (
+    "not supported yet: agentd checks this Config against Gatekeeper's CRD but does not write "
+    "it: k3s applies a manifest when its file changes, and the Config CRD exists only once the "
+    "chart is installed; apply it with `k3s kubectl apply` after the install"
+)
+_TYPES = {"string": str, "boolean": bool, "object": dict, "array": list, "integer": int}
+
+
+def schema_problems(value: Any, schema: dict[str, Any], loc: Loc) -> list[tuple[Loc, str]]:
+    """`value` against a structural CRD schema (types and field names; the API server prunes
+    unknown fields silently, so they are refused here with the fields there are)."""
+    wanted = schema.get("type")
+    if wanted and not isinstance(value, _TYPES[wanted]):
+        if loc[-1:] == ("validation",) and isinstance(value, list):
+            return [(loc, NO_WASM_VALIDATION)]
+        return [(loc, f"must be {'an' if wanted[0] in 'ao' else 'a'} {wanted}")]
+    out: list[tuple[Loc, str]] = []
+    fields = schema.get("properties")
+    if isinstance(value, dict) and fields is not None:
+        for key, item in value.items():
+            if key in fields:
+                out += schema_problems(item, fields[key], (*loc, key))
+                continue
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            out.append(((*loc, key), f"unknown field {key!r} ({hint}known: {', '.join(fields)})"))
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            out += schema_problems(item, schema["items"], (*loc, i))
+    return out
+
+
 def registries_document(registries: Registries) -> dict[str, Any]:
     return registries.model_dump(exclude_none=True, exclude_defaults=True)
 
@@ -103,6 +140,12 @@ def addon_problems(doc: Any, arch: Optional[str]) -> list[tuple[Loc, str, Severi
                         "error",
                     )
                 )
+    if gatekeeper is not None and gatekeeper.config is not None:
+        base: Loc = ("addons", "gatekeeper", "config")
+        found = schema_problems(gatekeeper.config, CONFIG_SPEC_SCHEMA, base)
+        out += [(at, message, "error") for at, message in found]
+        if not found:
+            out.append((base, CONFIG_NOT_WRITTEN, "error"))
     for i, image in enumerate(doc.images):
         if arch is not None and arch not in image.artifacts:
             out.append(

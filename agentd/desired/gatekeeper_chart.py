@@ -72,3 +72,41 @@ TOP_LEVEL_VALUES = (
     "rbac",
     "externalCertInjection",
 )
+
+# The Config's spec (config.gatekeeper.sh/v1alpha1) as its CRD defines it:
+# charts/gatekeeper/crds/config-customresourcedefinition.yaml at v3.15.1, its openAPIV3Schema
+# reduced to types and field names (tests/fixtures/gatekeeper/config-crd-v3.15.1.yaml).
+_STR = {"type": "string"}
+_GVK = {"type": "object", "properties": {"group": _STR, "kind": _STR, "version": _STR}}
+CONFIG_SPEC_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "match": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "excludedNamespaces": {"type": "array", "items": _STR},
+                    "processes": {"type": "array", "items": _STR},
+                },
+            },
+        },
+        "readiness": {"type": "object", "properties": {"statsEnabled": {"type": "boolean"}}},
+        "sync": {
+            "type": "object",
+            "properties": {"syncOnly": {"type": "array", "items": _GVK}},
+        },
+        "validation": {
+            "type": "object",
+            "properties": {
+                "traces": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {"dump": _STR, "kind": _GVK, "user": _STR},
+                    },
+                }
+            },
+        },
+    },
+}

@@ -178,6 +178,8 @@ class Gatekeeper(StrictModel):
     version: str = Field(min_length=1)  # the chart's version
     chart: Artifact
     values: dict[str, Any] = Field(default_factory=dict)
+    # The spec of Gatekeeper's Config (config.gatekeeper.sh/v1alpha1), checked against its CRD.
+    config: Optional[dict[str, Any]] = None
 
     _check_version = field_validator("version", mode="before")(_version_string)
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import yaml
 
-from agentd.desired.gatekeeper_chart import TOP_LEVEL_VALUES
+from agentd.desired.addons import CONFIG_NOT_WRITTEN, NO_WASM_VALIDATION, schema_problems
+from agentd.desired.gatekeeper_chart import CONFIG_SPEC_SCHEMA, TOP_LEVEL_VALUES
 from agentd.desired.model import Gatekeeper
 from agentd.desired.validate import load_and_validate
 from agentd.plan.addons import helmchart_manifest, imports_while_running
@@ -103,26 +104,6 @@ def test_the_recorded_chart_keys_are_the_real_values_files() -> None:
     assert "policyEngine" not in values
 
 
-def _check(value: Any, schema: dict[str, Any], where: str) -> list[str]:
-    """The parts of a structural OpenAPI v3 schema a CRD uses: type, properties (unknown fields
-    are pruned by the API server, so refused here), items."""
-    kinds = {"string": str, "boolean": bool, "object": dict, "array": list, "integer": int}
-    wanted = schema.get("type")
-    if wanted and not isinstance(value, kinds[wanted]):
-        return [f"{where}: {type(value).__name__} is not {wanted}"]
-    out: list[str] = []
-    if isinstance(value, dict) and "properties" in schema:
-        for key, item in value.items():
-            if key not in schema["properties"]:
-                out.append(f"{where}.{key}: not in the schema")
-            else:
-                out += _check(item, schema["properties"][key], f"{where}.{key}")
-    if isinstance(value, list) and "items" in schema:
-        for i, item in enumerate(value):
-            out += _check(item, schema["items"], f"{where}[{i}]")
-    return out
-
-
 def test_the_helmchart_matches_helm_controllers_crd() -> None:
     crd = yaml.safe_load((FIXTURES / "helm-controller" / "helmchart-crd.yaml").read_text())
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
@@ -138,12 +119,47 @@ def test_the_helmchart_matches_helm_controllers_crd() -> None:
     assert f"{crd['spec']['group']}/{version['name']}" == doc["apiVersion"]
     assert crd["spec"]["names"]["kind"] == doc["kind"]
     body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata")}
-    assert _check(body, schema, "HelmChart") == []
+    assert schema_problems(body, schema, ("HelmChart",)) == []
     assert yaml.safe_load(doc["spec"]["valuesContent"]) == gatekeeper.values
     # The check can fail: a field helm-controller does not have is found.
-    assert _check({"spec": {"engine": "wasm"}}, schema, "HelmChart") == [
-        "HelmChart.spec.engine: not in the schema"
+    (found,) = schema_problems({"spec": {"engine": "wasm"}}, schema, ("HelmChart",))
+    assert found[0] == ("HelmChart", "spec", "engine")
+
+
+def _reduced(schema: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": schema["type"]}
+    if "properties" in schema:
+        out["properties"] = {k: _reduced(v) for k, v in schema["properties"].items()}
+    if "items" in schema:
+        out["items"] = _reduced(schema["items"])
+    return out
+
+
+def test_the_recorded_config_schema_is_the_real_crds() -> None:
+    crd = yaml.safe_load((FIXTURES / "gatekeeper" / "config-crd-v3.15.1.yaml").read_text())
+    (version,) = crd["spec"]["versions"]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert _reduced(spec) == CONFIG_SPEC_SCHEMA
+
+
+def test_the_guides_wasm_config_is_refused_with_what_config_has(tmp_path: Path) -> None:
+    config = "    config:\n      validation:\n        - {name: policy, image: reg/policy-wasm:v1}\n"
+    path, text, errors = _errors(tmp_path, values=config)
+    assert errors == [f"{path}:{_at(text, '- {name')}: {NO_WASM_VALIDATION}"]
+    path, text, errors = _errors(tmp_path, values="    config:\n      matches: []\n")
+    assert errors == [
+        f"{path}:{_at(text, '[]')}: unknown field 'matches' (did you mean 'match'? known: "
+        "match, readiness, sync, validation)"
     ]
+
+
+def test_a_valid_config_is_not_written_yet_and_says_so(tmp_path: Path) -> None:
+    config = (
+        "    config:\n      match:\n        - excludedNamespaces: [kube-system, kube-public]\n"
+        '          processes: ["*"]\n'
+    )
+    path, text, errors = _errors(tmp_path, values=config)
+    assert errors == [f"{path}:{_at(text, 'match:')}: {CONFIG_NOT_WRITTEN}"]
 
 
 def test_running_imports_start_with_the_january_2025_releases() -> None:
