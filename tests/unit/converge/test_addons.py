@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from agentd.core.paths import GATEKEEPER_CHART, GATEKEEPER_MANIFEST, K3S_REGISTRIES
+from tests.scenarios import crashdriver
 from tests.support.mirror import MirrorServer
 from tests.support.node import Node
 from tests.support.standins import Mirror, desired_document, sha256_hex
@@ -193,3 +194,52 @@ def test_an_agent_node_writes_no_addon(
     res = node.agentd("validate", str(path))
     assert res.code != 0
     assert "k3s agent" in res.stdout + res.stderr
+
+
+def test_killed_at_each_addon_replace_the_files_are_whole_and_a_fresh_apply_converges(
+    tmp_path: Path, mirror: MirrorServer, mirror_index: Mirror, mirror_dir: Path, arch: str
+) -> None:
+    old = _doc(
+        mirror, mirror_index, mirror_dir, arch, addons=_gatekeeper(mirror, mirror_dir, "3.15.0")
+    )
+    new = _doc(
+        mirror, mirror_index, mirror_dir, arch, addons=_gatekeeper(mirror, mirror_dir, "3.15.1")
+    )
+    new["generation"] = 2
+    new["components"]["k3s"]["registries"] = {
+        "configs": {"r.example": {"auth": {"username": "u", "password": PASSWORD}}}
+    }
+    targets = (GATEKEEPER_CHART, GATEKEEPER_MANIFEST, K3S_REGISTRIES)
+
+    def fresh(name: str) -> Node:
+        node = Node(tmp_path / name / "root")
+        node.root.mkdir(parents=True)
+        assert node.apply(old).code == 0
+        return node
+
+    def files(node: Node) -> dict[str, bytes | None]:
+        return {t: node.path(t).read_bytes() if node.path(t).exists() else None for t in targets}
+
+    counted = fresh("counted")
+    before = files(counted)
+    args = ["apply", "--desired", str(counted.desired(new)), "--json"]
+    outcome = crashdriver.run(counted.root, args, tmp_path / "counted.log")
+    assert outcome.code == 0, outcome.stderr
+    after = files(counted)
+    # Every step on an add-on file, its backup or its temporary file, and the one after the
+    # last rename (each earlier one is followed by the next file's first step).
+    names = tuple(t.rsplit("/", 1)[1] for t in targets)
+    touching = [e.n for e in outcome.events if any(n in a for a in e.args for n in names)]
+    renames = [e.n for e in outcome.events if e.op == "os.rename" and e.args[-1] in targets]
+    assert len(renames) == len(targets)
+    points = sorted({*touching, renames[-1] + 1})
+    for n in points:
+        node = fresh(f"kill-{n}")
+        killed = crashdriver.run(node.root, args, tmp_path / f"kill-{n}.log", kill_at=n)
+        assert killed.killed
+        for target, content in files(node).items():
+            assert content in (before[target], after[target]), f"{target} torn at event {n}"
+        again = node.apply(new)
+        assert again.code == 0, again.stderr
+        assert files(node) == after
+        assert stat.S_IMODE(node.path(K3S_REGISTRIES).stat().st_mode) == 0o600
