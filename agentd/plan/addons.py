@@ -178,6 +178,9 @@ def plan_addons(
     if managed:
         _plan_images(b, desired, k3s_version, inventory)
         _plan_registries(b, desired, configs, inventory)
+    else:
+        for image in desired.images:
+            b.keep(IMAGE_PREFIX + image.name, "k3s is not managed here: no image archive placed")
 
 
 def _plan_images(
