@@ -8,6 +8,7 @@ from agentd.core.paths import (
     CONTAINERD_TEMPLATES,
     CRUN_BIN,
     GATEKEEPER_MANIFEST,
+    GATEKEEPER_POLICIES,
     K3S_BIN,
     K3S_CONFIG,
     K3S_REGISTRIES,
@@ -94,6 +95,7 @@ K3S_REGISTRIES_FILE = ComponentKind(
 # it names, which k3s serves from static/charts; the tarball is a checksummed artifact.
 GATEKEEPER_ADDON = ComponentKind("addons/gatekeeper", configs=(GATEKEEPER_MANIFEST,))
 GATEKEEPER_CHART_FILE = ComponentKind("addons/gatekeeper/chart")
+GATEKEEPER_POLICY_FILE = ComponentKind("addons/gatekeeper/policies", configs=(GATEKEEPER_POLICIES,))
 # One entry for every images/NAME: an airgap image tarball in agent/images.
 IMAGE = ComponentKind(IMAGE_PREFIX)
 
@@ -109,6 +111,7 @@ KINDS = (
     K3S_REGISTRIES_FILE,
     GATEKEEPER_ADDON,
     GATEKEEPER_CHART_FILE,
+    GATEKEEPER_POLICY_FILE,
     IMAGE,
 )
 _BY_NAME = {kind.name: kind for kind in KINDS}

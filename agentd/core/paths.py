@@ -38,6 +38,7 @@ K3S_REGISTRIES = "/etc/rancher/k3s/registries.yaml"
 K3S_STATIC_CHARTS = "/var/lib/rancher/k3s/server/static/charts"
 K3S_IMAGES_DIR = "/var/lib/rancher/k3s/agent/images"
 GATEKEEPER_MANIFEST = f"{K3S_MANIFESTS_DIR}/agentd-addon-gatekeeper.yaml"
+GATEKEEPER_POLICIES = f"{K3S_MANIFESTS_DIR}/agentd-addon-gatekeeper-policies.yaml"
 GATEKEEPER_CHART = f"{K3S_STATIC_CHARTS}/gatekeeper.tgz"
 CONTAINERD_DIR = "/var/lib/rancher/k3s/agent/etc/containerd"
 # containerd 1 reads the first template, containerd 2 (bundled with newer k3s) the second.

@@ -7,7 +7,14 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field
 
-from agentd.desired.gatekeeper_chart import CHART_SOURCE, CONFIG_SPEC_SCHEMA, TOP_LEVEL_VALUES
+from agentd.desired.gatekeeper_chart import (
+    ADMISSION_TARGET,
+    CHART_SOURCE,
+    CONFIG_SPEC_SCHEMA,
+    KINDS,
+    TEMPLATE_SPEC_SCHEMA,
+    TOP_LEVEL_VALUES,
+)
 from agentd.schema.types import StrictModel
 from agentd.schema.yamlload import Loc
 
@@ -94,6 +101,102 @@ def schema_problems(value: Any, schema: dict[str, Any], loc: Loc) -> list[tuple[
     return out
 
 
+NO_GATEKEEPER_KIND = (
+    "Gatekeeper has no resource named Gatekeeper (`kubectl get gatekeeper -A` finds nothing): "
+    f"its chart's kinds are {', '.join(KINDS)}; see it running with `k3s kubectl get pods -n "
+    "gatekeeper-system` and its policies with `k3s kubectl get constrainttemplates`"
+)
+TEMPLATE_VERSIONS = ("templates.gatekeeper.sh/v1", "templates.gatekeeper.sh/v1beta1")
+CONSTRAINT_GROUP = "constraints.gatekeeper.sh/"
+# A Constraint's spec as Gatekeeper generates its CRD from the template (frameworks'
+# pkg/client/crds/schema.go, vendored in v3.15.1): the parameters are the template's schema.
+CONSTRAINT_FIELDS = ("match", "enforcementAction", "parameters")
+
+
+def _template_problems(m: dict[str, Any], loc: Loc) -> tuple[Optional[str], list[tuple[Loc, str]]]:
+    """A ConstraintTemplate's problems, and the Constraint kind it defines."""
+    out = schema_problems(m.get("spec"), TEMPLATE_SPEC_SCHEMA, (*loc, "spec"))
+    if out:
+        return None, out
+    spec = m["spec"]
+    kind = spec.get("crd", {}).get("spec", {}).get("names", {}).get("kind")
+    if not isinstance(kind, str) or not kind:
+        return None, [((*loc, "spec"), "a ConstraintTemplate needs spec.crd.spec.names.kind")]
+    name = m.get("metadata", {}).get("name")
+    if name != kind.lower():
+        # Gatekeeper refuses it (frameworks' client.go): the name is the kind in lowercase.
+        out.append(
+            (
+                (*loc, "metadata", "name"),
+                f"a ConstraintTemplate's name is its kind in "
+                f"lowercase: {kind.lower()!r}, not {name!r}",
+            )
+        )
+    for j, target in enumerate(spec.get("targets", [])):
+        at: Loc = (*loc, "spec", "targets", j)
+        if target.get("target") != ADMISSION_TARGET:
+            out.append((at, f"target must be {ADMISSION_TARGET!r}, the one Gatekeeper serves"))
+        if not target.get("rego") and not target.get("code"):
+            out.append((at, "a target needs its policy: rego, or code (engine and source)"))
+    if not spec.get("targets"):
+        out.append(((*loc, "spec"), "a ConstraintTemplate needs spec.targets"))
+    return kind, out
+
+
+def policy_problems(policies: list[Any], base: Loc) -> list[tuple[Loc, str]]:
+    """ConstraintTemplates and Constraints checked against Gatekeeper's CRDs; the Rego itself is
+    not parsed (no Rego parser among agentd's dependencies: Gatekeeper reports it in the
+    template's status)."""
+    out: list[tuple[Loc, str]] = []
+    kinds: set[str] = set()
+    constraints: list[tuple[Loc, dict[str, Any]]] = []
+    for i, m in enumerate(policies):
+        loc: Loc = (*base, i)
+        if not isinstance(m, dict) or not isinstance(m.get("spec"), dict):
+            out.append((loc, "a policy is a manifest: apiVersion, kind, metadata.name, spec"))
+            continue
+        name = m.get("metadata", {}).get("name") if isinstance(m.get("metadata"), dict) else None
+        if not isinstance(name, str) or not name:
+            out.append((loc, "a policy needs metadata.name"))
+            continue
+        api, kind = m.get("apiVersion"), m.get("kind")
+        if kind == "Gatekeeper":
+            out.append(((*loc, "kind"), NO_GATEKEEPER_KIND))
+        elif kind == "ConstraintTemplate" and api in TEMPLATE_VERSIONS:
+            defined, found = _template_problems(m, loc)
+            out += found
+            if defined:
+                kinds.add(defined)
+        elif isinstance(api, str) and api.startswith(CONSTRAINT_GROUP):
+            constraints.append((loc, m))
+        else:
+            out.append(
+                (
+                    (*loc, "kind"),
+                    f"policies are ConstraintTemplates ({TEMPLATE_VERSIONS[0]}) and their "
+                    f"Constraints ({CONSTRAINT_GROUP}v1beta1), not {api} {kind}",
+                )
+            )
+    for loc, m in constraints:
+        if m.get("kind") not in kinds:
+            out.append(
+                (
+                    (*loc, "kind"),
+                    f"no ConstraintTemplate among the policies defines kind {m.get('kind')!r} "
+                    f"(defined: {', '.join(sorted(kinds)) or 'none'})",
+                )
+            )
+        for key in m["spec"]:
+            if key not in CONSTRAINT_FIELDS:
+                out.append(
+                    (
+                        (*loc, "spec", key),
+                        f"unknown field {key!r} (known: {', '.join(CONSTRAINT_FIELDS)})",
+                    )
+                )
+    return out
+
+
 def registries_document(registries: Registries) -> dict[str, Any]:
     return registries.model_dump(exclude_none=True, exclude_defaults=True)
 
@@ -146,6 +249,9 @@ def addon_problems(doc: Any, arch: Optional[str]) -> list[tuple[Loc, str, Severi
         out += [(at, message, "error") for at, message in found]
         if not found:
             out.append((base, CONFIG_NOT_WRITTEN, "error"))
+    if gatekeeper is not None:
+        base = ("addons", "gatekeeper", "policies")
+        out += [(at, msg, "error") for at, msg in policy_problems(gatekeeper.policies, base)]
     for i, image in enumerate(doc.images):
         if arch is not None and arch not in image.artifacts:
             out.append(

@@ -110,3 +110,74 @@ CONFIG_SPEC_SCHEMA = {
         },
     },
 }
+
+# A ConstraintTemplate's spec (templates.gatekeeper.sh/v1) as its CRD defines it:
+# charts/gatekeeper/crds/constrainttemplate-customresourcedefinition.yaml at v3.15.1, reduced
+# to types and field names (tests/fixtures/gatekeeper/constrainttemplate-crd-v3.15.1.yaml);
+# the open parts (the parameters' schema, a code entry's source) are not checked further.
+TEMPLATE_SPEC_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "crd": {
+            "type": "object",
+            "properties": {
+                "spec": {
+                    "type": "object",
+                    "properties": {
+                        "names": {
+                            "type": "object",
+                            "properties": {
+                                "kind": _STR,
+                                "shortNames": {"type": "array", "items": _STR},
+                            },
+                        },
+                        "validation": {
+                            "type": "object",
+                            "properties": {
+                                "legacySchema": {"type": "boolean"},
+                                "openAPIV3Schema": {"type": "object"},
+                            },
+                        },
+                    },
+                }
+            },
+        },
+        "targets": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "code": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {"engine": _STR, "source": {}},
+                        },
+                    },
+                    "libs": {"type": "array", "items": _STR},
+                    "rego": _STR,
+                    "target": _STR,
+                },
+            },
+        },
+    },
+}
+# The one target Gatekeeper's templates name (pkg/target/target.go).
+ADMISSION_TARGET = "admission.k8s.gatekeeper.sh"
+# The kinds Gatekeeper 3.15.1's chart has CRDs for (charts/gatekeeper/crds/); none is named
+# Gatekeeper, so `kubectl get gatekeeper` finds nothing.
+KINDS = (
+    "Assign",
+    "AssignImage",
+    "AssignMetadata",
+    "Config",
+    "ConstraintPodStatus",
+    "ConstraintTemplate",
+    "ConstraintTemplatePodStatus",
+    "ExpansionTemplate",
+    "ExpansionTemplatePodStatus",
+    "ModifySet",
+    "MutatorPodStatus",
+    "Provider",
+    "SyncSet",
+)

@@ -180,6 +180,8 @@ class Gatekeeper(StrictModel):
     values: dict[str, Any] = Field(default_factory=dict)
     # The spec of Gatekeeper's Config (config.gatekeeper.sh/v1alpha1), checked against its CRD.
     config: Optional[dict[str, Any]] = None
+    # ConstraintTemplates and Constraints, written to the manifests directory once checked.
+    policies: list[Any] = Field(default_factory=list)
 
     _check_version = field_validator("version", mode="before")(_version_string)
 

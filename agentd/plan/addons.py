@@ -11,6 +11,7 @@ from agentd.core.components import IMAGE_PREFIX
 from agentd.core.paths import (
     GATEKEEPER_CHART,
     GATEKEEPER_MANIFEST,
+    GATEKEEPER_POLICIES,
     K3S_IMAGES_DIR,
     K3S_REGISTRIES,
     K3S_STATIC_CHARTS,
@@ -41,6 +42,20 @@ REMOVED_ADDON = (
     "gatekeeper` uninstalls it (helm-controller's remove handler runs the helm-delete-gatekeeper "
     "job)"
 )
+
+
+REMOVED_POLICIES = (
+    "k3s leaves the objects of a removed manifest file in the cluster: `k3s kubectl delete "
+    "constrainttemplates -l app.kubernetes.io/managed-by=agentd` removes them"
+)
+
+
+def _written(
+    inventory: Mapping[str, InventoryEntry], configs: ConfigContents, component: str
+) -> bool:
+    """Whether agentd wrote `component`'s file and it is still there."""
+    recorded = inventory.get(component)
+    return recorded is not None and any(configs.get(f) is not None for f in recorded.files)
 
 
 def imports_while_running(k3s_version: Optional[str]) -> bool:
@@ -75,6 +90,22 @@ def helmchart_manifest(gatekeeper: Gatekeeper) -> bytes:
         "spec": spec,
     }
     return (MANAGED_HEADER + yaml.safe_dump(doc, sort_keys=False)).encode()
+
+
+def policies_manifest(policies: list[Any]) -> bytes:
+    """The ConstraintTemplates and Constraints, labelled as agentd's, as one manifest file: k3s
+    applies it as it changes (and again, after failing, once Gatekeeper's CRDs exist)."""
+    docs = []
+    for policy in policies:
+        doc = dict(policy)
+        metadata = dict(doc.get("metadata") or {})
+        metadata["labels"] = {
+            **(metadata.get("labels") or {}),
+            "app.kubernetes.io/managed-by": "agentd",
+        }
+        doc["metadata"] = metadata
+        docs.append(yaml.safe_dump(doc, sort_keys=False))
+    return (MANAGED_HEADER + "---\n".join(docs)).encode()
 
 
 def registries_yaml(registries: Registries) -> bytes:
@@ -154,6 +185,19 @@ def plan_addons(
             inventory,
             f"the HelmChart of Gatekeeper {gatekeeper.version}",
         )
+        policies = policies_manifest(gatekeeper.policies) if gatekeeper.policies else None
+        if policies is not None or _written(inventory, configs, "addons/gatekeeper/policies"):
+            configure(
+                b,
+                "addons/gatekeeper/policies",
+                GATEKEEPER_POLICIES,
+                policies,
+                configs,
+                inventory,
+                "Gatekeeper's ConstraintTemplates and Constraints"
+                if policies is not None
+                else f"Gatekeeper's policies ({REMOVED_POLICIES})",
+            )
     elif gatekeeper is not None:
         where = "this node is a k3s agent" if managed else "k3s is not managed here"
         b.keep(
@@ -163,7 +207,17 @@ def plan_addons(
         )
     elif managed:
         # Only what agentd wrote (its inventory names it) is taken away again.
-        if "addons/gatekeeper" in inventory and configs.get(GATEKEEPER_MANIFEST) is not None:
+        if _written(inventory, configs, "addons/gatekeeper/policies"):
+            configure(
+                b,
+                "addons/gatekeeper/policies",
+                GATEKEEPER_POLICIES,
+                None,
+                configs,
+                inventory,
+                f"Gatekeeper's policies ({REMOVED_POLICIES})",
+            )
+        if _written(inventory, configs, "addons/gatekeeper"):
             configure(
                 b,
                 "addons/gatekeeper",
@@ -171,7 +225,7 @@ def plan_addons(
                 None,
                 configs,
                 inventory,
-                f"Gatekeeper (add-ons.gatekeeper is gone; {REMOVED_ADDON})",
+                f"Gatekeeper (addons.gatekeeper is gone; {REMOVED_ADDON})",
             )
         if chart_recorded is not None:
             _remove(b, "addons/gatekeeper/chart", chart_recorded, "Gatekeeper is no longer wanted")
@@ -237,7 +291,7 @@ def _plan_registries(
     registries = k3s.registries if k3s is not None else None
     if registries is not None:
         content: Optional[bytes] = registries_yaml(registries)
-    elif "k3s/registries" in inventory and configs.get(K3S_REGISTRIES) is not None:
+    elif _written(inventory, configs, "k3s/registries"):
         content = None  # agentd wrote it and it is no longer wanted
     else:
         return  # neither wanted nor written by agentd: nothing to say

@@ -11,13 +11,19 @@ from typing import Any
 import pytest
 import yaml
 
-from agentd.core.paths import GATEKEEPER_CHART, GATEKEEPER_MANIFEST, K3S_REGISTRIES
+from agentd.core.paths import (
+    GATEKEEPER_CHART,
+    GATEKEEPER_MANIFEST,
+    GATEKEEPER_POLICIES,
+    K3S_REGISTRIES,
+)
 from tests.scenarios import crashdriver
 from tests.support.mirror import MirrorServer
 from tests.support.node import Node
 from tests.support.standins import Mirror, desired_document, sha256_hex
 
 PASSWORD = "hunter2-registry-secret"
+GUIDE_POLICIES = Path(__file__).resolve().parents[2] / "fixtures/gatekeeper/policies/guide.yaml"
 
 
 @pytest.fixture
@@ -161,7 +167,13 @@ def test_removing_the_addon_removes_its_files_and_says_what_k3s_keeps(
         addons=_gatekeeper(mirror, mirror_dir, "3.15.1"),
         images=[{"name": "gatekeeper", "artifacts": {arch: image}}],
     )
+    policies = yaml.safe_load(GUIDE_POLICIES.read_text())
+    doc["addons"]["gatekeeper"]["policies"] = policies
     assert node.apply(doc).code == 0
+    written = list(yaml.safe_load_all(node.read(GATEKEEPER_POLICIES)))
+    assert [d["kind"] for d in written] == [p["kind"] for p in policies]
+    assert all(d["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "agentd" for d in written)
+    assert written[1]["spec"] == policies[1]["spec"]
     gone = _doc(mirror, mirror_index, mirror_dir, arch)
     gone["generation"] = 2
     res = node.apply(gone)
@@ -169,6 +181,8 @@ def test_removing_the_addon_removes_its_files_and_says_what_k3s_keeps(
     reasons = {a["component"]: a["reason"] for a in res.json()["actions"]}
     assert "leaves the HelmChart object in the cluster" in reasons["addons/gatekeeper"]
     assert "containerd keeps the images" in reasons["images/gatekeeper"]
+    assert "delete constrainttemplates" in reasons["addons/gatekeeper/policies"]
+    assert not node.path(GATEKEEPER_POLICIES).exists()
     assert not node.path(GATEKEEPER_MANIFEST).exists()
     assert not node.path(GATEKEEPER_CHART).exists()
     assert not node.path("/var/lib/rancher/k3s/agent/images/gatekeeper.tar").exists()

@@ -16,6 +16,7 @@ from agentd.core.components import (
 from agentd.core.paths import (
     CONTAINERD_TEMPLATES,
     GATEKEEPER_MANIFEST,
+    GATEKEEPER_POLICIES,
     K3S_CONFIG,
     K3S_REGISTRIES,
     RUNTIMECLASS_MANIFEST,
@@ -83,5 +84,6 @@ def test_the_managed_config_files_come_from_the_kinds() -> None:
         *CONTAINERD_TEMPLATES,
         K3S_REGISTRIES,
         GATEKEEPER_MANIFEST,
+        GATEKEEPER_POLICIES,
     }
     assert len(MANAGED_CONFIG_PATHS) == len(set(MANAGED_CONFIG_PATHS))

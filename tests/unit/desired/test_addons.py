@@ -8,8 +8,18 @@ from typing import Any
 
 import yaml
 
-from agentd.desired.addons import CONFIG_NOT_WRITTEN, NO_WASM_VALIDATION, schema_problems
-from agentd.desired.gatekeeper_chart import CONFIG_SPEC_SCHEMA, TOP_LEVEL_VALUES
+from agentd.desired.addons import (
+    CONFIG_NOT_WRITTEN,
+    NO_GATEKEEPER_KIND,
+    NO_WASM_VALIDATION,
+    schema_problems,
+)
+from agentd.desired.gatekeeper_chart import (
+    CONFIG_SPEC_SCHEMA,
+    KINDS,
+    TEMPLATE_SPEC_SCHEMA,
+    TOP_LEVEL_VALUES,
+)
 from agentd.desired.model import Gatekeeper
 from agentd.desired.validate import load_and_validate
 from agentd.plan.addons import helmchart_manifest, imports_while_running
@@ -127,7 +137,7 @@ def test_the_helmchart_matches_helm_controllers_crd() -> None:
 
 
 def _reduced(schema: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": schema["type"]}
+    out: dict[str, Any] = {"type": schema["type"]} if "type" in schema else {}
     if "properties" in schema:
         out["properties"] = {k: _reduced(v) for k, v in schema["properties"].items()}
     if "items" in schema:
@@ -140,6 +150,57 @@ def test_the_recorded_config_schema_is_the_real_crds() -> None:
     (version,) = crd["spec"]["versions"]
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert _reduced(spec) == CONFIG_SPEC_SCHEMA
+
+
+def test_the_recorded_template_schema_and_kinds_are_the_real_crds() -> None:
+    crd = yaml.safe_load(
+        (FIXTURES / "gatekeeper" / "constrainttemplate-crd-v3.15.1.yaml").read_text()
+    )
+    (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    assert _reduced(v1["schema"]["openAPIV3Schema"]["properties"]["spec"]) == TEMPLATE_SPEC_SCHEMA
+    assert crd["spec"]["names"]["kind"] in KINDS
+    assert "Gatekeeper" not in KINDS
+
+
+POLICIES = (FIXTURES / "gatekeeper" / "policies" / "guide.yaml").read_text()
+
+
+def _policies(text: str) -> str:
+    """`text` (a YAML list at column 0) as addons.gatekeeper.policies."""
+    body = "".join(f"      {line}\n" if line else "\n" for line in text.splitlines())
+    return "    policies:\n" + body
+
+
+def test_the_guides_policies_validate(tmp_path: Path) -> None:
+    assert _errors(tmp_path, values=_policies(POLICIES))[2] == []
+
+
+def test_policy_mistakes_are_refused_at_their_node(tmp_path: Path) -> None:
+    text = POLICIES.replace("metadata: {name: k8swasmruntimeclass}", "metadata: {name: wasm}")
+    text = text.replace("    enforcementAction: deny", "    action: deny")
+    text += "- {apiVersion: gatekeeper.sh/v1, kind: Gatekeeper, metadata: {name: gk}, spec: {}}\n"
+    path, doc, errors = _errors(tmp_path, values=_policies(text))
+    assert errors == [
+        f"{path}:{_at(doc, 'wasm}')}: a ConstraintTemplate's name is its kind in lowercase: "
+        "'k8swasmruntimeclass', not 'wasm'",
+        f"{path}:{_at(doc, 'deny')}: unknown field 'action' (known: match, enforcementAction, "
+        "parameters)",
+        f"{path}:{_at(doc, 'Gatekeeper,')}: {NO_GATEKEEPER_KIND}",
+    ]
+
+
+def test_a_constraint_needs_its_template(tmp_path: Path) -> None:
+    # The first template only, and a Constraint of a kind no template defines.
+    text = POLICIES.split("- apiVersion: constraints.gatekeeper.sh/v1beta1")[0]
+    text += (
+        "- {apiVersion: constraints.gatekeeper.sh/v1beta1, kind: K8sOther, metadata: {name: x}, "
+        "spec: {}}\n"
+    )
+    path, doc, errors = _errors(tmp_path, values=_policies(text))
+    assert errors == [
+        f"{path}:{_at(doc, 'K8sOther')}: no ConstraintTemplate among the policies defines kind "
+        "'K8sOther' (defined: K8sUntrustedRegistry)"
+    ]
 
 
 def test_the_guides_wasm_config_is_refused_with_what_config_has(tmp_path: Path) -> None:
