@@ -23,6 +23,7 @@ from tests.support.node import Node
 from tests.support.standins import Mirror, desired_document, sha256_hex
 
 PASSWORD = "hunter2-registry-secret"
+AUTH = "dXNlcjpodW50ZXIy"  # registries.yaml's base64 user:password
 GUIDE_POLICIES = Path(__file__).resolve().parents[2] / "fixtures/gatekeeper/policies/guide.yaml"
 
 
@@ -85,15 +86,23 @@ def test_apply_places_chart_helmchart_images_and_registries(
         "mirrors": {"docker.io": {"endpoint": ["https://registry.example:5000"]}},
         "configs": {"registry.example:5000": {"auth": {"username": "u", "password": PASSWORD}}},
     }
-    plan = node.agentd("plan", "--desired", str(node.desired(doc)), "--json")
+    doc["components"]["k3s"]["registries"]["configs"]["other.example"] = {"auth": {"auth": AUTH}}
+    plan = node.agentd("plan", "--desired", str(node.desired(doc)), "--json", "--explain")
     assert plan.code == 0, plan.stderr
     assert PASSWORD not in plan.stdout + plan.stderr
+    assert AUTH not in plan.stdout + plan.stderr
+    explained = {e["path"]: e["value"] for e in plan.json()["explain"]}
+    assert (
+        explained["components.k3s.registries.configs.registry.example:5000.auth.password"] == "***"
+    )
+    assert explained["components.k3s.registries.configs.registry.example:5000.auth.username"] == "u"
     diffs = {d["component"]: d["diff"] for d in plan.json()["diffs"]}
     assert "+      password: ***" in diffs["k3s/registries"]
     assert "+      username: u" in diffs["k3s/registries"]
     res = node.apply(doc)
     assert res.code == 0, res.stderr
     assert PASSWORD not in res.stdout + res.stderr
+    assert AUTH not in res.stdout + res.stderr
     done = _actions(res.json())
     for expected in [
         ("addons/gatekeeper/chart", "install"),
