@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from agentd.core.paths import (
     CONTAINERD_TEMPLATES,
     CRUN_BIN,
+    GATEKEEPER_CHART,
     GATEKEEPER_MANIFEST,
     GATEKEEPER_POLICIES,
     K3S_BIN,
     K3S_CONFIG,
+    K3S_IMAGES_DIR,
     K3S_REGISTRIES,
     K3S_UNITS,
     PLUGIN_DIR,
@@ -38,7 +40,8 @@ class ComponentKind:
     health-gated rollback; `libraries`: node-path globs whose files' stat feeds the no-op digest
     (what detection's answer depends on besides the binary);
     `configs`: the files agentd renders for it, compared by content; `secret`: they hold
-    credentials, so they are written mode 0600.
+    credentials, so they are written mode 0600; `placed`: a verified archive put in place as it
+    is (k3s reads it), whose recorded files are checked for presence before each plan.
     """
 
     name: str
@@ -50,6 +53,7 @@ class ComponentKind:
     libraries: tuple[str, ...] = ()
     configs: tuple[str, ...] = ()
     secret: bool = False
+    placed: bool = False
 
 
 K3S = ComponentKind("k3s", binary="k3s", installs_to=K3S_BIN, restarts_k3s=True, watched=True)
@@ -94,10 +98,12 @@ K3S_REGISTRIES_FILE = ComponentKind(
 # The HelmChart manifest (applied as it changes, like the RuntimeClasses) and the chart tarball
 # it names, which k3s serves from static/charts; the tarball is a checksummed artifact.
 GATEKEEPER_ADDON = ComponentKind("addons/gatekeeper", configs=(GATEKEEPER_MANIFEST,))
-GATEKEEPER_CHART_FILE = ComponentKind("addons/gatekeeper/chart")
+GATEKEEPER_CHART_FILE = ComponentKind(
+    "addons/gatekeeper/chart", placed=True, libraries=(GATEKEEPER_CHART,)
+)
 GATEKEEPER_POLICY_FILE = ComponentKind("addons/gatekeeper/policies", configs=(GATEKEEPER_POLICIES,))
 # One entry for every images/NAME: an airgap image tarball in agent/images.
-IMAGE = ComponentKind(IMAGE_PREFIX)
+IMAGE = ComponentKind(IMAGE_PREFIX, placed=True, libraries=(f"{K3S_IMAGES_DIR}/*",))
 
 KINDS = (
     K3S,

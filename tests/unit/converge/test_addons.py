@@ -135,6 +135,14 @@ def test_apply_places_chart_helmchart_images_and_registries(
     again = node.apply(doc)
     assert again.code == 0, again.stderr
     assert again.json()["actions"] == []
+    # An archive removed by hand is put back, and says why.
+    placed.unlink()
+    back = node.apply(doc)
+    assert back.code == 0, back.stderr
+    (action,) = back.json()["actions"]
+    assert action["component"] == "images/gatekeeper"
+    assert f"{placed.relative_to(node.root)} is missing".lstrip("/") in action["reason"]
+    assert sha256_hex(placed.read_bytes()) == image["sha256"]
     assert not list(node.root.rglob(".*agentd-*"))
 
 
