@@ -69,11 +69,6 @@ NO_WASM_VALIDATION = (
     "traces requests; it lists no Wasm modules (Gatekeeper 3.15 has no Wasm engine: policies "
     "are ConstraintTemplates in Rego, or CEL with the K8sNativeValidation engine)"
 )
-CONFIG_NOT_WRITTEN = (
-    "not supported yet: agentd checks this Config against Gatekeeper's CRD but does not write "
-    "it: k3s applies a manifest when its file changes, and the Config CRD exists only once the "
-    "chart is installed; apply it with `k3s kubectl apply` after the install"
-)
 _TYPES = {"string": str, "boolean": bool, "object": dict, "array": list, "integer": int}
 
 
@@ -247,8 +242,6 @@ def addon_problems(doc: Any, arch: Optional[str]) -> list[tuple[Loc, str, Severi
         base: Loc = ("addons", "gatekeeper", "config")
         found = schema_problems(gatekeeper.config, CONFIG_SPEC_SCHEMA, base)
         out += [(at, message, "error") for at, message in found]
-        if not found:
-            out.append((base, CONFIG_NOT_WRITTEN, "error"))
     if gatekeeper is not None:
         base = ("addons", "gatekeeper", "policies")
         out += [(at, msg, "error") for at, msg in policy_problems(gatekeeper.policies, base)]

@@ -92,9 +92,22 @@ def helmchart_manifest(gatekeeper: Gatekeeper) -> bytes:
     return (MANAGED_HEADER + yaml.safe_dump(doc, sort_keys=False)).encode()
 
 
-def policies_manifest(policies: list[Any]) -> bytes:
-    """The ConstraintTemplates and Constraints, labelled as agentd's, as one manifest file: k3s
-    applies it as it changes (and again, after failing, once Gatekeeper's CRDs exist)."""
+def policies_manifest(gatekeeper: Gatekeeper) -> Optional[bytes]:
+    """Gatekeeper's Config and the ConstraintTemplates and Constraints, labelled as agentd's, as
+    one manifest file (None: none of them); k3s applies it as it changes (and again, after
+    failing, once Gatekeeper's CRDs exist)."""
+    policies = list(gatekeeper.policies)
+    if gatekeeper.config is not None:
+        # Gatekeeper reads the one Config named "config" in its namespace (pkg/keys/config.go).
+        config = {
+            "apiVersion": "config.gatekeeper.sh/v1alpha1",
+            "kind": "Config",
+            "metadata": {"name": "config", "namespace": GATEKEEPER_NAMESPACE},
+            "spec": gatekeeper.config,
+        }
+        policies.insert(0, config)
+    if not policies:
+        return None
     docs = []
     for policy in policies:
         doc = dict(policy)
@@ -185,7 +198,7 @@ def plan_addons(
             inventory,
             f"the HelmChart of Gatekeeper {gatekeeper.version}",
         )
-        policies = policies_manifest(gatekeeper.policies) if gatekeeper.policies else None
+        policies = policies_manifest(gatekeeper)
         if policies is not None or _written(inventory, configs, "addons/gatekeeper/policies"):
             configure(
                 b,
@@ -194,7 +207,7 @@ def plan_addons(
                 policies,
                 configs,
                 inventory,
-                "Gatekeeper's ConstraintTemplates and Constraints"
+                "Gatekeeper's Config, ConstraintTemplates and Constraints"
                 if policies is not None
                 else f"Gatekeeper's policies ({REMOVED_POLICIES})",
             )

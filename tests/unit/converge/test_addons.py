@@ -186,8 +186,14 @@ def test_removing_the_addon_removes_its_files_and_says_what_k3s_keeps(
     )
     policies = yaml.safe_load(GUIDE_POLICIES.read_text())
     doc["addons"]["gatekeeper"]["policies"] = policies
+    # The guide's Config: Gatekeeper leaves k3s's own namespaces alone.
+    match = [{"excludedNamespaces": ["kube-system", "kube-public", "kube-node-lease"]}]
+    doc["addons"]["gatekeeper"]["config"] = {"match": match}
     assert node.apply(doc).code == 0
-    written = list(yaml.safe_load_all(node.read(GATEKEEPER_POLICIES)))
+    config, *written = yaml.safe_load_all(node.read(GATEKEEPER_POLICIES))
+    assert (config["kind"], config["metadata"]["name"]) == ("Config", "config")
+    assert config["metadata"]["namespace"] == "gatekeeper-system"
+    assert config["spec"] == {"match": match}
     assert [d["kind"] for d in written] == [p["kind"] for p in policies]
     assert all(d["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "agentd" for d in written)
     assert written[1]["spec"] == policies[1]["spec"]
