@@ -27,7 +27,7 @@ from agentd.desired.load import (
     settle_candidate,
     without_urls,
 )
-from agentd.facts.configs import read_configs
+from agentd.facts.configs import missing_placed, read_configs
 from agentd.settings.snapshot import AgentConfig, suspend_reason
 from agentd.sources.store import FleetStore
 from agentd.state.records import Noop, RunResult
@@ -111,7 +111,7 @@ def make_plan(
     if state is None:
         state = load_state(host.paths) or AgentState()
     # What a killed run was installing is installed again, whatever detection reads.
-    force = {**state.interrupted(), **(force or {})}
+    force = {**missing_placed(host.paths, state.inventory), **state.interrupted(), **(force or {})}
     facts = detect(host.paths, state.recorded_plugins())
     timings["detect"] = _ms(t0)
     t1 = time.perf_counter()

@@ -6,13 +6,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from agentd.cli.color import paint_plan
 from agentd.cli.exits import EXIT_CHANGES, EXIT_REFUSED, print_json, require_file
 from agentd.cli.main import agent_config
 from agentd.cli.output import format_plan, plan_legend
 from agentd.core.printable import printable
-from agentd.plan.filediff import config_diffs
+from agentd.plan.filediff import config_diffs, secret_key
 from agentd.run import make_plan
 from agentd.system.host import Host
 
@@ -33,6 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _shown(path: str, value: Any) -> Any:
+    from agentd.core.redact import MASK, redact_text  # noqa: PLC0415
+
+    if secret_key(path.rsplit(".", 1)[-1]) and value not in (None, ""):
+        return MASK
+    return redact_text(value) if isinstance(value, str) else value
+
+
 def handle(args: argparse.Namespace) -> int:
     require_file(args.desired, "--desired")
     planned = make_plan(Host.at(args.root), args.desired, config=agent_config(args))
@@ -50,14 +59,12 @@ def handle(args: argparse.Namespace) -> int:
         for w in planned.loaded.warnings:
             sys.stderr.write(printable(w) + "\n")
     if args.explain:
-        from agentd.core.redact import redact_text  # noqa: PLC0415
         from agentd.schema.yamlload import load_merged, provenance  # noqa: PLC0415
 
         merged = load_merged(planned.sources.files, planned.sources.names)
         doc["explain"] = [
-            # Values are shown as written, but a URL's credentials never are.
-            {"path": path, "value": redact_text(value) if isinstance(value, str) else value}
-            | {"from": str(pos)}
+            # Values are shown as written, but credentials never are (a URL's, registries').
+            {"path": path, "value": _shown(path, value)} | {"from": str(pos)}
             for path, value, pos in provenance(merged)
         ]
     if args.json:

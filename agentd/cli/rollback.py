@@ -10,7 +10,7 @@ from typing import Any
 
 from agentd.cli.exits import print_json
 from agentd.converge.rollback import rollback
-from agentd.core.components import KINDS, PLUGIN_PREFIX, restarts_k3s
+from agentd.core.components import KINDS, PREFIXES, restarts_k3s
 from agentd.core.errors import AgentError, RollbackError
 from agentd.state.holds import RollbackHold
 from agentd.state.records import RunResult
@@ -119,11 +119,11 @@ def _release(host: Host, args: argparse.Namespace) -> int:
 
 def _known_or_suggest(host: Host, state: AgentState, component: str) -> None:
     """A name agentd does not know (`crn`) is refused with the closest one it does (`crun`)."""
-    known = {kind.name for kind in KINDS if not kind.name.startswith(PLUGIN_PREFIX)}
+    known = {kind.name for kind in KINDS if kind.name not in PREFIXES}
     known |= set(state.inventory)
     if host.paths.kept_dir.is_dir():
         known |= {p.name.replace("__", "/") for p in host.paths.kept_dir.iterdir() if p.is_dir()}
-    if component in known or component.startswith(PLUGIN_PREFIX):
+    if component in known or component.startswith(PREFIXES):
         return
     close = difflib.get_close_matches(component, sorted(known), n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}? " if close else ""

@@ -8,7 +8,7 @@ from pathlib import Path
 from agentd.converge.archive import extract_tarball
 from agentd.converge.fetch import FetchResult
 from agentd.converge.undo import Op
-from agentd.core.components import PLUGIN_PREFIX
+from agentd.core.components import IMAGE_PREFIX, PLUGIN_PREFIX, secret
 from agentd.core.errors import ConvergeError
 from agentd.core.paths import (
     CRUN_BIN,
@@ -40,7 +40,8 @@ class Stager:
             assert action.target is not None
             if action.content is None:
                 return [Op("remove", action.target)]
-            return [Op("write", action.target, data=action.content, mode=0o644)]
+            mode = 0o600 if secret(c) else 0o644
+            return [Op("write", action.target, data=action.content, mode=mode)]
         if verb == "restart":
             return []
         if verb == "remove":
@@ -54,6 +55,8 @@ class Stager:
             return self._wasmedge(blob.path)
         if c.startswith(PLUGIN_PREFIX):
             return self._plugin(c[len(PLUGIN_PREFIX) :], blob.path)
+        if c.startswith(IMAGE_PREFIX) or c == "addons/gatekeeper/chart":
+            return self._placed(action, blob.path)
         raise ConvergeError(f"{c}: agentd does not know how to {verb} it")
 
     def _k3s(self, blob: Path) -> list[Op]:
@@ -116,6 +119,16 @@ class Stager:
         return [
             Op("copy", f"{PLUGIN_DIR}/{Path(m).name}", source=dest / m, mode=0o644) for m in libs
         ]
+
+    def _placed(self, action: Action, blob: Path) -> list[Op]:
+        """A verified archive k3s reads as it is (a chart, an image tarball), at the plan's
+        target; the one it replaces under another name (an image's new suffix) goes."""
+        assert action.target is not None
+        ops = [Op("copy", action.target, source=blob, mode=0o644)]
+        recorded = self.state.inventory.get(action.component)
+        if recorded:
+            ops += [Op("remove", p) for p in recorded.files if p != action.target]
+        return ops
 
     def replaced_by_package(self, action: Action) -> list[Op]:
         """What agentd installed from artifacts for a component its package now provides:

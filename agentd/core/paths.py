@@ -29,7 +29,17 @@ CRUN_WASM_RUNTIME = "crun-wasm"
 # so the probe still runs (and shows why) on a node whose wasm-runtime label was taken away.
 PROBE_RUNTIME_CLASS = "agentd-wasm-probe"
 K3S_CONFIG = "/etc/rancher/k3s/config.yaml"
-RUNTIMECLASS_MANIFEST = "/var/lib/rancher/k3s/server/manifests/agentd-runtimeclasses.yaml"
+K3S_MANIFESTS_DIR = "/var/lib/rancher/k3s/server/manifests"
+RUNTIMECLASS_MANIFEST = f"{K3S_MANIFESTS_DIR}/agentd-runtimeclasses.yaml"
+# Cluster add-ons (README "Cluster add-ons"): k3s serves static/charts itself at
+# https://%{KUBERNETES_API}%/static/charts/, imports agent/images into containerd, and reads
+# registries.yaml at start.
+K3S_REGISTRIES = "/etc/rancher/k3s/registries.yaml"
+K3S_STATIC_CHARTS = "/var/lib/rancher/k3s/server/static/charts"
+K3S_IMAGES_DIR = "/var/lib/rancher/k3s/agent/images"
+GATEKEEPER_MANIFEST = f"{K3S_MANIFESTS_DIR}/agentd-addon-gatekeeper.yaml"
+GATEKEEPER_POLICIES = f"{K3S_MANIFESTS_DIR}/agentd-addon-gatekeeper-policies.yaml"
+GATEKEEPER_CHART = f"{K3S_STATIC_CHARTS}/gatekeeper.tgz"
 CONTAINERD_DIR = "/var/lib/rancher/k3s/agent/etc/containerd"
 # containerd 1 reads the first template, containerd 2 (bundled with newer k3s) the second.
 CONTAINERD_TEMPLATES = (

@@ -18,6 +18,7 @@ from agentd.core.ociref import parse_reference
 from agentd.core.paths import PROBE_RUNTIME_CLASS
 from agentd.core.printable import unprintable
 from agentd.core.versions import compare, is_k3s_version, parse_constraint, parse_version
+from agentd.desired.addons import Registries, addon_problems
 from agentd.schema.types import (
     DnsLabel,
     DnsSubdomain,
@@ -133,6 +134,7 @@ class K3s(_Versioned):
     server: Optional[str] = None
     tokenFile: Optional[str] = None
     config: dict[str, Any] = Field(default_factory=dict)
+    registries: Optional[Registries] = None
 
     @field_validator("server")
     @classmethod
@@ -173,6 +175,31 @@ class RuntimeClass(StrictModel):
     nodeSelector: Labels = Field(default_factory=dict)
 
 
+class Gatekeeper(StrictModel):
+    """OPA Gatekeeper, installed by k3s's helm-controller from a chart k3s serves itself."""
+
+    version: str = Field(min_length=1)  # the chart's version
+    chart: Artifact
+    values: dict[str, Any] = Field(default_factory=dict)
+    # The spec of Gatekeeper's Config (config.gatekeeper.sh/v1alpha1), checked against its CRD.
+    config: Optional[dict[str, Any]] = None
+    # ConstraintTemplates and Constraints, written to the manifests directory once checked.
+    policies: list[Any] = Field(default_factory=list)
+
+    _check_version = field_validator("version", mode="before")(_version_string)
+
+
+class Addons(StrictModel):
+    gatekeeper: Optional[Gatekeeper] = None
+
+
+class Image(StrictModel):
+    """An airgap image tarball for k3s to import into containerd."""
+
+    name: SafeName
+    artifacts: Artifacts = Field(default_factory=dict)
+
+
 class Selector(StrictModel):
     """Which nodes a document or an override is for; every field given must match."""
 
@@ -211,6 +238,8 @@ class DesiredState(StrictModel):
     selector: Optional[Selector] = None
     components: Components = Field(default_factory=Components)
     runtimeClasses: list[RuntimeClass] = Field(default_factory=list)
+    addons: Optional[Addons] = None
+    images: list[Image] = Field(default_factory=list)
     maintenanceWindow: Optional[MaintenanceWindowSpec] = None
     overrides: list[Override] = Field(default_factory=list)
 
@@ -306,6 +335,8 @@ def sanity_problems(doc: DesiredState, arch: str | None) -> list[Problem]:
                     "warning",
                 )
             )
+    node_arch = arch if arch in ARCHES else None
+    problems.extend(Problem(loc, msg, sev) for loc, msg, sev in addon_problems(doc, node_arch))
     return problems
 
 

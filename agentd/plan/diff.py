@@ -8,6 +8,7 @@ from typing import Optional
 from agentd.core.paths import K3S_BIN
 from agentd.desired.model import DesiredState
 from agentd.facts.model import Facts
+from agentd.plan.addons import plan_addons
 from agentd.plan.binaries import plan_binary, plan_crun
 from agentd.plan.draft import ConfigContents, Draft, found_note
 from agentd.plan.k3s_files import k3s_unit_on_node, plan_k3s_files, plan_restart
@@ -46,5 +47,7 @@ def plan(
         b.keep("k3s", "not in the desired state" + found_note(k3s_found))
 
     plan_k3s_files(b, desired, k3s_found, crun_path, configs, inventory)
+    k3s_version = comps.k3s.version if comps.k3s is not None else k3s_found.version
+    plan_addons(b, desired, k3s_version, configs, inventory)
     plan_restart(b, desired, k3s_found)
     return b.plan(desired.generation)

@@ -18,17 +18,19 @@ _ASSIGNED = re.compile(
 _FLAG = re.compile(r"(?P<key>--?[A-Za-z0-9_.-]+)(?P<sep>\s+)(?P<value>[^\s-][^\s]*)")
 
 
-def _secret_key(key: str) -> bool:
+def secret_key(key: str) -> bool:
+    """Whether a config key's value is a credential (masked wherever it is shown)."""
     name = key.lstrip("-").lower()
     # A file's or directory's path is not its content: `token-file: /etc/...` stays readable.
     if name.endswith(("file", "path", "dir")):
         return False
-    return is_secret_param(name) or name.endswith(("-key", "_key", ".key"))
+    # registries.yaml's `auth` is base64 of user:password.
+    return is_secret_param(name) or name.endswith(("-key", "_key", ".key")) or name == "auth"
 
 
 def _mask(match: re.Match[str]) -> str:
     key, sep, value = match.group("key", "sep", "value")
-    if not _secret_key(key):
+    if not secret_key(key):
         # `Environment=K3S_TOKEN=...`: the value may be an assignment of its own.
         return key + sep + _ASSIGNED.sub(_mask, value)
     quote = value[0] if value[:1] in ("'", '"') else ""

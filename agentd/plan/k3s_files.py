@@ -19,6 +19,10 @@ from agentd.plan.draft import ConfigContents, Draft
 from agentd.plan.model import Action
 from agentd.state.inventory import InventoryEntry
 
+# The changes a k3s restart is planned for: what k3s reads only at start (and crun appearing or
+# going, which the containerd template names).
+RESTART_CAUSES = ("k3s", "k3s/config", "k3s/unit", "k3s/containerd", "k3s/registries")
+
 
 def k3s_unit_on_node(role: str, configs: ConfigContents) -> str:
     """The k3s unit this node has: the desired role's if its file exists, else the other's."""
@@ -40,7 +44,7 @@ def _written_by_agentd(
     return recorded is not None and target in recorded.files
 
 
-def _configure(
+def configure(
     b: Draft,
     component: str,
     target: str,
@@ -49,6 +53,7 @@ def _configure(
     inventory: Mapping[str, InventoryEntry],
     what: str,
 ) -> bool:
+    """Plan writing `content` (None: removing) to `target` if it is not there already."""
     current = configs.get(target)
     status = f"{target} is up to date" if content else f"{target} is absent"
     if current == content and component not in b.force:
@@ -84,9 +89,9 @@ def plan_k3s_files(
     k3s_present = managed or (k3s_found.installed and not removing)
     if managed and k3s is not None:
         config = render.k3s_config(k3s)
-        _configure(b, "k3s/config", K3S_CONFIG, config, configs, inventory, "the k3s config")
+        configure(b, "k3s/config", K3S_CONFIG, config, configs, inventory, "the k3s config")
         unit = render.k3s_unit_name(k3s.role)
-        _configure(
+        configure(
             b,
             "k3s/unit",
             f"{SYSTEMD_DIR}/{unit}",
@@ -103,7 +108,7 @@ def plan_k3s_files(
             b.keep(component, f"k3s has state: absent; {target} {there}")
     if k3s_present and k3s_version and crun_path is not None:
         template = render.containerd_template(k3s_version, crun_path)
-        _configure(
+        configure(
             b,
             "k3s/containerd",
             render.containerd_template_path(k3s_version),
@@ -121,15 +126,13 @@ def plan_k3s_files(
         for target in CONTAINERD_TEMPLATES:
             current = configs.get(target)
             if current is not None and current.startswith(render.MANAGED_HEADER.encode()):
-                _configure(
-                    b, "k3s/containerd", target, None, configs, inventory, "the crun runtime"
-                )
+                configure(b, "k3s/containerd", target, None, configs, inventory, "the crun runtime")
     manifest = RUNTIMECLASS_MANIFEST
     if managed and k3s is not None and k3s.role == "server":
         content = (
             render.runtimeclass_manifest(desired.runtimeClasses) if desired.runtimeClasses else None
         )
-        _configure(
+        configure(
             b, "k3s/runtimeclasses", manifest, content, configs, inventory, "the RuntimeClasses"
         )
     elif desired.runtimeClasses and removing:
@@ -149,7 +152,7 @@ def plan_restart(b: Draft, desired: DesiredState, k3s_found: ComponentFacts) -> 
     causes = [
         f"{a.component} {a.action}"
         for a in b.actions
-        if a.component in ("k3s", "k3s/config", "k3s/unit", "k3s/containerd")
+        if a.component in RESTART_CAUSES
         or (a.component == "crun" and a.action in ("install", "remove"))
     ]
     if not will_run:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Optional
 
 from agentd.core.components import PLUGIN_PREFIX
 from agentd.plan import policy
+from agentd.plan.k3s_files import RESTART_CAUSES
 from agentd.plan.model import Action, Plan
 from agentd.state.holds import RollbackHold
 from agentd.state.store import AgentState
@@ -22,8 +23,6 @@ if TYPE_CHECKING:
 WHOLE_RUN = ("generation", "suspended")
 # What a file absent before a change is hashed as (RollbackHold.away_sha256).
 ABSENT = "absent"
-# The changes the k3s restart is planned for (agentd.plan.k3s_files.plan_restart).
-_RESTART_CAUSES = ("k3s", "k3s/config", "k3s/unit", "k3s/containerd")
 
 
 @dataclass(frozen=True)
@@ -190,7 +189,7 @@ def _without_idle_restart(kept: Plan, planned: Plan) -> Plan:
     causes = [
         f"{a.component} {a.action}"
         for a in kept.actions
-        if (a.component in _RESTART_CAUSES and a.action != "restart")
+        if (a.component in RESTART_CAUSES and a.action != "restart")
         or (a.component == "crun" and a.action in ("install", "remove"))
     ]
     actions = []

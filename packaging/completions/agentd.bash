@@ -32,8 +32,8 @@ _agentd() {
         check) COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color --json --act" -- "$cur")) ;;
         pull) COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color --json --wait" -- "$cur")) ;;
         status) COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color --json" -- "$cur")) ;;
-        rollback) if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color --release --wait --json" -- "$cur")); else COMPREPLY=($(compgen -W "k3s crun wasmedge k3s/config k3s/unit k3s/containerd k3s/runtimeclasses" -- "$cur")); fi ;;
-        ratchet) if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color" -- "$cur")); else COMPREPLY=($(compgen -W "k3s crun wasmedge k3s/config k3s/unit k3s/containerd k3s/runtimeclasses" -- "$cur")); fi ;;
+        rollback) if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color --release --wait --json" -- "$cur")); else COMPREPLY=($(compgen -W "k3s crun wasmedge k3s/config k3s/unit k3s/containerd k3s/runtimeclasses k3s/registries addons/gatekeeper addons/gatekeeper/chart addons/gatekeeper/policies" -- "$cur")); fi ;;
+        ratchet) if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color" -- "$cur")); else COMPREPLY=($(compgen -W "k3s crun wasmedge k3s/config k3s/unit k3s/containerd k3s/runtimeclasses k3s/registries addons/gatekeeper addons/gatekeeper/chart addons/gatekeeper/policies" -- "$cur")); fi ;;
         run) COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color" -- "$cur")) ;;
         settings) COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color --json" -- "$cur")) ;;
         schema) COMPREPLY=($(compgen -W "-h --help --root --settings --log-format -v --verbose --color --json" -- "$cur")) ;;

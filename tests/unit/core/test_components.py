@@ -13,7 +13,14 @@ from agentd.core.components import (
     restarts_k3s,
     watched,
 )
-from agentd.core.paths import CONTAINERD_TEMPLATES, K3S_CONFIG, RUNTIMECLASS_MANIFEST
+from agentd.core.paths import (
+    CONTAINERD_TEMPLATES,
+    GATEKEEPER_MANIFEST,
+    GATEKEEPER_POLICIES,
+    K3S_CONFIG,
+    K3S_REGISTRIES,
+    RUNTIMECLASS_MANIFEST,
+)
 from agentd.facts.detect import VERSION_READERS
 from agentd.facts.model import COMPONENTS
 
@@ -40,9 +47,19 @@ def test_plugins_are_one_kind_under_a_prefix() -> None:
 
 def test_what_restarts_k3s() -> None:
     # k3s reads its binary, crun on its PATH, its config, its unit and the containerd template
-    # at start; WasmEdge and plugins are loaded by crun per container; manifests are applied live.
+    # at start, and registries.yaml; WasmEdge and plugins are loaded by crun per container;
+    # manifests are applied live and agent/images imported (or at the next start).
     restarting = {kind.name for kind in KINDS if kind.restarts_k3s}
-    assert restarting == {"k3s", "crun", "k3s/config", "k3s/unit", "k3s/containerd"}
+    assert restarting == {
+        "k3s",
+        "crun",
+        "k3s/config",
+        "k3s/unit",
+        "k3s/containerd",
+        "k3s/registries",
+    }
+    assert not restarts_k3s("images/gatekeeper")
+    assert not restarts_k3s("addons/gatekeeper")
     assert not restarts_k3s("wasmedge/plugins/wasi_crypto")
     assert not restarts_k3s("no-such-component")
 
@@ -65,5 +82,8 @@ def test_the_managed_config_files_come_from_the_kinds() -> None:
         "/etc/systemd/system/k3s.service",
         "/etc/systemd/system/k3s-agent.service",
         *CONTAINERD_TEMPLATES,
+        K3S_REGISTRIES,
+        GATEKEEPER_MANIFEST,
+        GATEKEEPER_POLICIES,
     }
     assert len(MANAGED_CONFIG_PATHS) == len(set(MANAGED_CONFIG_PATHS))

@@ -166,8 +166,8 @@ def test_unknown_top_level_key_points_at_the_key(tmp_path: Path) -> None:
     path, report = _check(tmp_path, text)
     assert report.errors == [
         f"{path}:3:1: unknown field 'colour' "
-        "(known: apiVersion, kind, generation, selector, components, runtimeClasses, "
-        "maintenanceWindow, overrides)"
+        "(known: apiVersion, kind, generation, selector, components, runtimeClasses, addons, "
+        "images, maintenanceWindow, overrides)"
     ]
     assert report.state is None
 
@@ -185,7 +185,7 @@ def test_unknown_field_suggests_the_close_one(tmp_path: Path) -> None:
     path, report = _check(tmp_path, text)
     assert report.errors == [
         f"{path}:{_at(text, 'tokenfile')}: unknown field 'tokenfile' (did you mean 'tokenFile'? "
-        "known: state, version, artifacts, role, server, tokenFile, config)"
+        "known: state, version, artifacts, role, server, tokenFile, config, registries)"
     ]
 
 
@@ -289,7 +289,7 @@ def test_several_errors_are_all_reported_in_order(tmp_path: Path) -> None:
         f"{path}:1:13: apiVersion: Input should be 'agentd/v1'",
         f"{path}:3:13: generation: Input should be greater than or equal to 0",
         f"{path}:{_at(text, 'colour')}: unknown field 'colour' (known: state, version, "
-        "artifacts, role, server, tokenFile, config)",
+        "artifacts, role, server, tokenFile, config, registries)",
         f"{path}:{_quoted(text, '0' * 63)}: sha256: must be 64 lowercase hexadecimal digits "
         "(got 63 characters)",
     ]
