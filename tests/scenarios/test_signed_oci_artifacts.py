@@ -4,7 +4,8 @@ apply` only when cosign's `sha256-<digest>.sig` manifest verifies with a configu
 
 For every fault (another key, the tag moved after signing with the old signature copied to the
 new manifest, the tag moved with no signature, no signature at all, a tampered signature
-annotation): nothing is installed and the error names the reference and the cause.
+annotation, a signature tag without a signature layer, an oversized payload): nothing is
+installed and the error names the reference and the cause.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = ["converged_root", "registry", "scene"]  # fixtures, shared with test_
 KEY = "/etc/wasm-edge/keys/release.pub"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,13 @@ class Signer:
     binary: Path
     home: Path
 
-    def sign(self, who: str, image: str) -> None:
+    def sign(self, who: str, image: str, home: Optional[Path] = None) -> None:
+        """`cosign sign`; `home`: where its ~/.docker/config.json (the registry login) is."""
         run_cosign(
             self.binary,
             *("sign", "--key", str(self.home / who / "cosign.key"), "--tlog-upload=false"),
             *("--allow-http-registry", "--allow-insecure-registry", image),
-            cwd=self.home,
+            cwd=home or self.home,
         )
 
 
@@ -69,18 +72,27 @@ def signer(tmp_path_factory: pytest.TempPathFactory) -> Signer:
     return Signer(binary, d)
 
 
-def settings(scene: Scene, signer: Signer, host: str, required: Optional[bool]) -> None:
+def settings(
+    scene: Scene,
+    signer: Signer,
+    host: str,
+    required: Optional[bool],
+    auth: Optional[dict[str, str]] = None,
+) -> None:
     key = scene.node.path(KEY)
     key.parent.mkdir(parents=True, exist_ok=True)
     key.write_bytes((signer.home / "a" / "cosign.pub").read_bytes())
     verify: dict[str, Any] = {"cosign": {"publicKeys": [KEY]}}
     if required is not None:
         verify["required"] = required
+    registries: dict[str, Any] = {"mirrors": {host: {"endpoint": [f"http://{host}"]}}}
+    if auth is not None:
+        registries["configs"] = {host: {"auth": auth}}
     write_yaml(
         scene.node.path("/etc/wasm-edge/agentd.yaml"),
         {
             "downloads": {"timeout": "5s", "attempts": 1, "backoff": "0.1s", "verify": verify},
-            "registries": {"mirrors": {host: {"endpoint": [f"http://{host}"]}}},
+            "registries": registries,
         },
     )
 
@@ -141,6 +153,34 @@ def test_a_cosign_signed_oci_artifact_is_installed_and_its_key_shown(
     assert f"signature verified by {signed_by}" in line, line
 
 
+def test_the_signature_is_read_with_the_registrys_bearer_token(
+    scene: Scene, tmp_path: Path, signer: Signer
+) -> None:
+    """A registry with token auth: the signature manifest and payload are asked for with the
+    token the artifact's manifest got (its repository's pull scope); no secret is shown."""
+    with Registry(tmp_path / "registry-token", "token") as r:
+        assert r.tokens is not None
+        file, sha = crun(scene, "1.15")
+        digest = r.push("wasm/crun:1.15", file)
+        home = tmp_path / "cosign-home"
+        (home / ".docker").mkdir(parents=True)
+        login = base64.b64encode(f"{r.user}:{r.password}".encode()).decode()
+        config = home / ".docker" / "config.json"
+        config.write_text(json.dumps({"auths": {r.host: {"auth": login}}}))
+        config.chmod(0o600)
+        signer.sign("a", f"{r.host}/wasm/crun@{digest}", home)
+        auth = {"username": r.user, "password": r.password}
+        settings(scene, signer, r.host, required=True, auth=auth)
+        res = scene.node.apply(upgrade(scene, f"oci://{r.host}/wasm/crun:1.15", sha))
+        assert res.code == 0, res.stderr
+        assert scene.node.version_of("/usr/local/bin/crun") == "crun version 1.15"
+        signed_by = scene.node.state()["inventory"]["crun"]["signedBy"]
+        assert signed_by.startswith(f"cosign {KEY} (sha256:"), signed_by
+        for text in (res.stdout, res.stderr, scene.node.read(STATE)):
+            assert r.password not in text
+            assert "Bearer " not in text
+
+
 @dataclass(frozen=True)
 class Fault:
     name: str
@@ -155,6 +195,9 @@ FAULTS = [
     Fault("moved", "not signed (no sha256-"),
     Fault("unsigned", "not signed (no sha256-"),
     Fault("tampered-annotation", "tampered, truncated, or signed by another key", required=False),
+    # Not cosign's: the artifact's own manifest under the signature tag; a 70 KiB "payload".
+    Fault("no-signature-layer", "holds no cosign signature layer", required=False),
+    Fault("oversized-payload", "is over 65536 bytes", required=False),
 ]
 
 
@@ -177,6 +220,12 @@ def test_a_bad_or_missing_oci_signature_installs_nothing(
         digest = moved
     elif fault.name == "tampered-annotation":
         tamper_annotation(registry, sig_tag(digest))
+    elif fault.name == "no-signature-layer":
+        retag(registry, "crun:1.15", sig_tag(digest))
+    elif fault.name == "oversized-payload":
+        big = registry.root / "payload.json"
+        big.write_bytes(b'{"critical": {}, "pad": "' + b"x" * (70 << 10) + b'"}')
+        registry.push(f"crun:{sig_tag(digest)}", big, media_type=SIMPLE_SIGNING)
     settings(scene, signer, host, fault.required)
     before = tree_hash(scene.node, but="/etc/wasm-edge/agentd.yaml")
     ref = f"oci://{host}/crun:1.15"
