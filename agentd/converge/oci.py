@@ -6,7 +6,7 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 from urllib.parse import urlsplit
@@ -289,10 +289,10 @@ def _artifact_manifest(
     sha256: str,
     timeout: float,
     progress: Optional[Callable[[], None]],
-) -> Iterator[tuple[_Client, Reference, str]]:
-    """Each endpoint whose manifest of `url` has the layer `sha256`, as a client, the
-    reference and that manifest's digest; every endpoint's failure is in the error when the
-    caller is done with none."""
+) -> tuple[_Client, Reference, str]:
+    """The first endpoint whose manifest of `url` has the layer `sha256`, as a client (with the
+    token it got), the reference and that manifest's digest; every endpoint's failure is in
+    the error when none has it."""
     try:
         ref = parse_reference(url)
     except ValueError as exc:
@@ -306,11 +306,11 @@ def _artifact_manifest(
         try:
             body, media_type, digest = _manifest(client, ref)
             _layer(body, media_type, ref, sha256)
-            yield client, ref, digest
-            return
         except OciError as exc:
             failures.append(f"{endpoint.masked}: {client.mask(str(exc))}")
             transient = transient or exc.transient
+            continue
+        return client, ref, digest
     # Transient only if some endpoint may answer better later; a refusal everywhere is final.
     raise OciError("; ".join(failures), transient=transient)
 
@@ -324,11 +324,9 @@ def resolve(
 ) -> Blob:
     """The blob of `url` whose digest is `sha256`, from the first endpoint that has it in the
     manifest; every endpoint's failure is in the error when none does."""
-    for client, ref, _ in _artifact_manifest(registries, url, sha256, timeout, progress):
-        endpoint = client.endpoint
-        blob_url = f"{endpoint.base}/v2/{ref.repository}/blobs/sha256:{sha256}"
-        return Blob(blob_url, endpoint, client.headers())
-    raise AssertionError("unreachable")  # pragma: no cover (the generator raises)
+    client, ref, _ = _artifact_manifest(registries, url, sha256, timeout, progress)
+    blob_url = f"{client.endpoint.base}/v2/{ref.repository}/blobs/sha256:{sha256}"
+    return Blob(blob_url, client.endpoint, client.headers())
 
 
 @dataclass(frozen=True)
@@ -376,20 +374,19 @@ def cosign_signatures(
 ) -> CosignSignatures:
     """The cosign signatures of the artifact `url` (its layer `sha256`), read from the endpoint
     that serves its manifest with that endpoint's auth and TLS; payloads bounded by `limit`."""
-    for client, ref, digest in _artifact_manifest(registries, url, sha256, timeout, None):
-        tag = digest.replace(":", "-", 1) + ".sig"
+    client, ref, digest = _artifact_manifest(registries, url, sha256, timeout, None)
+    tag = digest.replace(":", "-", 1) + ".sig"
+    try:
+        accept = f"{_OCI_MANIFEST}, {_DOCKER_MANIFEST}"
+        resp = client.get(f"manifests/{tag}", {"Accept": accept})
+        if resp.status_code == 404:
+            resp.close()
+            return CosignSignatures(digest, tag, found=False)
+        sig_ref = Reference(ref.registry, ref.repository, tag, None)
+        # A signature manifest is a layer or a few per signature: small, like its payloads.
+        body, _, _ = _manifest_of(resp, sig_ref, limit)
+        layers = _signature_layers(client, _parsed(body, sig_ref), limit)
+    except OciError as exc:
         where = f"{client.endpoint.masked}: the signature {tag}"
-        try:
-            accept = f"{_OCI_MANIFEST}, {_DOCKER_MANIFEST}"
-            resp = client.get(f"manifests/{tag}", {"Accept": accept})
-            if resp.status_code == 404:
-                resp.close()
-                return CosignSignatures(digest, tag, found=False)
-            sig_ref = Reference(ref.registry, ref.repository, tag, None)
-            # A signature manifest is a layer or a few per signature: small, like its payloads.
-            body, _, _ = _manifest_of(resp, sig_ref, limit)
-            layers = _signature_layers(client, _parsed(body, sig_ref), limit)
-        except OciError as exc:
-            raise OciError(f"{where}: {client.mask(str(exc))}", transient=exc.transient) from None
-        return CosignSignatures(digest, tag, found=True, layers=layers)
-    raise AssertionError("unreachable")  # pragma: no cover (the generator raises)
+        raise OciError(f"{where}: {client.mask(str(exc))}", transient=exc.transient) from None
+    return CosignSignatures(digest, tag, found=True, layers=layers)

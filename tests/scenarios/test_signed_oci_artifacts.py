@@ -4,8 +4,8 @@ apply` only when cosign's `sha256-<digest>.sig` manifest verifies with a configu
 
 For every fault (another key, the tag moved after signing with the old signature copied to the
 new manifest, the tag moved with no signature, no signature at all, a tampered signature
-annotation, a signature tag without a signature layer, an oversized payload): nothing is
-installed and the error names the reference and the cause.
+annotation, a signature tag without a signature layer, an oversized payload, a lost payload):
+nothing is installed and the error names the reference and the cause.
 """
 
 from __future__ import annotations
@@ -106,20 +106,26 @@ def retag(registry: Registry, source: str, tag: str) -> None:
     )  # fmt: skip
 
 
-def tamper_annotation(registry: Registry, tag: str) -> None:
-    """The signature manifest at `tag` put back with its signature's last byte flipped."""
-    url = f"http://{registry.host}"
+def signature_manifest(registry: Registry, tag: str) -> dict[str, Any]:
     got = requests.get(
-        f"{url}/v2/crun/manifests/{tag}", headers={"Accept": OCI_MANIFEST}, timeout=10
+        f"http://{registry.host}/v2/crun/manifests/{tag}",
+        headers={"Accept": OCI_MANIFEST},
+        timeout=10,
     )
     got.raise_for_status()
-    manifest = got.json()
+    manifest: dict[str, Any] = got.json()
+    return manifest
+
+
+def tamper_annotation(registry: Registry, tag: str) -> None:
+    """The signature manifest at `tag` put back with its signature's last byte flipped."""
+    manifest = signature_manifest(registry, tag)
     annotations = manifest["layers"][0]["annotations"]
     raw = bytearray(base64.b64decode(annotations[SIGNATURE_ANNOTATION]))
     raw[-1] ^= 0x01
     annotations[SIGNATURE_ANNOTATION] = base64.b64encode(bytes(raw)).decode()
     put = requests.put(
-        f"{url}/v2/crun/manifests/{tag}",
+        f"http://{registry.host}/v2/crun/manifests/{tag}",
         data=json.dumps(manifest).encode(),
         headers={"Content-Type": OCI_MANIFEST},
         timeout=10,
@@ -198,6 +204,7 @@ FAULTS = [
     # Not cosign's: the artifact's own manifest under the signature tag; a 70 KiB "payload".
     Fault("no-signature-layer", "holds no cosign signature layer", required=False),
     Fault("oversized-payload", "is over 65536 bytes", required=False),
+    Fault("lost-payload", "is not in the registry", required=False),
 ]
 
 
@@ -220,6 +227,12 @@ def test_a_bad_or_missing_oci_signature_installs_nothing(
         digest = moved
     elif fault.name == "tampered-annotation":
         tamper_annotation(registry, sig_tag(digest))
+    elif fault.name == "lost-payload":
+        payload = signature_manifest(registry, sig_tag(digest))["layers"][0]["digest"]
+        registry.blob_path(payload).unlink()
+        fault = Fault(
+            fault.name, f"HTTP 404: the signature payload {payload} {fault.cause}", fault.required
+        )
     elif fault.name == "no-signature-layer":
         retag(registry, "crun:1.15", sig_tag(digest))
     elif fault.name == "oversized-payload":
