@@ -174,7 +174,12 @@ def _converge(
                 if policy is not None:
                     # After the sha256, before staging: a refused artifact changes nothing.
                     step.signed_by = check_signature(
-                        policy, art.url, art.sha256, timeout=timeout, tls_verify=tls_verify
+                        policy,
+                        art.url,
+                        art.sha256,
+                        timeout=timeout,
+                        tls_verify=tls_verify,
+                        registries=cache.registries,
                     )
             except Cancelled:
                 raise

@@ -25,6 +25,11 @@ _ACCEPT = f"{_OCI_MANIFEST}, {_DOCKER_MANIFEST}, {_OCI_INDEX}"
 MAX_MANIFEST_BYTES = 4 << 20  # the distribution registry's own limit for a manifest
 
 _CHALLENGE_PARAM_RE = re.compile(r'(\w+)="([^"]*)"')
+_BLOB_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+# cosign's image signatures (`cosign sign`): a layer per signature in the manifest tagged
+# `sha256-<hex>.sig` beside the signed one, the payload its blob, the signature an annotation.
+SIMPLE_SIGNING_LAYER = "application/vnd.dev.cosign.simplesigning.v1+json"
+SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 
 
 class OciError(Exception):
@@ -229,13 +234,19 @@ def _status(resp: Any, what: str) -> None:
     raise OciError(f"HTTP {code} for {what}", transient=code >= 500 or code in (408, 429))
 
 
-def _manifest(client: _Client, ref: Reference) -> tuple[bytes, str]:
-    resp = client.get(f"manifests/{ref.ref}", {"Accept": _ACCEPT})
+def _manifest(client: _Client, ref: Reference) -> tuple[bytes, str, str]:
+    """The manifest's bytes, media type and digest."""
+    return _manifest_of(client.get(f"manifests/{ref.ref}", {"Accept": _ACCEPT}), ref)
+
+
+def _manifest_of(
+    resp: Any, ref: Reference, limit: int = MAX_MANIFEST_BYTES
+) -> tuple[bytes, str, str]:
     _status(resp, f"the manifest of {ref.ref}")
     with resp:
-        body = resp.raw.read(MAX_MANIFEST_BYTES + 1, decode_content=True)
-    if len(body) > MAX_MANIFEST_BYTES:
-        raise OciError(f"the manifest of {ref.ref} is over {MAX_MANIFEST_BYTES} bytes")
+        body = resp.raw.read(limit + 1, decode_content=True)
+    if len(body) > limit:
+        raise OciError(f"the manifest of {ref.ref} is over {limit} bytes")
     digest = "sha256:" + hashlib.sha256(body).hexdigest()
     if ref.digest is not None and digest != ref.digest:
         if ref.tag is not None:
@@ -244,16 +255,21 @@ def _manifest(client: _Client, ref: Reference) -> tuple[bytes, str]:
                 f"{ref.digest}"
             )
         raise OciError(f"the registry's manifest has digest {digest}, not the pinned {ref.digest}")
-    return body, str(resp.headers.get("Content-Type", "")).split(";")[0].strip()
+    return body, str(resp.headers.get("Content-Type", "")).split(";")[0].strip(), digest
 
 
-def _layer(body: bytes, media_type: str, ref: Reference, sha256: str) -> None:
+def _parsed(body: bytes, ref: Reference) -> dict[str, Any]:
     try:
         manifest = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise OciError(f"the manifest of {ref.ref} is not JSON") from None
     if not isinstance(manifest, dict):
         raise OciError(f"the manifest of {ref.ref} is not a JSON object")
+    return manifest
+
+
+def _layer(body: bytes, media_type: str, ref: Reference, sha256: str) -> None:
+    manifest = _parsed(body, ref)
     kind = manifest.get("mediaType") or media_type
     if kind == _OCI_INDEX or "manifests" in manifest:
         raise OciError(
@@ -267,15 +283,16 @@ def _layer(body: bytes, media_type: str, ref: Reference, sha256: str) -> None:
         raise OciError(f"the manifest of {ref.ref} has no layer {wanted}")
 
 
-def resolve(
+def _artifact_manifest(
     registries: Registries,
     url: str,
     sha256: str,
     timeout: float,
-    progress: Optional[Callable[[], None]] = None,
-) -> Blob:
-    """The blob of `url` whose digest is `sha256`, from the first endpoint that has it in the
-    manifest; every endpoint's failure is in the error when none does."""
+    progress: Optional[Callable[[], None]],
+) -> tuple[_Client, Reference, str]:
+    """The first endpoint whose manifest of `url` has the layer `sha256`, as a client (with the
+    token it got), the reference and that manifest's digest; every endpoint's failure is in
+    the error when none has it."""
     try:
         ref = parse_reference(url)
     except ValueError as exc:
@@ -287,13 +304,89 @@ def resolve(
             progress()
         client = _Client(endpoint, ref.repository, timeout)
         try:
-            body, media_type = _manifest(client, ref)
+            body, media_type, digest = _manifest(client, ref)
             _layer(body, media_type, ref, sha256)
         except OciError as exc:
             failures.append(f"{endpoint.masked}: {client.mask(str(exc))}")
             transient = transient or exc.transient
             continue
-        blob_url = f"{endpoint.base}/v2/{ref.repository}/blobs/sha256:{sha256}"
-        return Blob(blob_url, endpoint, client.headers())
+        return client, ref, digest
     # Transient only if some endpoint may answer better later; a refusal everywhere is final.
     raise OciError("; ".join(failures), transient=transient)
+
+
+def resolve(
+    registries: Registries,
+    url: str,
+    sha256: str,
+    timeout: float,
+    progress: Optional[Callable[[], None]] = None,
+) -> Blob:
+    """The blob of `url` whose digest is `sha256`, from the first endpoint that has it in the
+    manifest; every endpoint's failure is in the error when none does."""
+    client, ref, _ = _artifact_manifest(registries, url, sha256, timeout, progress)
+    blob_url = f"{client.endpoint.base}/v2/{ref.repository}/blobs/sha256:{sha256}"
+    return Blob(blob_url, client.endpoint, client.headers())
+
+
+@dataclass(frozen=True)
+class CosignSignatures:
+    """cosign's signature manifest of an artifact (the `sha256-<hex>.sig` tag beside it): the
+    artifact's manifest digest, which the signatures must name, and each simple-signing layer's
+    payload and signature annotation; `found` is False when there is no such tag."""
+
+    manifest_digest: str
+    tag: str
+    found: bool
+    layers: list[tuple[bytes, str]] = field(default_factory=list)
+
+
+def _signature_layers(
+    client: _Client, manifest: dict[str, Any], limit: int
+) -> list[tuple[bytes, str]]:
+    layers = manifest.get("layers")
+    out: list[tuple[bytes, str]] = []
+    for layer in layers if isinstance(layers, list) else []:
+        if not isinstance(layer, dict) or layer.get("mediaType") != SIMPLE_SIGNING_LAYER:
+            continue  # an attestation or another kind of layer: not a signature
+        digest = layer.get("digest")
+        if not isinstance(digest, str) or not _BLOB_DIGEST_RE.match(digest):
+            raise OciError(f"a signature layer's digest is not a sha256 digest: {digest!r:.80}")
+        size = layer.get("size")
+        if isinstance(size, int) and size > limit:
+            raise OciError(f"the signature payload {digest} is over {limit} bytes")
+        resp = client.get(f"blobs/{digest}", {})
+        _status(resp, f"the signature payload {digest}")
+        with resp:
+            payload = resp.raw.read(limit + 1, decode_content=True)
+        if len(payload) > limit:
+            raise OciError(f"the signature payload {digest} is over {limit} bytes")
+        if "sha256:" + hashlib.sha256(payload).hexdigest() != digest:
+            raise OciError(f"the signature payload {digest} does not match its digest")
+        annotations = layer.get("annotations")
+        signature = annotations.get(SIGNATURE_ANNOTATION) if isinstance(annotations, dict) else None
+        out.append((payload, signature if isinstance(signature, str) else ""))
+    return out
+
+
+def cosign_signatures(
+    registries: Registries, url: str, sha256: str, timeout: float, limit: int
+) -> CosignSignatures:
+    """The cosign signatures of the artifact `url` (its layer `sha256`), read from the endpoint
+    that serves its manifest with that endpoint's auth and TLS; payloads bounded by `limit`."""
+    client, ref, digest = _artifact_manifest(registries, url, sha256, timeout, None)
+    tag = digest.replace(":", "-", 1) + ".sig"
+    try:
+        accept = f"{_OCI_MANIFEST}, {_DOCKER_MANIFEST}"
+        resp = client.get(f"manifests/{tag}", {"Accept": accept})
+        if resp.status_code == 404:
+            resp.close()
+            return CosignSignatures(digest, tag, found=False)
+        sig_ref = Reference(ref.registry, ref.repository, tag, None)
+        # A signature manifest is a layer or a few per signature: small, like its payloads.
+        body, _, _ = _manifest_of(resp, sig_ref, limit)
+        layers = _signature_layers(client, _parsed(body, sig_ref), limit)
+    except OciError as exc:
+        where = f"{client.endpoint.masked}: the signature {tag}"
+        raise OciError(f"{where}: {client.mask(str(exc))}", transient=exc.transient) from None
+    return CosignSignatures(digest, tag, found=True, layers=layers)

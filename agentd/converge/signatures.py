@@ -8,7 +8,8 @@ from typing import Any, Optional, Union
 from urllib.parse import urlsplit
 
 from agentd.converge.fetch import read_beside
-from agentd.core.errors import AgentError
+from agentd.converge.oci import OciError, Registries, cosign_signatures
+from agentd.core.errors import AgentError, DownloadError
 from agentd.core.paths import Paths
 from agentd.core.redact import redact_url
 from agentd.sources.cosign import (
@@ -18,6 +19,7 @@ from agentd.sources.cosign import (
     load_keys,
     verify_bundle,
     verify_digest,
+    verify_simple_signing,
 )
 from agentd.system.readfile import SMALL_FILE_BYTES, read_bounded
 
@@ -53,15 +55,21 @@ def check_signature(
     *,
     timeout: float,
     tls_verify: Union[bool, str],
+    registries: Optional[Registries] = None,
 ) -> Optional[str]:
     """The key that signed the artifact `url` of this sha256 (already verified), by `<url>.sig`
-    or else `<url>.bundle`; None when it has neither and signatures are not required.
+    or else `<url>.bundle` (an oci:// one: by cosign's signature manifest in its repository,
+    through `registries`); None when it has none and signatures are not required.
 
     Raises SignatureError (a bad, truncated or foreign signature is refused whether or not
     signatures are required) or DownloadError (the signature could not be fetched).
     """
     safe = redact_url(url)
     scheme = urlsplit(url).scheme.lower()
+    if scheme == "oci":
+        return _check_oci(
+            policy, registries or Registries(None, verify=tls_verify), url, sha256, timeout
+        )
     if scheme not in ("https", "http", "file"):
         if not policy.required:
             return None
@@ -83,3 +91,36 @@ def check_signature(
             "and downloads.verify.required is true"
         )
     return None
+
+
+def _check_oci(
+    policy: SignaturePolicy, registries: Registries, url: str, sha256: str, timeout: float
+) -> Optional[str]:
+    """cosign's `sha256-<manifest hex>.sig` beside the manifest that has the layer `sha256`:
+    one simple-signing layer must verify with a configured key and name that manifest."""
+    safe = redact_url(url)
+    try:
+        found = cosign_signatures(registries, url, sha256, timeout, MAX_SIGNATURE_BYTES)
+    except OciError as exc:
+        raise DownloadError(f"signature check of {safe} failed: {exc}") from None
+    if not found.found:
+        if not policy.required:
+            return None
+        raise SignatureError(
+            f"signature check of {safe} failed: not signed (no {found.tag} for its manifest "
+            f"{found.manifest_digest}) and downloads.verify.required is true"
+        )
+    if not found.layers:
+        raise SignatureError(
+            f"signature check of {safe} failed: {found.tag} holds no cosign signature layer"
+        )
+    why: list[str] = []
+    for payload, signature in found.layers:
+        try:
+            signer = verify_simple_signing(payload, signature, found.manifest_digest, policy.keys)
+        except AgentError as exc:
+            why.append(str(exc))
+            continue
+        return "cosign " + signer.describe()
+    causes = "; ".join(dict.fromkeys(why))  # several signatures often fail the same way
+    raise SignatureError(f"signature check of {safe} failed: {found.tag}: {causes}")

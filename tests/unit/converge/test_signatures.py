@@ -1,4 +1,5 @@
-"""check_signature beside a file:// artifact, and the schemes it cannot check yet."""
+"""check_signature beside a file:// artifact, an oci:// one's registry, and the schemes it
+cannot check."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from agentd.converge.signatures import SignaturePolicy, check_signature
+from agentd.core.errors import DownloadError
 from agentd.core.paths import Paths
 from agentd.sources.cosign import SignatureError
 from tests.support.cosigntool import cosign_binary, run_cosign
@@ -63,7 +65,12 @@ def test_no_keys_means_no_policy_and_another_scheme_is_refused_only_when_require
     _, root = signed
     assert SignaturePolicy.from_settings({}, Paths(root)) is None
     assert SignaturePolicy.from_settings({"verify": None}, Paths(root)) is None
-    url, sha = "oci://registry.example/wasm/app:1.0", "0" * 64
+    url, sha = "ftp://mirror.example/crun", "0" * 64
     assert check_signature(policy(root, False), url, sha, timeout=5, tls_verify=True) is None
-    with pytest.raises(SignatureError, match="not supported yet: cosign signatures of oci://"):
+    with pytest.raises(SignatureError, match="not supported yet: cosign signatures of ftp://"):
         check_signature(policy(root, True), url, sha, timeout=5, tls_verify=True)
+    # An oci:// artifact's signature is asked of its registry (here: nothing listens), even
+    # when not required: a signature that is there must verify.
+    url = "oci://127.0.0.1:1/wasm/app:1.0"
+    with pytest.raises(DownloadError, match=f"signature check of {url} failed: .*connection"):
+        check_signature(policy(root, False), url, sha, timeout=5, tls_verify=True)
