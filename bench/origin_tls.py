@@ -201,7 +201,7 @@ def nginx_rows(work: Path, ca: TestCA, polls: int) -> tuple[list[Row], int]:
         tls = SourceConfig(
             "https", f"https://127.0.0.1:{nginx.tls_port}/desired.yaml", ca_file="/etc/ca.pem"
         )
-        for config, name in ((plain, "nginx, plain HTTP"), (tls, "nginx, TLS, full handshake")):
+        for config, name in ((plain, "nginx, plain HTTP"), (tls, "nginx, TLS 1.3, full handshake")):
             paths = Paths(root / name.replace(" ", "").replace(",", "-"))
             (paths.root / "etc").mkdir(parents=True)
             shutil.copy(ca.cert, paths.root / "etc/ca.pem")
@@ -221,33 +221,45 @@ def nginx_rows(work: Path, ca: TestCA, polls: int) -> tuple[list[Row], int]:
             if config is tls:
                 rows[-1].note = f"{lines[-1][1]}, {reused} of {len(lines)} handshakes resumed"
         etag = json.loads(
-            (Paths(root / "nginx-TLS-fullhandshake").source_dir / "seen.json").read_text()
+            (Paths(root / "nginx-TLS1.3-fullhandshake").source_dir / "seen.json").read_text()
         )["etag"]
         context = ssl.create_default_context(cafile=str(ca.cert))
-
-        def resumed_poll() -> None:
-            conn = ResumingConnection("127.0.0.1", nginx.tls_port, context=context, timeout=5)
-            conditional_get(conn, etag)
-            ResumingConnection.session = conn.sock.session
-            conn.close()
-
-        nginx.new_log_lines()
-        rows.append(
-            measure(
-                "nginx, TLS, session resumed",
-                "http.client, new connection, SSLSocket.session",
-                nginx.proc.pid,
-                polls,
-                resumed_poll,
-            )
+        bare = measure(
+            "nginx, plain HTTP, bare client",
+            "http.client, new connection (as bench/fleet_sim.py)",
+            nginx.proc.pid,
+            3 * polls,
+            lambda: conditional_get(HTTPConnection("127.0.0.1", nginx.port, timeout=5), etag),
         )
-        lines = nginx.new_log_lines()
-        reused = sum(1 for line in lines if line[2] == "r")
-        rows[-1].note = f"{lines[-1][1]}, {reused} of {len(lines)} handshakes resumed"
+        rows.insert(1, bare)
+        tls12 = ssl.create_default_context(cafile=str(ca.cert))
+        tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+        for version, ctx in (("TLS 1.3", context), ("TLS 1.2", tls12)):
+            ResumingConnection.session = None
+
+            def resumed_poll(ctx: ssl.SSLContext = ctx) -> None:
+                conn = ResumingConnection("127.0.0.1", nginx.tls_port, context=ctx, timeout=5)
+                conditional_get(conn, etag)
+                ResumingConnection.session = conn.sock.session
+                conn.close()
+
+            nginx.new_log_lines()
+            rows.append(
+                measure(
+                    f"nginx, {version}, session resumed",
+                    "http.client, new connection, SSLSocket.session",
+                    nginx.proc.pid,
+                    polls,
+                    resumed_poll,
+                )
+            )
+            lines = nginx.new_log_lines()
+            reused = sum(1 for line in lines if line[2] == "r")
+            rows[-1].note = f"{lines[-1][1]}, {reused} of {len(lines)} handshakes resumed"
         kept = HTTPSConnection("127.0.0.1", nginx.tls_port, context=context, timeout=5)
         rows.append(
             measure(
-                "nginx, TLS, keep-alive",
+                "nginx, TLS 1.3, keep-alive",
                 "http.client, one connection",
                 nginx.proc.pid,
                 5 * polls,
@@ -391,7 +403,14 @@ core: polls one core answers in agentd's default `interval` of {INTERVAL:g} s.
 - agentd's https source is urllib: a new connection per poll and no session kept between
   them (urllib cannot pass `SSLSocket.session`), so every TLS poll is a full handshake: the
   "full handshake" row is what a fleet costs today. "Session resumed" and "keep-alive" are
-  what a client that kept the session or the connection would cost.
+  what a client that kept the session or the connection would cost (their client is a loop
+  making agentd's request: the same conditional GET, answered 304).
+- urllib also sends `Connection: close`, so nginx closes each connection itself: probably why
+  agentd's plain poll costs nginx more than the bare http.client one.
+- A resumed TLS 1.3 session still makes an ECDHE key exchange (OpenSSL's psk_dhe_ke): it saves
+  only the certificate's signature. A resumed TLS 1.2 session skips the key exchange too.
+- The machine was shared (a CI run beside it): CPU time is steadier than throughput, but the
+  figures moved by up to a third between runs.
 - agentd asks a registry nothing while an artifact is unchanged: an `oci://` artifact is
   resolved (GET manifest, then the blob) only when its sha256 is not in the download cache.
   The registry rows are the cost of that manifest request (and of a whole small download) per
