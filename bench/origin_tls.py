@@ -405,8 +405,10 @@ core: polls one core answers in agentd's default `interval` of {INTERVAL:g} s.
   "full handshake" row is what a fleet costs today. "Session resumed" and "keep-alive" are
   what a client that kept the session or the connection would cost (their client is a loop
   making agentd's request: the same conditional GET, answered 304).
-- urllib also sends `Connection: close`, so nginx closes each connection itself: probably why
-  agentd's plain poll costs nginx more than the bare http.client one.
+- agentd's plain poll costs nginx more than the bare http.client one. Not for urllib's
+  `Connection: close` (the bare client sending it cost the same in a trial); likely because
+  agentd's slower poll lets nginx's worker sleep between requests, so each pays a wake-up, as
+  a fleet's spread-out polls do: agentd's rows are the ones to plan with.
 - A resumed TLS 1.3 session still makes an ECDHE key exchange (OpenSSL's psk_dhe_ke): it saves
   only the certificate's signature. A resumed TLS 1.2 session skips the key exchange too.
 - The machine was shared (a CI run beside it): CPU time is steadier than throughput, but the
