@@ -12,7 +12,7 @@ DEB_ARCHES ?= amd64 arm64 armhf
 RPM_ARCHES ?= x86_64 aarch64
 PKGBUILD = $(PYTHON) packaging/pkgbuild.py
 
-.PHONY: help venv install test lint typecheck unit demo bench fleet-sim clean deb rpm wheels lock package-lint stress
+.PHONY: help venv install test lint typecheck unit demo bench fleet-sim origin-tls clean deb rpm wheels lock package-lint stress
 
 help:
 	@echo "make demo       converge a sandbox root from a local mirror; print plan, result, detect, status"
@@ -20,6 +20,7 @@ help:
 	@echo "make bench      agentd against Ansible, start-up, downloads, the daemon at rest: bench/RESULTS.md (~25 min; BENCH_QUICK=1: ~5 min)"
 	@echo "make stress     the long runs outside make test: kill -9 at every step, 10,000 daemon cycles, full fuzzing"
 	@echo "make fleet-sim  N real daemons against one nginx origin: bench/FLEET.md (FLEET_NODES=50)"
+	@echo "make origin-tls server CPU per poll: nginx over HTTP and TLS, the registry: bench/ORIGIN_TLS.md (~2 min)"
 	@echo "make venv       the project's virtual environment $(VENV) (every target makes it first)"
 	@echo "make deb        .deb packages for $(DEB_ARCHES) in dist/ (wheels from PyPI, cached in build/wheels)"
 	@echo "make rpm        .rpm packages for $(RPM_ARCHES) in dist/"
@@ -70,6 +71,11 @@ bench:
 FLEET_NODES ?= 50
 fleet-sim: $(VENV_READY)
 	$(PY) bench/fleet_sim.py -n $(FLEET_NODES)
+
+# One origin's CPU per unchanged poll: nginx plain and TLS (full handshake, resumed, keep-alive)
+# and Debian's docker-registry, plain and TLS: bench/ORIGIN_TLS.md and bench/origin_tls.json.
+origin-tls: $(VENV_READY)
+	$(PY) bench/origin_tls.py
 
 # The packages (packaging/README.md): built from the pinned wheels, nothing compiled, so this
 # amd64 machine builds every architecture with Debian's dpkg-dev, debhelper and rpm.
