@@ -24,16 +24,6 @@ CREDENTIALS = "/etc/wasm-edge/fleet.credentials"
 
 
 @pytest.fixture
-def node(sandbox_root: Path) -> Node:
-    return Node(sandbox_root)
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> FleetRepo:
-    return FleetRepo(tmp_path / "fleet")
-
-
-@pytest.fixture
 def server(repo: FleetRepo) -> Any:
     with GitHttpServer(repo.served, "fleet-reader", TOKEN) as srv:
         yield srv

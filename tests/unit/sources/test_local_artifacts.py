@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.support.fleet import FleetRepo, GitDaemon, write_settings
 from tests.support.mirror import MirrorServer
@@ -18,22 +15,6 @@ from tests.support.standins import Mirror, desired_document, write_yaml
 
 CRUN = "/usr/local/bin/crun"
 REFUSED = "a file:// artifact is accepted from this node's own files only"
-
-
-@pytest.fixture
-def node(sandbox_root: Path) -> Node:
-    return Node(sandbox_root)
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> FleetRepo:
-    return FleetRepo(tmp_path / "fleet")
-
-
-@pytest.fixture
-def git_server(repo: FleetRepo) -> Iterator[GitDaemon]:
-    with GitDaemon(repo.served) as server:
-        yield server
 
 
 def crun_only(

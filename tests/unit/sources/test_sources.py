@@ -71,22 +71,6 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
 
 
 @pytest.fixture
-def node(sandbox_root: Path) -> Node:
-    return Node(sandbox_root)
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> FleetRepo:
-    return FleetRepo(tmp_path / "fleet")
-
-
-@pytest.fixture
-def git_server(repo: FleetRepo) -> Iterator[GitDaemon]:
-    with GitDaemon(repo.served) as server:
-        yield server
-
-
-@pytest.fixture
 def site(tmp_path: Path) -> Path:
     """What the fleet's HTTPS server publishes: fleet.yaml and fleet.yaml.sig."""
     path = tmp_path / "site"
