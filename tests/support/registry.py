@@ -114,8 +114,9 @@ def _b64url(data: bytes) -> str:
 
 
 class TokenServer:
-    """A Docker token endpoint (the distribution "token" auth): Basic credentials in, a JWT
-    signed RS256 (by the openssl program) out; `sign_with_other_key`: one the registry refuses."""
+    """Stands in for a registry's token service (Harbor's, Docker Hub's auth.docker.io): the
+    distribution "token" auth, Basic credentials in, a JWT signed RS256 (by the openssl program)
+    out, checked by the real registry; `sign_with_other_key`: one the registry refuses."""
 
     def __init__(self, root: Path, user: str, password: str) -> None:
         self.root = root
