@@ -18,9 +18,10 @@ from agentd.desired.gatekeeper_chart import (
 from agentd.schema.types import StrictModel
 from agentd.schema.yamlload import Loc
 
-# The airgap archives k3s's documentation ships and names (docs.k3s.io/installation/airgap:
-# k3s-airgap-images-ARCH.tar and .tar.zst); agentd keeps the URL's suffix so k3s sees the same.
-IMAGE_SUFFIXES = (".tar", ".tar.zst", ".tar.gz")
+# The image archives k3s imports from agent/images, matched case-insensitively by suffix
+# (rancher/wharfie pkg/tarfile/tarfile.go SupportedExtensions, which k3s's preloadFile and
+# image watcher use); agentd keeps the URL's suffix so that k3s picks the same decompressor.
+IMAGE_SUFFIXES = (".tar", ".tar.lz4", ".tar.bz2", ".tbz", ".tar.gz", ".tgz", ".tar.zst", ".tzst")
 
 NO_POLICY_ENGINE = (
     "Gatekeeper's chart has no policyEngine value (nor any Wasm engine): Gatekeeper evaluates "
@@ -197,9 +198,10 @@ def registries_document(registries: Registries) -> dict[str, Any]:
 
 
 def image_suffix(url: str) -> Optional[str]:
-    """The archive suffix k3s needs to see (.tar.zst before .tar), None if it is none of them."""
+    """The archive suffix k3s needs to see (.tar.zst before .tar), as the URL spells it; None if
+    it is none of them."""
     path = url.split("?", 1)[0].split("#", 1)[0]
-    found = [s for s in IMAGE_SUFFIXES if path.endswith(s)]
+    found = [path[-len(s) :] for s in IMAGE_SUFFIXES if path.lower().endswith(s)]
     return max(found, key=len) if found else None
 
 
