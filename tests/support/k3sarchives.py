@@ -16,23 +16,29 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def chart_archive(path: Path, name: str, version: str, app_version: str = "") -> bytes:
+def chart_bytes(name: str, version: str, app_version: str = "") -> bytes:
     """A chart as `helm package` writes it: NAME/Chart.yaml (apiVersion v2) and values.yaml,
-    gzip'd; returns its bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    gzip'd."""
     chart = f"apiVersion: v2\nname: {name}\nversion: {version}\n"
     if app_version:
         chart += f"appVersion: {app_version}\n"
-    with tarfile.open(path, "w:gz") as tar:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         _add(tar, f"{name}/Chart.yaml", chart.encode())
         _add(tar, f"{name}/values.yaml", b"replicas: 3\n")
+    return buf.getvalue()
+
+
+def chart_archive(path: Path, name: str, version: str, app_version: str = "") -> bytes:
+    """chart_bytes written at `path`; returns them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(chart_bytes(name, version, app_version))
     return path.read_bytes()
 
 
-def image_archive(path: Path, tags: list[str], layer: bytes = b"layer") -> bytes:
+def image_bytes(tags: list[str], layer: bytes = b"layer") -> bytes:
     """A `docker save` archive (manifest.json naming RepoTags, a config and one layer), plain
-    tar; returns its bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    tar."""
     layer_tar = io.BytesIO()
     with tarfile.open(fileobj=layer_tar, mode="w") as inner:
         _add(inner, "payload", layer)
@@ -47,8 +53,16 @@ def image_archive(path: Path, tags: list[str], layer: bytes = b"layer") -> bytes
     ).encode()
     config_name = hashlib.sha256(config).hexdigest() + ".json"
     manifest = [{"Config": config_name, "RepoTags": tags, "Layers": [f"{layer_id}/layer.tar"]}]
-    with tarfile.open(path, "w") as tar:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
         _add(tar, f"{layer_id}/layer.tar", layer_bytes)
         _add(tar, config_name, config)
         _add(tar, "manifest.json", json.dumps(manifest).encode())
+    return buf.getvalue()
+
+
+def image_archive(path: Path, tags: list[str], layer: bytes = b"layer") -> bytes:
+    """image_bytes written at `path`; returns them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(image_bytes(tags, layer))
     return path.read_bytes()

@@ -6,9 +6,7 @@ policies from the guide's fixture); the chart and image archives are real tarbal
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import yaml
 from agentd.desired.model import Gatekeeper
 from agentd.plan.addons import helmchart_manifest, policies_manifest
 from tests.support.fakekube import FakeCluster, kubectl
+from tests.support.k3sarchives import chart_bytes, image_bytes
 from tests.support.standins import real_kubectl
 
 pytestmark = pytest.mark.skipif(real_kubectl() is None, reason="no real kubectl")
@@ -48,13 +47,7 @@ UNREACHABLE = (
 
 
 def _chart(version: str = "3.15.1", name: str = "gatekeeper") -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        data = f"apiVersion: v2\nname: {name}\nversion: {version}\n".encode()
-        info = tarfile.TarInfo(f"{name}/Chart.yaml")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    return chart_bytes(name, version)
 
 
 class Node:
@@ -277,13 +270,7 @@ def test_with_ignore_an_unreachable_webhook_admits(node: Node) -> None:
 
 
 def test_an_image_archive_in_agent_images_makes_the_pods_ready(node: Node) -> None:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        manifest = json.dumps([{"Config": "c.json", "RepoTags": [IMAGE], "Layers": []}]).encode()
-        info = tarfile.TarInfo("manifest.json")
-        info.size = len(manifest)
-        tar.addfile(info, io.BytesIO(manifest))
-    node.write("var/lib/rancher/k3s/agent/images/gatekeeper.tar", buf.getvalue())
+    node.write("var/lib/rancher/k3s/agent/images/gatekeeper.tar", image_bytes([IMAGE]))
     node.addon(chart=_chart())
     pods = node.json("get", "pods", "-n", "gatekeeper-system")["items"]
     assert all(c["ready"] for c in _containers(pods))
