@@ -37,9 +37,13 @@ RUNTIMECLASS_MANIFEST = f"{K3S_MANIFESTS_DIR}/agentd-runtimeclasses.yaml"
 K3S_REGISTRIES = "/etc/rancher/k3s/registries.yaml"
 K3S_STATIC_CHARTS = "/var/lib/rancher/k3s/server/static/charts"
 K3S_IMAGES_DIR = "/var/lib/rancher/k3s/agent/images"
+# The airgap archives k3s's documentation ships and names (docs.k3s.io/installation/airgap:
+# k3s-airgap-images-ARCH.tar and .tar.zst); agentd keeps the URL's suffix so k3s sees the same.
+IMAGE_SUFFIXES = (".tar", ".tar.zst", ".tar.gz")
 GATEKEEPER_MANIFEST = f"{K3S_MANIFESTS_DIR}/agentd-addon-gatekeeper.yaml"
 GATEKEEPER_POLICIES = f"{K3S_MANIFESTS_DIR}/agentd-addon-gatekeeper-policies.yaml"
 GATEKEEPER_CHART = f"{K3S_STATIC_CHARTS}/gatekeeper.tgz"
+GATEKEEPER_NAMESPACE = "gatekeeper-system"  # the HelmChart's targetNamespace
 CONTAINERD_DIR = "/var/lib/rancher/k3s/agent/etc/containerd"
 # containerd 1 reads the first template, containerd 2 (bundled with newer k3s) the second.
 CONTAINERD_TEMPLATES = (

@@ -7,6 +7,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field
 
+from agentd.core.paths import IMAGE_SUFFIXES
 from agentd.desired.gatekeeper_chart import (
     ADMISSION_TARGET,
     CHART_SOURCE,
@@ -17,10 +18,6 @@ from agentd.desired.gatekeeper_chart import (
 )
 from agentd.schema.types import StrictModel
 from agentd.schema.yamlload import Loc
-
-# The airgap archives k3s's documentation ships and names (docs.k3s.io/installation/airgap:
-# k3s-airgap-images-ARCH.tar and .tar.zst); agentd keeps the URL's suffix so k3s sees the same.
-IMAGE_SUFFIXES = (".tar", ".tar.zst", ".tar.gz")
 
 NO_POLICY_ENGINE = (
     "Gatekeeper's chart has no policyEngine value (nor any Wasm engine): Gatekeeper evaluates "
