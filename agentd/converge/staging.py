@@ -7,6 +7,7 @@ from pathlib import Path
 
 from agentd.converge.archive import extract_tarball
 from agentd.converge.fetch import FetchResult
+from agentd.converge.k3sarchives import check_chart_archive, check_image_archive
 from agentd.converge.undo import Op
 from agentd.core.components import IMAGE_PREFIX, PLUGIN_PREFIX, secret
 from agentd.core.errors import ConvergeError
@@ -124,6 +125,10 @@ class Stager:
         """A verified archive k3s reads as it is (a chart, an image tarball), at the plan's
         target; the one it replaces under another name (an image's new suffix) goes."""
         assert action.target is not None
+        if action.component.startswith(IMAGE_PREFIX):
+            check_image_archive(blob, action.target)
+        elif action.to_version is not None:
+            check_chart_archive(blob, action.target, "gatekeeper", action.to_version)
         ops = [Op("copy", action.target, source=blob, mode=0o644)]
         recorded = self.state.inventory.get(action.component)
         if recorded:

@@ -37,9 +37,10 @@ RUNTIMECLASS_MANIFEST = f"{K3S_MANIFESTS_DIR}/agentd-runtimeclasses.yaml"
 K3S_REGISTRIES = "/etc/rancher/k3s/registries.yaml"
 K3S_STATIC_CHARTS = "/var/lib/rancher/k3s/server/static/charts"
 K3S_IMAGES_DIR = "/var/lib/rancher/k3s/agent/images"
-# The airgap archives k3s's documentation ships and names (docs.k3s.io/installation/airgap:
-# k3s-airgap-images-ARCH.tar and .tar.zst); agentd keeps the URL's suffix so k3s sees the same.
-IMAGE_SUFFIXES = (".tar", ".tar.zst", ".tar.gz")
+# The image archives k3s imports from agent/images, matched case-insensitively by suffix
+# (rancher/wharfie pkg/tarfile/tarfile.go SupportedExtensions, which k3s's preloadFile and
+# image watcher use); agentd keeps the URL's suffix so that k3s picks the same decompressor.
+IMAGE_SUFFIXES = (".tar", ".tar.lz4", ".tar.bz2", ".tbz", ".tar.gz", ".tgz", ".tar.zst", ".tzst")
 GATEKEEPER_MANIFEST = f"{K3S_MANIFESTS_DIR}/agentd-addon-gatekeeper.yaml"
 GATEKEEPER_POLICIES = f"{K3S_MANIFESTS_DIR}/agentd-addon-gatekeeper-policies.yaml"
 GATEKEEPER_CHART = f"{K3S_STATIC_CHARTS}/gatekeeper.tgz"

@@ -17,7 +17,7 @@ from agentd.desired.gatekeeper_chart import (
     TOP_LEVEL_VALUES,
 )
 from agentd.schema.types import StrictModel
-from agentd.schema.yamlload import Loc
+from agentd.schema.yamlload import TEXT_MARKER, Loc
 
 NO_POLICY_ENGINE = (
     "Gatekeeper's chart has no policyEngine value (nor any Wasm engine): Gatekeeper evaluates "
@@ -26,6 +26,11 @@ NO_POLICY_ENGINE = (
     "--experimental-enable-k8s-native-validation flag (main.go), not a chart value; "
     "remove policyEngine"
 )
+
+
+Severity = Literal["error", "warning"]
+# Where, what, and how bad.
+AddonProblem = tuple[Loc, str, Severity]
 
 
 class RegistryMirror(StrictModel):
@@ -105,8 +110,11 @@ CONSTRAINT_GROUP = "constraints.gatekeeper.sh/"
 CONSTRAINT_FIELDS = ("match", "enforcementAction", "parameters")
 
 
-def _template_problems(m: dict[str, Any], loc: Loc) -> tuple[Optional[str], list[tuple[Loc, str]]]:
-    """A ConstraintTemplate's problems, and the Constraint kind it defines."""
+def _template_problems(
+    m: dict[str, Any], loc: Loc, modules: list[tuple[Loc, str, bool]]
+) -> tuple[Optional[str], list[tuple[Loc, str]]]:
+    """A ConstraintTemplate's problems, and the Constraint kind it defines; its Rego (where it
+    is, the text, whether it is the rego or a lib) is added to `modules`."""
     out = schema_problems(m.get("spec"), TEMPLATE_SPEC_SCHEMA, (*loc, "spec"))
     if out:
         return None, out
@@ -130,16 +138,41 @@ def _template_problems(m: dict[str, Any], loc: Loc) -> tuple[Optional[str], list
             out.append((at, f"target must be {ADMISSION_TARGET!r}, the one Gatekeeper serves"))
         if not target.get("rego") and not target.get("code"):
             out.append((at, "a target needs its policy: rego, or code (engine and source)"))
+        if isinstance(target.get("rego"), str):
+            modules.append(((*at, "rego"), target["rego"], True))
+        for k, lib in enumerate(target.get("libs") or []):
+            modules.append(((*at, "libs", k), lib, False))
     if not spec.get("targets"):
         out.append(((*loc, "spec"), "a ConstraintTemplate needs spec.targets"))
     return kind, out
 
 
-def policy_problems(policies: list[Any], base: Loc) -> list[tuple[Loc, str]]:
-    """ConstraintTemplates and Constraints checked against Gatekeeper's CRDs; the Rego itself is
-    not parsed (no Rego parser among agentd's dependencies: Gatekeeper reports it in the
-    template's status)."""
+def _rego_problems(modules: list[tuple[Loc, str, bool]], base: Loc) -> list[AddonProblem]:
+    """The templates' Rego parsed (regopy, imported in a child process only when there is Rego
+    to parse); a warning, once, when it cannot be."""
+    if not modules:
+        return []
+    from agentd.desired.rego import module_problems  # noqa: PLC0415
+
+    parsed = module_problems([(source, entry) for _, source, entry in modules])
+    out: list[AddonProblem] = []
+    for (at, _, _), problems in zip(modules, parsed.problems):
+        for p in problems:
+            if p.line:
+                where = f"line {p.line}, column {p.col}: "
+                out.append(((*at, TEXT_MARKER, p.line, p.col), where + p.message, "error"))
+            else:
+                out.append((at, p.message, "error"))
+    if parsed.not_parsed is not None:
+        out.append((base, f"the policies' Rego was not parsed: {parsed.not_parsed}", "warning"))
+    return out
+
+
+def policy_problems(policies: list[Any], base: Loc) -> list[AddonProblem]:
+    """ConstraintTemplates and Constraints checked against Gatekeeper's CRDs, and the templates'
+    Rego parsed as Gatekeeper's OPA would."""
     out: list[tuple[Loc, str]] = []
+    modules: list[tuple[Loc, str, bool]] = []
     kinds: set[str] = set()
     constraints: list[tuple[Loc, dict[str, Any]]] = []
     for i, m in enumerate(policies):
@@ -155,7 +188,7 @@ def policy_problems(policies: list[Any], base: Loc) -> list[tuple[Loc, str]]:
         if kind == "Gatekeeper":
             out.append(((*loc, "kind"), NO_GATEKEEPER_KIND))
         elif kind == "ConstraintTemplate" and api in TEMPLATE_VERSIONS:
-            defined, found = _template_problems(m, loc)
+            defined, found = _template_problems(m, loc, modules)
             out += found
             if defined:
                 kinds.add(defined)
@@ -186,7 +219,8 @@ def policy_problems(policies: list[Any], base: Loc) -> list[tuple[Loc, str]]:
                         f"unknown field {key!r} (known: {', '.join(CONSTRAINT_FIELDS)})",
                     )
                 )
-    return out
+    errors: list[AddonProblem] = [(at, message, "error") for at, message in out]
+    return errors + _rego_problems(modules, base)
 
 
 def registries_document(registries: Registries) -> dict[str, Any]:
@@ -194,13 +228,11 @@ def registries_document(registries: Registries) -> dict[str, Any]:
 
 
 def image_suffix(url: str) -> Optional[str]:
-    """The archive suffix k3s needs to see (.tar.zst before .tar), None if it is none of them."""
+    """The archive suffix k3s needs to see (.tar.zst before .tar), as the URL spells it; None if
+    it is none of them."""
     path = url.split("?", 1)[0].split("#", 1)[0]
-    found = [s for s in IMAGE_SUFFIXES if path.endswith(s)]
+    found = [path[-len(s) :] for s in IMAGE_SUFFIXES if path.lower().endswith(s)]
     return max(found, key=len) if found else None
-
-
-Severity = Literal["error", "warning"]
 
 
 def addon_problems(doc: Any, arch: Optional[str]) -> list[tuple[Loc, str, Severity]]:
@@ -241,7 +273,7 @@ def addon_problems(doc: Any, arch: Optional[str]) -> list[tuple[Loc, str, Severi
         out += [(at, message, "error") for at, message in found]
     if gatekeeper is not None:
         base = ("addons", "gatekeeper", "policies")
-        out += [(at, msg, "error") for at, msg in policy_problems(gatekeeper.policies, base)]
+        out += policy_problems(gatekeeper.policies, base)
     for i, image in enumerate(doc.images):
         if arch is not None and arch not in image.artifacts:
             out.append(

@@ -42,6 +42,7 @@ PULL_FAILURES = frozenset({"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPul
 DENIED = f'admission webhook "{WEBHOOK}" denied the request'
 PROBE_POD = "agentd-gatekeeper-probe"
 MAX_INDEX_BYTES = 1 << 20
+UNREADABLE = (".tar.lz4", ".tar.zst", ".tzst")
 
 
 def _finding(code: str, severity: str, message: str, remedy: str) -> Finding:
@@ -351,9 +352,9 @@ def normalized(ref: str) -> str:
 
 def archive_images(path: Path) -> Optional[set[str]]:
     """The images an archive holds (docker save's manifest.json RepoTags, an OCI layout's
-    index.json image names), normalized; None when it cannot be read here (.tar.zst: Python
-    has no zstd before 3.14)."""
-    if path.name.endswith(".tar.zst"):
+    index.json image names), normalized; None when it cannot be read here (Python's tarfile
+    has no lz4, nor zstd before 3.14)."""
+    if path.name.lower().endswith(UNREADABLE):
         return None
     names: set[str] = set()
     try:
@@ -389,15 +390,24 @@ def _refs(doc: Any) -> list[str]:
 
 
 def _archives(inp: CheckInput) -> list[Path]:
-    """The archives agentd placed for the desired state's images."""
-    found = []
-    for image in (inp.desired or {}).get("images") or []:
-        name = image.get("name") if isinstance(image, Mapping) else None
-        for suffix in IMAGE_SUFFIXES:
-            path = inp.paths.under(f"{K3S_IMAGES_DIR}/{name}{suffix}")
-            if name and path.is_file():
-                found.append(path)
-    return found
+    """The archives agentd placed for the desired state's images (NAME plus the suffix of its
+    URL, in whatever case the URL spells it)."""
+    names = {
+        str(image.get("name"))
+        for image in (inp.desired or {}).get("images") or []
+        if isinstance(image, Mapping) and image.get("name")
+    }
+    try:
+        files = sorted(inp.paths.under(K3S_IMAGES_DIR).iterdir())
+    except OSError:
+        return []
+    placed = []
+    for f in files:
+        suffixes = [s for s in IMAGE_SUFFIXES if f.name.lower().endswith(s)]
+        longest = max(suffixes, key=len) if suffixes else None  # .tar.zst, not .tar
+        if longest and f.name[: -len(longest)] in names and f.is_file():
+            placed.append(f)
+    return placed
 
 
 def _images_missing(inp: CheckInput, images: list[str]) -> tuple[str, str]:
@@ -426,10 +436,10 @@ def _images_missing(inp: CheckInput, images: list[str]) -> tuple[str, str]:
     if unread:
         return (
             f"{lacking} and could not be pulled; {', '.join(unread)} in {K3S_IMAGES_DIR} may "
-            f"hold {'it' if len(images) == 1 else 'them'} (agentd cannot read .tar.zst)",
-            f"check the archive's images (zstd -dc {K3S_IMAGES_DIR}/{unread[0]} | tar -xO "
-            f"manifest.json) and journalctl -u {unit}; else add an archive with them under "
-            "images: in the desired state",
+            f"hold {'it' if len(images) == 1 else 'them'} (agentd cannot read lz4 or zstd)",
+            f"check which images {unread[0]} holds (its manifest.json or index.json) and "
+            f"journalctl -u {unit}; else add an archive with them under images: in the "
+            "desired state",
         )
     placed = f" (placed: {', '.join(a.name for a in archives)})" if archives else ""
     return (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -23,6 +24,12 @@ MAX_NODES = 100_000
 MAX_DEPTH = 64
 # pydantic appends this to a loc when the error is about a mapping key rather than its value.
 KEY_MARKER = "[key]"
+# After a path, where the text of its literal block scalar (`|`) starts: line 1 of the value is
+# that line, at that column. A problem inside such a text is located with the path, this
+# marker, then its line and column in the text (see locate).
+TEXT_MARKER = "[text]"
+# YAML's line breaks, as PyYAML counts lines for its marks.
+_LINE_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
 
 _TAG = "tag:yaml.org,2002:"
 _MAP_TAG = _TAG + "map"
@@ -80,8 +87,10 @@ def _short_tag(tag: str) -> str:
 class _Builder:
     """Turns a composed node tree into Python data, recording positions and refusing abuse."""
 
-    def __init__(self, filename: str) -> None:
+    def __init__(self, filename: str, text: str = "") -> None:
         self.filename = filename
+        self.text = text
+        self.lines: Optional[list[str]] = None
         self.constructor = yaml.constructor.SafeConstructor()
         self.positions: dict[Loc, Pos] = {}
         self.keys: dict[Loc, Pos] = {}
@@ -112,6 +121,8 @@ class _Builder:
         # A node reached through an alias is placed where its anchor is.
         self.positions[path] = pos
         if isinstance(node, yaml.ScalarNode):
+            if node.style == "|":
+                self.literal_text(node, path)
             return self.scalar(node)
         if id(node) in self.open:
             raise _Refused(pos, "recursive YAML alias: this node contains itself")
@@ -127,6 +138,21 @@ class _Builder:
             return None
         finally:
             self.open.discard(id(node))
+
+    def literal_text(self, node: yaml.ScalarNode, path: Loc) -> None:
+        """Where a literal block's text starts: the line after its `|`, at its indentation."""
+        if self.lines is None:
+            self.lines = _LINE_BREAK.split(self.text)
+        first = node.start_mark.line + 1
+        header = self.lines[node.start_mark.line][node.start_mark.column :].split("#")[0]
+        if any(c.isdigit() for c in header):
+            return  # an explicit indentation (`|2`) counts from the parent's: not worth it
+        for line in self.lines[first:]:
+            if line.strip(" "):
+                indent = len(line) - len(line.lstrip(" "))
+                text_at: Loc = (*path, TEXT_MARKER)
+                self.positions[text_at] = Pos(self.filename, first + 1, indent + 1)
+                return
 
     def scalar(self, node: yaml.ScalarNode) -> Any:
         if node.tag == _TIMESTAMP_TAG:
@@ -304,7 +330,7 @@ def load_yaml(text: bytes, filename: str, *, allow_empty: bool = False) -> Loade
         if allow_empty:
             return Loaded(None, {})
         raise _problem_error([(Pos(filename, 1, 1), "empty document")])
-    builder = _Builder(filename)
+    builder = _Builder(filename, text.decode(loader.encoding or "utf-8", "replace"))
     try:
         data = builder.build(root, (), 0)
     except _Refused as refused:
@@ -331,8 +357,9 @@ def load_file(path: Path, display: Optional[str] = None, *, allow_empty: bool = 
 
 
 def _copy_tree(path: Loc, value: Any, src: Loaded, out: Loaded) -> Any:
-    if path in src.positions:
-        out.positions[path] = src.positions[path]
+    for at in (path, (*path, TEXT_MARKER)):
+        if at in src.positions:
+            out.positions[at] = src.positions[at]
     if isinstance(value, dict):
         for k, v in value.items():
             child: Loc = (*path, k)
@@ -404,7 +431,18 @@ def _resolve(loaded: Loaded, loc: Loc) -> tuple[Loc, bool]:
 
 
 def locate(loaded: Loaded, loc: Loc, *, key: bool = False) -> Pos:
-    """Where `loc` is in the YAML: its value, or its key when `key` is set or loc ends in [key]."""
+    """Where `loc` is in the YAML: its value, or its key when `key` is set or loc ends in [key].
+
+    `(*path, TEXT_MARKER, line, col)` is that place in the text of a literal block scalar, or
+    the value's own place when it is written otherwise.
+    """
+    if TEXT_MARKER in loc:
+        at = loc.index(TEXT_MARKER)
+        start = loaded.positions.get(loc[: at + 1])
+        line, col = (*loc[at + 1 : at + 3], 1, 1)[:2]
+        if start is not None and isinstance(line, int) and isinstance(col, int):
+            return Pos(start.file, start.line + max(line, 1) - 1, start.col + max(col, 1) - 1)
+        loc = loc[:at]
     path, at_key = _resolve(loaded, loc)
     if (key or at_key) and path in loaded.keys:
         return loaded.keys[path]

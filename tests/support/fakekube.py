@@ -880,6 +880,8 @@ class FakeCluster:
         self._requests: list[Request] = []
         self._readyz_ok = True
         self._resource_version = 1000
+        self._addons = _addons().AddonState()
+        self._local = threading.local()
         self._server: Optional[_HTTPServer] = None
         self._thread: Optional[threading.Thread] = None
         self._port = 0
@@ -961,6 +963,7 @@ class FakeCluster:
             self._faults.clear()
             self._requests.clear()
             self._readyz_ok = True
+            self._addons = _addons().AddonState()
 
     # --- kubeconfig ----------------------------------------------------------------------------
 
@@ -1152,6 +1155,25 @@ class FakeCluster:
                     out[str(doc["metadata"]["name"])] = doc
         return out
 
+    def gatekeeper_crash(self, crash: bool = True) -> None:
+        """Make Gatekeeper's controller-manager exit 1 at start (crash-looping, so its webhook has
+        no endpoint), or start again: what no file on the node can say."""
+        with self._lock:
+            self._addons.crash = crash
+
+    def sync(self) -> None:
+        """Let k3s's deploy controller, the helm-controller and Gatekeeper catch up with the node's
+        files now (every request does it too)."""
+        with self._lock:
+            _addons().sync(self)
+
+    def objects(self, key: str) -> dict[tuple[str, str], Obj]:
+        """The add-on controllers' objects of `key` ("group/resource", e.g. "batch/jobs"), by
+        (namespace, name)."""
+        with self._lock:
+            _addons().sync(self)
+            return copy.deepcopy(self._addons.objects.get(key, {}))
+
     def set_readyz(self, ok: bool) -> None:
         """Make /readyz answer 500 with the failing checks (as during a k3s start or an etcd
         outage), or ok again."""
@@ -1185,6 +1207,13 @@ class FakeCluster:
             self._requests.clear()
 
     # --- internals -----------------------------------------------------------------------------
+
+    def _groups(self) -> dict[str, tuple[str, Sequence[_Resource]]]:
+        return {**_GROUPS, **_addons().groups(self)}
+
+    def _core_resources(self) -> tuple[_Resource, ...]:
+        resources: tuple[_Resource, ...] = _addons().CORE_RESOURCES
+        return _CORE + resources
 
     def _namespace_object(self, name: str) -> Obj:
         return {
@@ -1225,7 +1254,7 @@ class FakeCluster:
 
     # admission --------------------------------------------------------------------------------
 
-    def _create_pod(self, namespace: str, body: Obj) -> Obj:
+    def _create_pod(self, namespace: str, body: Obj, dry_run: bool = False) -> Obj:
         if namespace not in self._namespaces:
             raise _not_found("namespaces", namespace)
         if body.get("kind", "Pod") != "Pod":
@@ -1335,6 +1364,11 @@ class FakeCluster:
             if tolerations:
                 spec["tolerations"] = tolerations
         self._default_pod(pod, namespace)
+        # The validating webhooks come last in admission, on the defaulted object.
+        self._local.warnings = _addons().admit(self, namespace, pod, dry_run)
+        if dry_run:
+            pod["metadata"].pop("resourceVersion", None)
+            return copy.deepcopy(pod)
         record = _PodRecord(pod, handler)
         self._pods[(namespace, name)] = record
         return copy.deepcopy(pod)
@@ -1790,7 +1824,7 @@ class FakeCluster:
         """What a read shows: "creating" (the first of `pod_startup_reads`), "running" (the
         rest, for a container that starts), or "final"."""
         if read >= self.pod_startup_reads:
-            return "final"
+            return "running" if outcome.stage == "running" else "final"
         if read == 0 or outcome.stage in ("sandbox", "create", "pull"):
             return "creating"
         return "running"
@@ -1927,6 +1961,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("Cache-Control", "no-cache, private")
+        for warning in getattr(self.cluster._local, "warnings", None) or []:
+            # k8s.io/apiserver/pkg/warning: `299 - "text"`, which kubectl prints as "Warning: text".
+            self.send_header("Warning", '299 - "' + warning.replace('"', '\\"') + '"')
+        self.cluster._local.warnings = []
         self.end_headers()
         if method != "HEAD":
             self.wfile.write(payload)
@@ -1957,7 +1995,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             )
             return 500, "text/plain; charset=utf-8", checks.encode()
         if _DISCOVERY_PATHS.match(path) and method == "GET":
-            return self._discovery(path)
+            with cluster._lock:
+                _addons().sync(cluster)
+                return self._discovery(path)
         fault = cluster._fault_for(method, path)
         if fault is not None:
             raise ApiError(
@@ -1969,10 +2009,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             )
         parts = [p for p in path.split("/") if p]
         with cluster._lock:
+            _addons().sync(cluster)
             if parts[:2] == ["api", "v1"]:
                 return self._core(method, parts[2:], query, body)
             if parts[:3] == ["apis", "node.k8s.io", "v1"]:
                 return self._node_k8s(method, parts[3:])
+            if len(parts) >= 4 and parts[0] == "apis" and method == "GET":
+                found = _addons().answer(cluster, parts[1], parts[2], parts[3:], query)
+                if found is not None:
+                    return self._json(found)
         raise ApiError(404, "NotFound", "the server could not find the requested resource")
 
     # discovery
@@ -1999,7 +2044,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if path == "/api":
             if aggregated:
                 assert wanted is not None
-                doc = _aggregated_list([_aggregated_group("", "v1", _CORE)], wanted)
+                doc = _aggregated_list(
+                    [_aggregated_group("", "v1", cluster._core_resources())], wanted
+                )
                 return self._json(doc, content_type=_aggregated_type(wanted))
             return self._json(
                 {
@@ -2015,7 +2062,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 assert wanted is not None
                 groups = [
                     _aggregated_group(name, version, resources)
-                    for name, (version, resources) in _GROUPS.items()
+                    for name, (version, resources) in cluster._groups().items()
                 ]
                 return self._json(
                     _aggregated_list(groups, wanted), content_type=_aggregated_type(wanted)
@@ -2033,15 +2080,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                                 "version": version,
                             },
                         }
-                        for name, (version, _) in _GROUPS.items()
+                        for name, (version, _) in cluster._groups().items()
                     ],
                 }
             )
+        if path.startswith("/openapi/v3"):
+            return self._json(_openapi_v3(path, cluster.k3s_version))
         if path == "/api/v1":
-            return self._json(_resource_list("v1", _CORE))
+            return self._json(_resource_list("v1", cluster._core_resources()))
         parts = path.strip("/").split("/")
-        if parts[0] == "apis" and len(parts) >= 2 and parts[1] in _GROUPS:
-            version, resources = _GROUPS[parts[1]]
+        served = cluster._groups()
+        if parts[0] == "apis" and len(parts) >= 2 and parts[1] in served:
+            version, resources = served[parts[1]]
             if len(parts) == 2:
                 entry = {"groupVersion": f"{parts[1]}/{version}", "version": version}
                 return self._json(
@@ -2083,7 +2133,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if parts == ["pods"] and method == "GET":
             for record in cluster._pods.values():
                 cluster._observe(record)
-            return self._json(_list("PodList", (r.obj for r in cluster._pods.values()), cluster))
+            return self._json(_list("PodList", _selected(cluster._pods.values(), query), cluster))
+        if method == "GET":
+            found = _addons().answer(cluster, "", "v1", parts, query)
+            if found is not None:
+                return self._json(found)
         if len(parts) >= 3 and parts[0] == "namespaces" and parts[2] == "pods":
             return self._pods(method, parts[1], parts[3:], query, body)
         raise ApiError(404, "NotFound", "the server could not find the requested resource")
@@ -2102,7 +2156,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 records = [r for (ns, _), r in cluster._pods.items() if ns == namespace]
                 for record in records:
                     cluster._observe(record)
-                return self._json(_list("PodList", (r.obj for r in records), cluster))
+                return self._json(_list("PodList", _selected(records, query), cluster))
             if method == "POST":
                 try:
                     obj = json.loads(body)
@@ -2110,7 +2164,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     raise ApiError(400, "BadRequest", f"the body is not JSON: {exc}") from exc
                 if not isinstance(obj, dict):
                     raise ApiError(400, "BadRequest", "the body is not an object")
-                return self._json(cluster._create_pod(namespace, obj), 201)
+                dry_run = query.get("dryRun") == ["All"]
+                return self._json(cluster._create_pod(namespace, obj, dry_run), 201)
         name = rest[0]
         found = cluster._pods.get((namespace, name))
         if found is None:
@@ -2170,7 +2225,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 f'container "{container}" in pod "{name}" is waiting to start: {why}',
             )
         assert record.outcome is not None
-        return 200, "text/plain", record.outcome.logs
+        logs = record.outcome.logs
+        tail = (query.get("tailLines") or [""])[0]
+        if tail.isdigit():
+            lines = logs.splitlines(keepends=True)
+            logs = b"".join(lines[len(lines) - int(tail) :] if int(tail) else [])
+        return 200, "text/plain", logs
 
     def _patch(self, obj: Obj, resource: str, body: bytes) -> Obj:
         content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
@@ -2226,6 +2286,48 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 raise _not_found("runtimeclasses", parts[1], "node.k8s.io")
             return self._json(classes[parts[1]])
         raise ApiError(404, "NotFound", "the server could not find the requested resource")
+
+
+def _openapi_v3(path: str, version: str) -> Obj:
+    """Just enough OpenAPI v3 for kubectl to see that pods take `fieldValidation`, so it leaves
+    validation to the server (k8s.io/client-go/openapi3 and kubectl's QueryParamVerifierV3:
+    the PATCH operation tagged with the kind lists the parameter) instead of downloading
+    /openapi/v2, which the fake does not serve."""
+    if path == "/openapi/v3":
+        return {"paths": {"api/v1": {"serverRelativeURL": "/openapi/v3/api/v1?hash=0"}}}
+    if path != "/openapi/v3/api/v1":
+        raise ApiError(404, "NotFound", "the server could not find the requested resource")
+    parameter = {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": version},
+        "paths": {
+            "/api/v1/namespaces/{namespace}/pods/{name}": {
+                "patch": {
+                    "x-kubernetes-group-version-kind": {
+                        "group": "",
+                        "version": "v1",
+                        "kind": "Pod",
+                    },
+                    "parameters": [parameter],
+                    "responses": {},
+                }
+            }
+        },
+    }
+
+
+def _addons() -> Any:
+    # Imported when first used: tests/support/fakegatekeeper.py imports this module.
+    from tests.support import fakegatekeeper
+
+    return fakegatekeeper
+
+
+def _selected(records: Iterable[_PodRecord], query: dict[str, list[str]]) -> list[Obj]:
+    selector = (query.get("labelSelector") or [""])[0]
+    matches = _addons().label_selector_matches
+    return [r.obj for r in records if matches(selector, r.obj["metadata"].get("labels") or {})]
 
 
 def _aggregated_type(version: str) -> str:

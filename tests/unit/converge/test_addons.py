@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import io
+import shutil
 import stat
-import tarfile
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from agentd.core.paths import (
     K3S_REGISTRIES,
 )
 from tests.scenarios import crashdriver
+from tests.support.k3sarchives import chart_archive, image_archive
 from tests.support.mirror import MirrorServer
 from tests.support.node import Node
 from tests.support.standins import Mirror, desired_document, sha256_hex
@@ -32,21 +33,15 @@ def node(sandbox_root: Path) -> Node:
     return Node(sandbox_root)
 
 
-def _tarball(path: Path, members: dict[str, bytes], gzip: bool) -> str:
-    """A real archive at `path`; its sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w:gz" if gzip else "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return sha256_hex(path.read_bytes())
+def _served(mirror: MirrorServer, mirror_dir: Path, name: str) -> tuple[Path, str]:
+    """Where a file the mirror serves as `name` goes, and its URL."""
+    return mirror_dir / "addons-test" / name, f"{mirror.url.rstrip('/')}/addons-test/{name}"
 
 
-def _artifact(mirror: MirrorServer, mirror_dir: Path, name: str, data: bytes) -> dict[str, str]:
-    path = mirror_dir / "addons-test" / name
-    sha = _tarball(path, {"payload": data}, gzip=name.endswith(("tgz", ".gz")))
-    return {"url": f"{mirror.url.rstrip('/')}/addons-test/{name}", "sha256": sha}
+def _image(mirror: MirrorServer, mirror_dir: Path, name: str, layer: bytes) -> dict[str, str]:
+    path, url = _served(mirror, mirror_dir, name)
+    data = image_archive(path, ["docker.io/openpolicyagent/gatekeeper:v3.15.1"], layer)
+    return {"url": url, "sha256": sha256_hex(data)}
 
 
 def _doc(
@@ -60,7 +55,8 @@ def _doc(
 
 
 def _gatekeeper(mirror: MirrorServer, mirror_dir: Path, version: str) -> dict[str, Any]:
-    chart = _artifact(mirror, mirror_dir, f"gatekeeper-{version}.tgz", version.encode())
+    path, url = _served(mirror, mirror_dir, f"gatekeeper-{version}.tgz")
+    chart = {"url": url, "sha256": sha256_hex(chart_archive(path, "gatekeeper", version))}
     return {
         "gatekeeper": {"version": version, "chart": chart, "values": {"enableExternalData": True}}
     }
@@ -73,7 +69,7 @@ def _actions(result: dict[str, Any]) -> list[tuple[str, str]]:
 def test_apply_places_chart_helmchart_images_and_registries(
     node: Node, mirror: MirrorServer, mirror_index: Mirror, mirror_dir: Path, arch: str
 ) -> None:
-    image = _artifact(mirror, mirror_dir, "gk-images.tar", b"layers")
+    image = _image(mirror, mirror_dir, "gk-images.tar", b"layers")
     doc = _doc(
         mirror,
         mirror_index,
@@ -175,7 +171,7 @@ def test_upgrade_then_rollback_puts_the_old_chart_back(
 def test_removing_the_addon_removes_its_files_and_says_what_k3s_keeps(
     node: Node, mirror: MirrorServer, mirror_index: Mirror, mirror_dir: Path, arch: str
 ) -> None:
-    image = _artifact(mirror, mirror_dir, "gk-images-2.tar", b"layers2")
+    image = _image(mirror, mirror_dir, "gk-images-2.tar", b"layers2")
     doc = _doc(
         mirror,
         mirror_index,
@@ -280,3 +276,47 @@ def test_killed_at_each_addon_replace_the_files_are_whole_and_a_fresh_apply_conv
         assert again.code == 0, again.stderr
         assert files(node) == after
         assert stat.S_IMODE(node.path(K3S_REGISTRIES).stat().st_mode) == 0o600
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="Debian's zstd is needed")
+def test_archives_k3s_cannot_read_are_refused_before_the_node_changes(
+    node: Node, mirror: MirrorServer, mirror_index: Mirror, mirror_dir: Path, arch: str
+) -> None:
+    path, url = _served(mirror, mirror_dir, "gk-long.tar.zst")
+    tar = image_archive(path.with_name("src.tar"), ["docker.io/openpolicyagent/gatekeeper:v3.15.1"])
+    # `zstd --long=27` from a pipe: a 128 MiB window, which k3s's decoder refuses.
+    packed = subprocess.run(
+        ["zstd", "-q", "-c", "--long=27"], input=tar, capture_output=True, check=True
+    ).stdout
+    path.write_bytes(packed)
+    image = {"url": url, "sha256": sha256_hex(packed)}
+    doc = _doc(
+        mirror,
+        mirror_index,
+        mirror_dir,
+        arch,
+        images=[{"name": "gatekeeper", "artifacts": {arch: image}}],
+    )
+    res = node.apply(doc)
+    assert res.code == 1, res.stdout + res.stderr
+    assert "zstd window is 128 MiB" in res.stderr
+    assert "zstd --long=25" in res.stderr
+    assert not node.path("/var/lib/rancher/k3s/agent/images/gatekeeper.tar.zst").exists()
+    # The whole run is undone: k3s, planned with it, is not left half installed either.
+    for where in ("/var/lib/rancher", "/usr/local/bin"):
+        assert not [p for p in node.path(where).rglob("*") if not p.is_dir()]
+    # A chart that is another version than the desired state says is refused too.
+    wrong, chart_url = _served(mirror, mirror_dir, "gatekeeper-wrong.tgz")
+    chart = {"url": chart_url, "sha256": sha256_hex(chart_archive(wrong, "gatekeeper", "3.14.0"))}
+    doc = _doc(
+        mirror,
+        mirror_index,
+        mirror_dir,
+        arch,
+        addons={"gatekeeper": {"version": "3.15.1", "chart": chart}},
+    )
+    res = node.apply(doc)
+    assert res.code == 1, res.stdout + res.stderr
+    assert "chart gatekeeper 3.14.0, and the desired state says gatekeeper 3.15.1" in res.stderr
+    assert not node.path(GATEKEEPER_CHART).exists()
+    assert not node.path(GATEKEEPER_MANIFEST).exists()

@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from agentd.core.versions import imports_while_running
 from agentd.desired.addons import (
     NO_GATEKEEPER_KIND,
     NO_WASM_VALIDATION,
+    image_suffix,
     schema_problems,
 )
 from agentd.desired.gatekeeper_chart import (
@@ -229,3 +231,20 @@ def test_running_imports_start_with_the_january_2025_releases() -> None:
     assert imports_while_running("v1.32.0+k3s1")
     assert imports_while_running("v1.33.1+k3s1")
     assert not imports_while_running(None)
+
+
+@pytest.mark.parametrize(
+    ("url", "suffix"),
+    [
+        ("https://m.example/gk.tar", ".tar"),
+        ("https://m.example/gk.tar.zst?sig=1", ".tar.zst"),
+        ("https://m.example/gk.TZST", ".TZST"),
+        ("https://m.example/gk.tar.lz4#x", ".tar.lz4"),
+        ("https://m.example/gk.tbz", ".tbz"),
+        ("https://m.example/gk.tgz", ".tgz"),
+        ("https://m.example/gk.tar.xz", None),  # wharfie has no xz reader
+        ("https://m.example/gk.txt", None),  # a pre-pull list, not an archive
+    ],
+)
+def test_image_suffixes_are_the_ones_k3s_reads(url: str, suffix: str | None) -> None:
+    assert image_suffix(url) == suffix
