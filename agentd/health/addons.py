@@ -304,17 +304,20 @@ def _pods(inp: CheckInput, kube: Kube) -> list[Finding]:
                 "replicasets' events)",
             )
         ]
-    reasons, missing = [], set()
+    waiting: dict[str, list[str]] = {}  # why -> the pods it holds back
+    missing: set[str] = set()
     for pod in pods:
         if _ready(pod):
             continue
         why, pulls = _why_not_ready(pod)
-        reasons.append(f"{(pod.get('metadata') or {}).get('name')}: {why}")
+        waiting.setdefault(why, []).append(str((pod.get("metadata") or {}).get("name")))
         missing.update(pulls)
-    if not reasons:
+    if not waiting:
         return []
-    listed_reasons = "; ".join(reasons[:4]) + (
-        f"; and {len(reasons) - 4} more" if len(reasons) > 4 else ""
+    count = sum(len(names) for names in waiting.values())
+    listed_reasons = "; ".join(
+        f"{', '.join(names[:3])}{f' and {len(names) - 3} more' if len(names) > 3 else ''}: {why}"
+        for why, names in waiting.items()
     )
     if missing:
         message, remedy = _images_missing(inp, sorted(missing))
@@ -330,7 +333,7 @@ def _pods(inp: CheckInput, kube: Kube) -> list[Finding]:
         _finding(
             "gatekeeper.pods-not-ready",
             "error",
-            f"{len(reasons)} of Gatekeeper's {len(pods)} pods are not Ready: {listed_reasons}",
+            f"{count} of Gatekeeper's {len(pods)} pods are not Ready: {listed_reasons}",
             f"k3s kubectl describe pods -n {GATEKEEPER_NAMESPACE}; k3s kubectl logs -n "
             f"{GATEKEEPER_NAMESPACE} deploy/gatekeeper-controller-manager",
         )
@@ -368,7 +371,7 @@ def archive_images(path: Path) -> Optional[set[str]]:
                 data = tar.extractfile(member)
                 if data is not None:
                     names.update(_refs(json.loads(data.read())))
-    except (OSError, tarfile.TarError, ValueError):
+    except (OSError, EOFError, tarfile.TarError, ValueError):  # EOFError: a truncated gzip
         return None
     return {normalized(n) for n in names}
 
@@ -417,18 +420,20 @@ def _images_missing(inp: CheckInput, images: list[str]) -> tuple[str, str]:
     wanted_refs = {normalized(i) for i in images}
     holders = sorted(a.name for a, refs in held.items() if refs and refs & wanted_refs)
     unread = sorted(a.name for a, refs in held.items() if refs is None)
-    lacking = f"{', '.join(images)} {'is' if len(images) == 1 else 'are'} not on this node"
+    one = len(images) == 1
+    lacking = f"{', '.join(images)} {'is' if one else 'are'} not on this node"
+    them = "it" if one else "them"
     k3s = inp.facts.component("k3s").version
     unit = K3S_UNITS["server"]
     if holders:
         if imports_while_running(k3s):
             return (
-                f"{lacking}, though {', '.join(holders)} in {K3S_IMAGES_DIR} holds it and k3s "
+                f"{lacking}, though {', '.join(holders)} in {K3S_IMAGES_DIR} holds {them} and k3s "
                 f"{k3s} imports archives while running",
                 f"see why the import failed: journalctl -u {unit} (k3s logs each import)",
             )
         return (
-            f"{lacking}: {', '.join(holders)} in {K3S_IMAGES_DIR} holds it, but k3s "
+            f"{lacking}: {', '.join(holders)} in {K3S_IMAGES_DIR} holds {them}, but k3s "
             f"{k3s or '(version unknown)'} imports that directory only at its start",
             f"restart k3s when the cluster can spare its API for a moment (systemctl restart "
             f"{unit}); k3s v1.29.13, v1.30.9, v1.31.5, v1.32.0 and later import while running",
@@ -436,15 +441,15 @@ def _images_missing(inp: CheckInput, images: list[str]) -> tuple[str, str]:
     if unread:
         return (
             f"{lacking} and could not be pulled; {', '.join(unread)} in {K3S_IMAGES_DIR} may "
-            f"hold {'it' if len(images) == 1 else 'them'} (agentd cannot read lz4 or zstd)",
+            f"hold {them} (agentd cannot read lz4 or zstd)",
             f"check which images {unread[0]} holds (its manifest.json or index.json) and "
             f"journalctl -u {unit}; else add an archive with them under images: in the "
             "desired state",
         )
     placed = f" (placed: {', '.join(a.name for a in archives)})" if archives else ""
     return (
-        f"{lacking}, this node cannot pull them, and no image archive of the desired state "
-        f"holds them{placed}",
+        f"{lacking}, this node cannot pull {them}, and no image archive of the desired state "
+        f"holds {them}{placed}",
         f"add an archive holding {', '.join(images)} under images: in the desired state (for "
         "an airgapped node), or give the node a registry it can reach (k3s.registries)",
     )
@@ -483,7 +488,8 @@ def _webhook(kube: Kube, config: Mapping[str, Any], pods: Sequence[Finding]) -> 
             "critical",
             f"{unreachable} and failurePolicy Fail: the API server refuses every create and "
             "update the webhook covers outside the exempt namespaces: every new pod, Wasm pods "
-            "and helm-controller's own job pods included, and node updates",
+            "and helm-controller's own job pods included, and node label changes (agentd's "
+            "wasm-runtime label too)",
             f"{fix}. To unblock the cluster at once: k3s kubectl delete "
             f"validatingwebhookconfiguration {config_name} (no webhook is called on webhook "
             "configurations; the next install job puts it back); setting "
