@@ -37,9 +37,14 @@ RUNTIMECLASS_MANIFEST = f"{K3S_MANIFESTS_DIR}/agentd-runtimeclasses.yaml"
 K3S_REGISTRIES = "/etc/rancher/k3s/registries.yaml"
 K3S_STATIC_CHARTS = "/var/lib/rancher/k3s/server/static/charts"
 K3S_IMAGES_DIR = "/var/lib/rancher/k3s/agent/images"
+# The image archives k3s imports from agent/images, matched case-insensitively by suffix
+# (rancher/wharfie pkg/tarfile/tarfile.go SupportedExtensions, which k3s's preloadFile and
+# image watcher use); agentd keeps the URL's suffix so that k3s picks the same decompressor.
+IMAGE_SUFFIXES = (".tar", ".tar.lz4", ".tar.bz2", ".tbz", ".tar.gz", ".tgz", ".tar.zst", ".tzst")
 GATEKEEPER_MANIFEST = f"{K3S_MANIFESTS_DIR}/agentd-addon-gatekeeper.yaml"
 GATEKEEPER_POLICIES = f"{K3S_MANIFESTS_DIR}/agentd-addon-gatekeeper-policies.yaml"
 GATEKEEPER_CHART = f"{K3S_STATIC_CHARTS}/gatekeeper.tgz"
+GATEKEEPER_NAMESPACE = "gatekeeper-system"  # the HelmChart's targetNamespace
 CONTAINERD_DIR = "/var/lib/rancher/k3s/agent/etc/containerd"
 # containerd 1 reads the first template, containerd 2 (bundled with newer k3s) the second.
 CONTAINERD_TEMPLATES = (

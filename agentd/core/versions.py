@@ -109,3 +109,24 @@ def upstream_version(package_version: str) -> str:
     """The upstream part of a distribution's package version: "1:1.8.1-1+deb12u1" -> "1.8.1"."""
     version = package_version.split(":", 1)[-1]
     return version.rsplit("-", 1)[0] if "-" in version else version
+
+
+# k3s imports what lands in agent/images while running from these releases on (January 2025:
+# docs.k3s.io/import-images); an older k3s imports it at its next start only.
+_RUNNING_IMPORT_FROM = {
+    (1, 29): Version("v1.29.13+k3s1"),
+    (1, 30): Version("v1.30.9+k3s1"),
+    (1, 31): Version("v1.31.5+k3s1"),
+    (1, 32): Version("v1.32.0+k3s1"),
+}
+
+
+def imports_while_running(k3s_version: str | None) -> bool:
+    """Whether this k3s imports an archive put in agent/images while it runs (else at start)."""
+    v = parse_version(k3s_version or "")
+    if v is None or len(v.release) < 2:
+        return False
+    minor = v.release[:2]
+    if minor in _RUNNING_IMPORT_FROM:
+        return v >= _RUNNING_IMPORT_FROM[minor]
+    return minor > (1, 32)

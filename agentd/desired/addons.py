@@ -7,6 +7,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field
 
+from agentd.core.paths import IMAGE_SUFFIXES
 from agentd.desired.gatekeeper_chart import (
     ADMISSION_TARGET,
     CHART_SOURCE,
@@ -17,11 +18,6 @@ from agentd.desired.gatekeeper_chart import (
 )
 from agentd.schema.types import StrictModel
 from agentd.schema.yamlload import TEXT_MARKER, Loc
-
-# The image archives k3s imports from agent/images, matched case-insensitively by suffix
-# (rancher/wharfie pkg/tarfile/tarfile.go SupportedExtensions, which k3s's preloadFile and
-# image watcher use); agentd keeps the URL's suffix so that k3s picks the same decompressor.
-IMAGE_SUFFIXES = (".tar", ".tar.lz4", ".tar.bz2", ".tbz", ".tar.gz", ".tgz", ".tar.zst", ".tzst")
 
 NO_POLICY_ENGINE = (
     "Gatekeeper's chart has no policyEngine value (nor any Wasm engine): Gatekeeper evaluates "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from agentd.health.addons import check_addons
 from agentd.health.containerd import check_containerd
 from agentd.health.crun import check_crun
 from agentd.health.findings import CheckInput, Finding
@@ -15,6 +16,7 @@ from agentd.health.workload import check_workload
 CHECKS: tuple[Callable[[CheckInput], list[Finding]], ...] = (
     check_host,
     check_k3s,
+    check_addons,  # after check_k3s: it asks the cluster through the kube that check leaves
     check_crun,
     check_containerd,
     check_wasmedge,

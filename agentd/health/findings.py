@@ -59,6 +59,9 @@ class CheckInput:
     probe_image: Optional[str] = None
     probe_namespace: str = "default"
     probe_timeout: float = 60.0
+    # The guide's Gatekeeper test (health.gatekeeperProbe): None when it is off.
+    gatekeeper_probe_image: Optional[str] = None
+    gatekeeper_probe_namespace: str = "default"
     runner: Callable[..., CommandResult] = run_command
     # Filled in by the checks for the ones after them (so one cause is reported once).
     notes: dict[str, Any] = field(default_factory=dict)

@@ -84,6 +84,7 @@ def check_input(
     cancel: Optional[Callable[[], None]] = None,
 ) -> CheckInput:
     probe = config.health.get("probe") or {}
+    gatekeeper = config.health.get("gatekeeperProbe") or {}
     commands = host.commands
     runner: Callable[..., CommandResult] = commands
     if cancel is not None:
@@ -101,6 +102,8 @@ def check_input(
         probe_image=probe.get("image"),
         probe_namespace=str(probe.get("namespace") or "default"),
         probe_timeout=float(probe.get("timeout") or 60.0),
+        gatekeeper_probe_image=gatekeeper.get("image") if gatekeeper.get("enabled") else None,
+        gatekeeper_probe_namespace=str(gatekeeper.get("namespace") or "default"),
         runner=runner,
     )
 

@@ -11,12 +11,13 @@ from agentd.core.components import IMAGE_PREFIX
 from agentd.core.paths import (
     GATEKEEPER_CHART,
     GATEKEEPER_MANIFEST,
+    GATEKEEPER_NAMESPACE,
     GATEKEEPER_POLICIES,
     K3S_IMAGES_DIR,
     K3S_REGISTRIES,
     K3S_STATIC_CHARTS,
 )
-from agentd.core.versions import Version, parse_version
+from agentd.core.versions import imports_while_running
 from agentd.desired.addons import Registries, image_suffix, registries_document
 from agentd.desired.model import Artifact, DesiredState, Gatekeeper
 from agentd.plan.draft import ConfigContents, Draft
@@ -25,17 +26,8 @@ from agentd.plan.model import Action
 from agentd.plan.render import MANAGED_HEADER
 from agentd.state.inventory import InventoryEntry
 
-GATEKEEPER_NAMESPACE = "gatekeeper-system"
 # Where k3s serves static/charts from, as helm-controller's chart URLs name it.
 CHART_URL_PREFIX = "https://%{KUBERNETES_API}%/static/charts/"
-# k3s imports what lands in agent/images while running from these releases on (January 2025:
-# docs.k3s.io/import-images); an older k3s imports it at its next start only.
-_RUNNING_IMPORT_FROM = {
-    (1, 29): Version("v1.29.13+k3s1"),
-    (1, 30): Version("v1.30.9+k3s1"),
-    (1, 31): Version("v1.31.5+k3s1"),
-    (1, 32): Version("v1.32.0+k3s1"),
-}
 REMOVED_ADDON = (
     "k3s does not uninstall an add-on whose manifest file goes: its deploy controller leaves "
     "the HelmChart object in the cluster; `k3s kubectl delete helmchart -n kube-system "
@@ -56,16 +48,6 @@ def _written(
     """Whether agentd wrote `component`'s file and it is still there."""
     recorded = inventory.get(component)
     return recorded is not None and any(configs.get(f) is not None for f in recorded.files)
-
-
-def imports_while_running(k3s_version: Optional[str]) -> bool:
-    v = parse_version(k3s_version or "")
-    if v is None or len(v.release) < 2:
-        return False
-    minor = v.release[:2]
-    if minor in _RUNNING_IMPORT_FROM:
-        return v >= _RUNNING_IMPORT_FROM[minor]
-    return minor > (1, 32)
 
 
 def helmchart_manifest(gatekeeper: Gatekeeper) -> bytes:

@@ -231,6 +231,15 @@ class Probe(StrictModel):
     timeout: Duration = 60.0
 
 
+class GatekeeperProbe(StrictModel):
+    """The guide's Gatekeeper test (opt-in): a pod with an untrusted image must be refused."""
+
+    enabled: bool = False
+    # Sent as a server-side dry run (admission runs, nothing is created): the image need not exist.
+    image: str = Field(default="untrusted/image:latest", min_length=1, max_length=512)
+    namespace: str = Field(default="default", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
 class Health(StrictModel):
     """What the agent does about what its health checks find."""
 
@@ -247,6 +256,7 @@ class Health(StrictModel):
     # RuntimeClass selects on it), and remove the label when it is not.
     label: bool = True
     probe: Probe = Field(default_factory=Probe)
+    gatekeeperProbe: GatekeeperProbe = Field(default_factory=GatekeeperProbe)
 
 
 class Settings(StrictModel):

@@ -50,6 +50,11 @@ DEFAULTS: dict[str, Any] = {
         "nodeName": None,
         "label": True,
         "probe": {"image": None, "namespace": "default", "timeout": 60.0},
+        "gatekeeperProbe": {
+            "enabled": False,
+            "image": "untrusted/image:latest",
+            "namespace": "default",
+        },
     },
 }
 DEFAULT_ORIGIN = "defaults (no settings file)"

@@ -343,7 +343,9 @@ SETTINGS_TEMPLATE = {
     "health": {"remediate": BOOL, "remediationBackoff": DURATION, "rollbackWindow": DURATION,
                "nodeName": words("edge-1", "Edge"), "label": BOOL,
                "probe": {"image": words("probe:1"), "namespace": words("default", "Bad"),
-                         "timeout": DURATION}},
+                         "timeout": DURATION},
+               "gatekeeperProbe": {"enabled": BOOL, "image": words("untrusted/image:latest"),
+                                   "namespace": words("default", "Bad")}},
 }  # fmt: skip
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from agentd.core.versions import imports_while_running
 from agentd.desired.addons import (
     NO_GATEKEEPER_KIND,
     NO_WASM_VALIDATION,
@@ -23,7 +24,7 @@ from agentd.desired.gatekeeper_chart import (
 )
 from agentd.desired.model import Gatekeeper
 from agentd.desired.validate import load_and_validate
-from agentd.plan.addons import helmchart_manifest, imports_while_running
+from agentd.plan.addons import helmchart_manifest
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 SHA = "a" * 64
