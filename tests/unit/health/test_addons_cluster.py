@@ -13,10 +13,11 @@ from agentd.desired.model import Gatekeeper
 from agentd.health.findings import Finding, healthy
 from agentd.health.run import HealthRun, examine
 from agentd.plan.addons import helmchart_manifest, policies_manifest
-from agentd.state.store import AgentState
+from agentd.state.store import AgentState, save_state
 from agentd.system.host import Host
 from tests.support.fakekube import FakeCluster
 from tests.support.k3sarchives import chart_archive, image_archive
+from tests.support.node import Node
 from tests.unit.health.sandbox import SERVER, codes, config, install, needs_kubectl
 
 pytestmark = needs_kubectl
@@ -159,3 +160,29 @@ def test_with_failure_policy_ignore_an_unreachable_webhook_enforces_nothing(
     assert "no policy is enforced" in webhook.message
     assert healthy([webhook])  # a warning alone; the pods' error is what makes it unhealthy
     assert not run.healthy
+
+
+def test_agentd_check_on_the_command_line_reports_the_blocking_webhook(
+    server: Path, cluster: FakeCluster
+) -> None:
+    """`agentd check` as a person runs it: the settings file turns the probe on, the desired
+    state is the one the last run kept; exit 0 while Gatekeeper refuses the untrusted pod, 2
+    once its controller-manager crash-loops behind failurePolicy Fail."""
+    cluster.add_image(IMAGE)
+    desired = place(server, gatekeeper({"validatingWebhookFailurePolicy": "Fail"}))
+    state = AgentState()
+    state.desired = desired
+    save_state(Host.at(server).paths, state)
+    settings = {"health": {"nodeName": "edge-1", "gatekeeperProbe": {"enabled": True}}}
+    install(server, "/etc/wasm-edge/agentd.yaml", yaml.safe_dump(settings).encode(), 0o644)
+    node = Node(server)
+    res = node.agentd("check", "--json")
+    assert res.code == 0, res.stdout + res.stderr
+    found = {f["code"]: f for f in res.json()["findings"]}
+    assert "untrusted/image:latest" in found["gatekeeper.probe-refused"]["message"]
+    cluster.gatekeeper_crash(True)
+    res = node.agentd("check")
+    assert res.code == 2, res.stdout + res.stderr
+    assert "UNHEALTHY" in res.stdout
+    assert "gatekeeper.webhook-blocking" in res.stdout
+    assert "gatekeeper.probe" not in res.stdout  # the probe would only repeat the webhook's cause
