@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from agentd.health.addons import check_addons
 from agentd.health.containerd import check_containerd
 from agentd.health.crun import check_crun
 from agentd.health.findings import CheckInput, Finding
@@ -12,6 +11,17 @@ from agentd.health.k3s import check_k3s
 from agentd.health.preflight import check_host
 from agentd.health.wasmedge import check_dns, check_wasmedge
 from agentd.health.workload import check_workload
+
+
+def check_addons(inp: CheckInput) -> list[Finding]:
+    """Gatekeeper's checks, imported only where the desired state has add-ons: most nodes have
+    none, and the daemon keeps its memory for them."""
+    if not ((inp.desired or {}).get("addons") or {}).get("gatekeeper"):
+        return []
+    from agentd.health.addons import check_addons as check  # noqa: PLC0415
+
+    return check(inp)
+
 
 CHECKS: tuple[Callable[[CheckInput], list[Finding]], ...] = (
     check_host,

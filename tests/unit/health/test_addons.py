@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import io
 import json
+import subprocess
+import sys
 import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -367,3 +369,18 @@ def test_archive_images_reads_docker_and_oci_indexes(tmp_path: Path) -> None:
     assert archive_images(broken) is None
     assert normalized(GATEKEEPER_IMAGE) == "docker.io/openpolicyagent/gatekeeper:v3.15.1"
     assert normalized("localhost/x") == "localhost/x:latest"
+
+
+def test_a_node_without_add_ons_never_imports_their_checks() -> None:
+    """The daemon's memory stays its own where there are no add-ons (most nodes)."""
+    code = (
+        "import sys\n"
+        "from agentd.health import checks\n"
+        "from agentd.health.findings import CheckInput\n"
+        "from pathlib import Path\nfrom agentd.core.paths import Paths\n"
+        "inp = CheckInput(paths=Paths(Path('/nonexistent')), facts=None, desired={})\n"
+        "assert checks.check_addons(inp) == []\n"
+        "print('agentd.health.addons' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.stdout.strip() == "False", out.stderr
