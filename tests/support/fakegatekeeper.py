@@ -406,11 +406,8 @@ def _is_text(data: bytes) -> bool:
     return b"\x00" not in data[:512]
 
 
-def _klipper_log(chart: Obj, resolved: str, error: str) -> bytes:
-    """The tail of what klipper-helm's entry prints (bash -x traces on stderr) on the way to
-    `helm install`, then helm's own output."""
-    spec = chart["spec"]
-    name = chart["metadata"]["name"]
+def _helm_args(spec: Obj) -> list[str]:
+    """helm's arguments for the HelmChart's spec: install, namespace, version."""
     args = ["install"]
     if spec.get("targetNamespace"):
         args += ["--namespace", str(spec["targetNamespace"])]
@@ -418,6 +415,15 @@ def _klipper_log(chart: Obj, resolved: str, error: str) -> bytes:
         args.append("--create-namespace")
     if spec.get("version"):
         args += ["--version", str(spec["version"])]
+    return args
+
+
+def _klipper_log(chart: Obj, resolved: str, error: str) -> bytes:
+    """The tail of what klipper-helm's entry prints (bash -x traces on stderr) on the way to
+    `helm install`, then helm's own output."""
+    spec = chart["spec"]
+    name = chart["metadata"]["name"]
+    args = _helm_args(spec)
     joined = " ".join(args)
     target = spec.get("targetNamespace") or chart["metadata"]["namespace"]
     values = " --values /config/values-01_HelmChart.yaml" if spec.get("valuesContent") else ""
@@ -508,13 +514,7 @@ def _job(cluster: FakeCluster, chart: Obj, name: str, namespace: str, error: str
     chart_name = chart["metadata"]["name"]
     old = state(cluster).objects.get("batch/jobs", {}).get((namespace, name))
     uid = old["metadata"]["uid"] if old else str(uuid.uuid4())
-    args = ["install"]
-    if spec.get("targetNamespace"):
-        args += ["--namespace", str(spec["targetNamespace"])]
-    if spec.get("createNamespace"):
-        args.append("--create-namespace")
-    if spec.get("version"):
-        args += ["--version", str(spec["version"])]
+    args = _helm_args(spec)
     target = str(spec.get("targetNamespace") or namespace)
     env = [
         {"name": "NAME", "value": chart_name},
