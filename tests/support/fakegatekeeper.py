@@ -1255,7 +1255,7 @@ def _review(
     """Gatekeeper's validation handler: the deny and the warn messages."""
     if _excluded_by_config(cluster, namespace):
         return [], []
-    import regopy  # type: ignore[import-untyped]  # the `rego` extra: regopy 0.4.6
+    import regopy  # type: ignore[import-untyped,import-not-found,unused-ignore]  # the `rego` extra: regopy 0.4.6
 
     st = state(cluster)
     templates = {
